@@ -246,7 +246,15 @@ func (d *decoder) decode(n ast.Node, path string, v reflect.Value) {
 		d.errorf(n, path, "unknown alias %q", n.String())
 		return
 	}
-	d.pos[path] = d.position(n)
+	switch n.(type) {
+	case *ast.MappingNode, *ast.MappingValueNode:
+		// A mapping is best pointed at by its key (recorded by the caller).
+		if _, ok := d.pos[path]; !ok {
+			d.pos[path] = d.position(n)
+		}
+	default:
+		d.pos[path] = d.position(n)
+	}
 	if _, ok := n.(*ast.NullNode); ok {
 		// An explicit null leaves the default in place.
 		return
@@ -344,6 +352,7 @@ func (d *decoder) decodeStruct(n ast.Node, path string, v reflect.Value) {
 			continue
 		}
 		seen[key] = true
+		d.pos[kpath] = d.position(mv.Key)
 		var fi *fieldInfo
 		for i := range fields {
 			if fields[i].name == key {
@@ -442,6 +451,7 @@ func (d *decoder) decodeMap(n ast.Node, path string, v reflect.Value) {
 			continue
 		}
 		seen[key] = true
+		d.pos[kpath] = d.position(mv.Key)
 		elem := reflect.New(v.Type().Elem()).Elem()
 		d.decode(mv.Value, kpath, elem)
 		v.SetMapIndex(reflect.ValueOf(key).Convert(v.Type().Key()), elem)

@@ -72,8 +72,8 @@ func TestDecodeValues(t *testing.T) {
 	if p := pos["server.timeout"]; p.Line != 3 || p.Col != 12 {
 		t.Fatalf("position of server.timeout = %+v", p)
 	}
-	if p := pos.Lookup("f.yaml", "server.tls.cert"); p.Line != 6 {
-		t.Fatalf("lookup of absent key = %+v, want its parent's position", p)
+	if p := pos.Lookup("f.yaml", "server.tls.cert"); p.Line != 5 {
+		t.Fatalf("lookup of absent key = %+v, want its parent key's position", p)
 	}
 }
 

@@ -1,0 +1,424 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+
+	"github.com/responder-dev/responder/internal/yamlx"
+)
+
+// EnvPrefix starts every environment override: RESPONDER_ + the key path in
+// upper case with "_" for "." (defender.api_url -> RESPONDER_DEFENDER_API_URL).
+const EnvPrefix = "RESPONDER_"
+
+// LookupEnv reads one environment variable; os.LookupEnv in production.
+type LookupEnv func(key string) (string, bool)
+
+// Problem is one configuration problem with its place: a file position
+// ("responder.yaml:12:5"), an environment variable name, or "config".
+type Problem struct {
+	Where string
+	Path  string
+	Msg   string
+}
+
+// Error formats the problem as "where: path: message".
+func (p *Problem) Error() string {
+	if p.Path == "" {
+		return p.Where + ": " + p.Msg
+	}
+	return p.Where + ": " + p.Path + ": " + p.Msg
+}
+
+// Problems is every problem of one configuration, in file order.
+type Problems []*Problem
+
+// Error joins the problems, one per line.
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap exposes each problem to errors.As.
+func (ps Problems) Unwrap() []error {
+	out := make([]error, len(ps))
+	for i, p := range ps {
+		out[i] = p
+	}
+	return out
+}
+
+// loader carries what is needed to say where a value came from.
+type loader struct {
+	cfg      *Config
+	file     string
+	dir      string
+	pos      yamlx.Positions
+	fromEnv  map[string]string // key path -> env variable that set it
+	env      LookupEnv
+	problems Problems
+	// decodeFailed marks keys whose value did not decode: validating the
+	// zero value left behind would only repeat the problem.
+	decodeFailed map[string]bool
+}
+
+// Load reads the configuration: base (Default() when nil), then the YAML
+// file at path when path is not "", then RESPONDER_* environment overrides,
+// then secrets from *_file keys or the environment; and validates the result.
+// Every problem is returned at once, as Problems.
+func Load(path string, base *Config, env LookupEnv) (*Config, error) {
+	if base == nil {
+		base = Default()
+	}
+	if env == nil {
+		env = os.LookupEnv
+	}
+	l := &loader{cfg: base, file: path, fromEnv: map[string]string{}, env: env, pos: yamlx.Positions{}, decodeFailed: map[string]bool{}}
+	if path != "" {
+		l.dir = filepath.Dir(path)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading config: %w", err)
+		}
+		pos, err := yamlx.Decode(path, data, l.cfg)
+		l.pos = pos
+		var yerrs yamlx.Errors
+		if errors.As(err, &yerrs) {
+			for _, e := range yerrs {
+				if e.Path == "" {
+					// A syntax error: nothing was decoded, so validating
+					// the defaults would only add noise.
+					return nil, Problems{{Where: e.Pos.String(), Msg: e.Msg}}
+				}
+				l.problems = append(l.problems, &Problem{Where: e.Pos.String(), Path: e.Path, Msg: e.Msg})
+				l.decodeFailed[e.Path] = true
+			}
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	l.cfg.File = path
+	l.applyEnv(reflect.ValueOf(l.cfg).Elem(), "")
+	l.resolvePaths()
+	l.readSecrets()
+	l.validate()
+	if len(l.problems) > 0 {
+		return l.cfg, l.problems
+	}
+	return l.cfg, nil
+}
+
+// EnvName returns the environment variable that overrides a key path.
+func EnvName(path string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(path, ".", "_"))
+}
+
+// where names the origin of the value at path.
+func (l *loader) where(path string) string {
+	if name, ok := l.fromEnv[path]; ok {
+		return "env " + name
+	}
+	if l.file == "" {
+		return "config"
+	}
+	return l.pos.Lookup(l.file, path).String()
+}
+
+// problem records a problem at path, unless path already has one: a value
+// that failed to decode would only fail validation again.
+func (l *loader) problem(path, format string, args ...any) {
+	if l.decodeFailed[path] {
+		return
+	}
+	l.problems = append(l.problems, &Problem{Where: l.where(path), Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// applyEnv walks the config struct by its yaml tags and applies every
+// RESPONDER_* variable that names a key.
+func (l *loader) applyEnv(v reflect.Value, prefix string) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		path := name
+		if prefix != "" {
+			path = prefix + "." + name
+		}
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct && fv.Type().String() != "time.Duration" {
+			l.applyEnv(fv, path)
+			continue
+		}
+		envName := EnvName(path)
+		val, ok := l.env(envName)
+		if !ok {
+			continue
+		}
+		l.fromEnv[path] = envName
+		if err := yamlx.SetScalar(fv, val); err != nil {
+			l.problem(path, "%v", err)
+			l.decodeFailed[path] = true
+		}
+	}
+}
+
+// resolvePaths makes file paths relative to the config file's directory, so a
+// config and its rules can move together (as Alertmanager does).
+func (l *loader) resolvePaths() {
+	c := l.cfg
+	if c.Defender.FederatedTokenFile == "" {
+		if f, ok := l.env("AZURE_FEDERATED_TOKEN_FILE"); ok && f != "" {
+			c.Defender.FederatedTokenFile = f
+			l.fromEnv["defender.federated_token_file"] = "AZURE_FEDERATED_TOKEN_FILE"
+		}
+	}
+	if c.Defender.FederatedTokenFile != "" {
+		// Workload identity injects the tenant and client ids too.
+		if v, ok := l.env("AZURE_TENANT_ID"); ok && c.Defender.TenantID == "" {
+			c.Defender.TenantID = v
+		}
+		if v, ok := l.env("AZURE_CLIENT_ID"); ok && c.Defender.ClientID == "" {
+			c.Defender.ClientID = v
+		}
+	}
+	if l.dir == "" {
+		return
+	}
+	for _, p := range []*string{
+		&c.Server.TLSCertFile, &c.Server.TLSKeyFile, &c.Server.TLSClientCAFile,
+		&c.Admin.BearerTokenFile, &c.Webhooks.BearerTokenFile, &c.Webhooks.BasicAuth.PasswordFile,
+		&c.Webhooks.HMAC.SecretFile, &c.Defender.ClientSecretFile, &c.Defender.CertificateFile,
+	} {
+		*p = l.resolve(*p)
+	}
+	for i, f := range c.Rules.Files {
+		c.Rules.Files[i] = l.resolve(f)
+	}
+}
+
+func (l *loader) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(l.dir, p)
+}
+
+// readSecrets fills Secrets from each *_file key or its environment variable.
+func (l *loader) readSecrets() {
+	c := l.cfg
+	read := func(filePath, fileKey, envName string, dst *string) {
+		envVal, envSet := l.env(envName)
+		switch {
+		case filePath != "" && envSet:
+			l.problem(fileKey, "set either %s or %s, not both", fileKey, envName)
+		case filePath != "":
+			data, err := os.ReadFile(filePath)
+			if err != nil {
+				l.problem(fileKey, "cannot read secret file: %v", errors.Unwrap(err))
+				return
+			}
+			*dst = strings.TrimSpace(string(data))
+			if *dst == "" {
+				l.problem(fileKey, "secret file %q is empty", filePath)
+			}
+		case envSet:
+			*dst = strings.TrimSpace(envVal)
+		}
+	}
+	read(c.Admin.BearerTokenFile, "admin.bearer_token_file", EnvPrefix+"ADMIN_BEARER_TOKEN", &c.Secrets.AdminBearerToken)
+	read(c.Webhooks.BearerTokenFile, "webhooks.bearer_token_file", EnvPrefix+"WEBHOOKS_BEARER_TOKEN", &c.Secrets.WebhookBearerToken)
+	read(c.Webhooks.BasicAuth.PasswordFile, "webhooks.basic_auth.password_file", EnvPrefix+"WEBHOOKS_BASIC_AUTH_PASSWORD", &c.Secrets.WebhookBasicPassword)
+	read(c.Webhooks.HMAC.SecretFile, "webhooks.hmac.secret_file", EnvPrefix+"WEBHOOKS_HMAC_SECRET", &c.Secrets.WebhookHMACSecret)
+	read(c.Defender.ClientSecretFile, "defender.client_secret_file", EnvPrefix+"DEFENDER_CLIENT_SECRET", &c.Secrets.DefenderClientSecret)
+}
+
+var (
+	drivers    = []string{"sqlite", "postgres"}
+	clouds     = []string{"commercial", "gcc", "gcc-high", "dod"}
+	logLevels  = []string{"debug", "info", "warn", "error"}
+	logFormats = []string{"json", "console"}
+)
+
+func oneOf(v string, set []string) bool {
+	for _, s := range set {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func quoteList(set []string) string {
+	q := make([]string, len(set))
+	for i, s := range set {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+func (l *loader) validate() {
+	c := l.cfg
+	if c.Server.Listen == "" {
+		l.problem("server.listen", "must not be empty")
+	}
+	if c.Server.MaxBodyBytes <= 0 {
+		l.problem("server.max_body_bytes", "must be positive, got %d", c.Server.MaxBodyBytes)
+	}
+	if c.Server.ReadTimeout <= 0 {
+		l.problem("server.read_timeout", "must be positive, got %s", c.Server.ReadTimeout)
+	}
+	if c.Server.ShutdownTimeout <= 0 {
+		l.problem("server.shutdown_timeout", "must be positive, got %s", c.Server.ShutdownTimeout)
+	}
+	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
+		l.problem("server.tls_cert_file", "tls_cert_file and tls_key_file must be set together")
+	}
+	if c.Server.TLSClientCAFile != "" && c.Server.TLSCertFile == "" {
+		l.problem("server.tls_client_ca_file", "requires tls_cert_file and tls_key_file (mTLS needs TLS)")
+	}
+	for _, p := range []struct{ path, file string }{
+		{"server.tls_cert_file", c.Server.TLSCertFile},
+		{"server.tls_key_file", c.Server.TLSKeyFile},
+		{"server.tls_client_ca_file", c.Server.TLSClientCAFile},
+		{"defender.certificate_file", c.Defender.CertificateFile},
+	} {
+		if p.file == "" {
+			continue
+		}
+		if _, err := os.Stat(p.file); err != nil {
+			l.problem(p.path, "cannot read %q: %v", p.file, errors.Unwrap(err))
+		}
+	}
+
+	if c.Webhooks.BasicAuth.Username != "" && c.Secrets.WebhookBasicPassword == "" {
+		l.problem("webhooks.basic_auth.password_file", "basic_auth.username is set but no password (password_file or %sWEBHOOKS_BASIC_AUTH_PASSWORD)", EnvPrefix)
+	}
+	if c.Webhooks.BasicAuth.Username == "" && c.Secrets.WebhookBasicPassword != "" {
+		l.problem("webhooks.basic_auth.username", "a basic auth password is set but no username")
+	}
+	if c.Secrets.WebhookHMACSecret != "" && c.Webhooks.HMAC.Header == "" {
+		l.problem("webhooks.hmac.header", "must not be empty when an HMAC secret is set")
+	}
+	if c.Webhooks.HMAC.MaxSkew <= 0 {
+		l.problem("webhooks.hmac.max_skew", "must be positive, got %s", c.Webhooks.HMAC.MaxSkew)
+	}
+	for i, cidr := range c.Webhooks.AllowCIDRs {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			if _, err2 := netip.ParseAddr(cidr); err2 != nil {
+				l.problem(fmt.Sprintf("webhooks.allow_cidrs[%d]", i), "invalid CIDR %q", cidr)
+			}
+		}
+	}
+	if !c.WebhookAuthConfigured() && !c.Webhooks.AllowUnauthenticated {
+		l.problem("webhooks", "no webhook authentication is configured (bearer_token_file, basic_auth, hmac or allow_cidrs); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose")
+	}
+
+	if !oneOf(c.Store.Driver, drivers) {
+		l.problem("store.driver", "unknown driver %q (want one of %s)", c.Store.Driver, quoteList(drivers))
+	}
+	if c.Store.DSN == "" {
+		l.problem("store.dsn", "must not be empty")
+	} else if c.Store.Driver == "postgres" && !strings.HasPrefix(c.Store.DSN, "postgres://") && !strings.HasPrefix(c.Store.DSN, "postgresql://") && !strings.Contains(c.Store.DSN, "=") {
+		l.problem("store.dsn", "postgres needs a postgres:// URL or a key=value connection string")
+	}
+
+	if len(c.Rules.Files) == 0 {
+		l.problem("rules.files", "at least one rules file is required")
+	}
+
+	d := c.Defender
+	if !oneOf(d.Cloud, clouds) {
+		l.problem("defender.cloud", "unknown cloud %q (want one of %s)", d.Cloud, quoteList(clouds))
+	}
+	for _, u := range []struct{ path, val string }{{"defender.api_url", d.APIURL}, {"defender.token_url", d.TokenURL}} {
+		if u.val != "" && !strings.HasPrefix(u.val, "https://") && !strings.HasPrefix(u.val, "http://127.0.0.1") && !strings.HasPrefix(u.val, "http://localhost") && !strings.HasPrefix(u.val, "http://[::1]") {
+			l.problem(u.path, "must be an https:// URL (plain http is only allowed on loopback), got %q", u.val)
+		}
+	}
+	if !d.DryRun {
+		if d.TenantID == "" {
+			l.problem("defender.tenant_id", "required unless defender.dry_run is true")
+		}
+		if d.ClientID == "" {
+			l.problem("defender.client_id", "required unless defender.dry_run is true")
+		}
+	}
+	creds := 0
+	for _, set := range []bool{c.Secrets.DefenderClientSecret != "", d.CertificateFile != "", d.FederatedTokenFile != ""} {
+		if set {
+			creds++
+		}
+	}
+	switch {
+	case creds == 0 && !d.DryRun:
+		l.problem("defender.client_secret_file", "no Defender credential: set client_secret_file (or %sDEFENDER_CLIENT_SECRET), certificate_file or federated_token_file, or turn on defender.dry_run", EnvPrefix)
+	case creds > 1:
+		l.problem("defender.client_secret_file", "set only one Defender credential of client secret, certificate_file and federated_token_file")
+	}
+	if d.RateLimit.PerMinute <= 0 {
+		l.problem("defender.rate_limit.per_minute", "must be positive, got %d", d.RateLimit.PerMinute)
+	}
+	if d.RateLimit.PerHour <= 0 {
+		l.problem("defender.rate_limit.per_hour", "must be positive, got %d", d.RateLimit.PerHour)
+	}
+	if d.PollInterval <= 0 {
+		l.problem("defender.poll_interval", "must be positive, got %s", d.PollInterval)
+	}
+	if d.ActionTimeout <= 0 {
+		l.problem("defender.action_timeout", "must be positive, got %s", d.ActionTimeout)
+	} else if d.PollInterval > 0 && d.ActionTimeout < d.PollInterval {
+		l.problem("defender.action_timeout", "must be at least poll_interval (%s), got %s", d.PollInterval, d.ActionTimeout)
+	}
+
+	if c.Safety.MaxCollectionsPerHour <= 0 {
+		l.problem("safety.max_collections_per_hour", "must be positive, got %d", c.Safety.MaxCollectionsPerHour)
+	}
+	if c.Safety.MaxMachinesPer10m <= 0 {
+		l.problem("safety.max_machines_per_10m", "must be positive, got %d", c.Safety.MaxMachinesPer10m)
+	}
+
+	if !oneOf(c.Log.Level, logLevels) {
+		l.problem("log.level", "unknown level %q (want one of %s)", c.Log.Level, quoteList(logLevels))
+	}
+	if !oneOf(c.Log.Format, logFormats) {
+		l.problem("log.format", "unknown format %q (want one of %s)", c.Log.Format, quoteList(logFormats))
+	}
+}
+
+// Keys lists every key path of the configuration with its environment
+// variable, in declaration order (for documentation and tests).
+func Keys() []string {
+	var out []string
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			path := name
+			if prefix != "" {
+				path = prefix + "." + name
+			}
+			if f.Type.Kind() == reflect.Struct && f.Type.String() != "time.Duration" {
+				walk(f.Type, path)
+				continue
+			}
+			out = append(out, path)
+		}
+	}
+	walk(reflect.TypeFor[Config](), "")
+	return out
+}
