@@ -6,9 +6,11 @@ import (
 )
 
 type tlsConf struct {
-	Cert  string   `yaml:"cert"`
-	Inner struct{ Deep string `yaml:"deep"` } `yaml:"inner"`
-	List  []string `yaml:"list"`
+	Cert  string `yaml:"cert"`
+	Inner struct {
+		Deep string `yaml:"deep"`
+	} `yaml:"inner"`
+	List []string `yaml:"list"`
 }
 
 type conf struct {
