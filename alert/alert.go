@@ -124,8 +124,21 @@ func ValidMachineID(id string) bool {
 
 // Receipt says what became of a batch handed to a Sink.
 type Receipt struct {
-	Accepted   int // durably stored, will be decided
-	Duplicates int // already known (same DedupKey)
+	// Duplicate[i] reports whether alerts[i] was already known (same
+	// DedupKey); every other alert was durably stored and will be decided.
+	Duplicate []bool
+}
+
+// Counts returns how many alerts were accepted and how many were duplicates.
+func (r Receipt) Counts() (accepted, duplicates int) {
+	for _, d := range r.Duplicate {
+		if d {
+			duplicates++
+		} else {
+			accepted++
+		}
+	}
+	return accepted, duplicates
 }
 
 // Sink takes decoded alerts for processing. Submit returns only once the
