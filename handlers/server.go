@@ -1,0 +1,380 @@
+// Package handlers is the HTTP edge of the responder: the webhook endpoints
+// with their authentication and limits, the health probes, /metrics and the
+// admin API, on one or two listeners with optional TLS and mTLS and a
+// graceful shutdown. Handlers only validate and enqueue; workers act.
+package handlers
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/config"
+)
+
+// AdminAPI holds the operations behind /api/v1/*. A nil function leaves its
+// endpoint unmounted.
+type AdminAPI struct {
+	// Rules describes the rule set in force (GET /api/v1/rules).
+	Rules func() any
+	// Reload reloads the rule files (POST /api/v1/reload).
+	Reload func(ctx context.Context) error
+	// Evaluate decides a payload without side effects (POST /api/v1/evaluate).
+	Evaluate func(ctx context.Context, format alert.Format, body []byte) (any, error)
+	// Pause and Resume flip the kill switch (POST /api/v1/pause, /resume).
+	Pause  func(ctx context.Context) error
+	Resume func(ctx context.Context) error
+	// Actions lists the audit trail (GET /api/v1/actions) with the query
+	// parameters machine, status and limit; Action returns one entry.
+	Actions func(ctx context.Context, machine, status string, limit int) (any, error)
+	Action  func(ctx context.Context, id string) (any, error)
+}
+
+// ErrNotFound is returned by AdminAPI.Action for an unknown id.
+var ErrNotFound = errors.New("not found")
+
+// Options configures the HTTP servers.
+type Options struct {
+	Config   *config.Config
+	Webhooks *Webhooks
+	Gatherer prometheus.Gatherer
+	// Ready reports whether the service can take alerts (store answers,
+	// rules loaded); its error text is the reason shown by /readyz.
+	Ready  func(ctx context.Context) error
+	Admin  AdminAPI
+	Logger *zap.Logger
+}
+
+// Server runs the public (webhook) listener and the admin listener.
+type Server struct {
+	opts      Options
+	servers   []*http.Server
+	listeners []net.Listener
+	names     []string
+	tls       *tls.Config
+}
+
+// New builds the servers; Listen binds them and Serve runs them.
+func New(opts Options) (*Server, error) {
+	c := opts.Config
+	s := &Server{opts: opts}
+	if c.Server.TLSCertFile != "" {
+		tc, err := tlsConfig(c.Server)
+		if err != nil {
+			return nil, err
+		}
+		s.tls = tc
+	}
+	public := newEcho(opts.Logger)
+	public.GET("/healthz", func(c echo.Context) error {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	public.GET("/readyz", s.readyz)
+	public.POST("/webhooks/defender", opts.Webhooks.Handler(alert.FormatDefender))
+	public.POST("/webhooks/alertmanager", opts.Webhooks.Handler(alert.FormatAlertmanager))
+
+	admin := public
+	if c.Server.AdminListen != "" {
+		admin = newEcho(opts.Logger)
+		admin.GET("/healthz", func(c echo.Context) error {
+			return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+		})
+		admin.GET("/readyz", s.readyz)
+	}
+	admin.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})))
+	s.mountAdminAPI(admin, c.Secrets.AdminBearerToken)
+	s.mountPprof(admin, c.Secrets.AdminBearerToken)
+
+	s.add("webhooks", c.Server.Listen, public, c)
+	if c.Server.AdminListen != "" {
+		s.add("admin", c.Server.AdminListen, admin, c)
+	}
+	return s, nil
+}
+
+func (s *Server) add(name, addr string, h http.Handler, c *config.Config) {
+	s.names = append(s.names, name)
+	s.servers = append(s.servers, &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: min(c.Server.ReadTimeout, 5*time.Second),
+		ReadTimeout:       c.Server.ReadTimeout,
+		// Writing the answer waits for the store (bounded by the submit
+		// timeout), so it gets more time than reading.
+		WriteTimeout:   c.Server.ReadTimeout + 20*time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		TLSConfig:      s.tls,
+		ErrorLog:       zap.NewStdLog(s.opts.Logger.Named("http")),
+	})
+}
+
+func tlsConfig(c config.Server) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading server.tls_cert_file and tls_key_file: %w", err)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	if c.TLSClientCAFile != "" {
+		pem, err := os.ReadFile(c.TLSClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading server.tls_client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("server.tls_client_ca_file %q holds no PEM certificate", c.TLSClientCAFile)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// Listen binds every listener, so that a taken port fails the start at once.
+func (s *Server) Listen() error {
+	for i, srv := range s.servers {
+		ln, err := net.Listen("tcp", srv.Addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listening for %s on %s: %w", s.names[i], srv.Addr, err)
+		}
+		s.listeners = append(s.listeners, ln)
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.listeners {
+		_ = ln.Close()
+	}
+	s.listeners = nil
+}
+
+// Addrs returns the bound address of each listener by name ("webhooks",
+// "admin"), after Listen.
+func (s *Server) Addrs() map[string]string {
+	out := map[string]string{}
+	for i, ln := range s.listeners {
+		out[s.names[i]] = ln.Addr().String()
+	}
+	return out
+}
+
+// Serve serves until ctx ends, then shuts down gracefully: it stops
+// accepting, lets in-flight requests finish within server.shutdown_timeout,
+// and returns. It returns early with an error if a listener fails.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.listeners == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	errc := make(chan error, len(s.servers))
+	var wg sync.WaitGroup
+	for i, srv := range s.servers {
+		ln := s.listeners[i]
+		if s.tls != nil {
+			ln = tls.NewListener(ln, s.tls)
+		}
+		scheme := "http"
+		if s.tls != nil {
+			scheme = "https"
+		}
+		s.opts.Logger.Info("listening", zap.String("listener", s.names[i]), zap.String("addr", s.listeners[i].Addr().String()), zap.String("scheme", scheme))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serving %s: %w", srv.Addr, err)
+			}
+		}()
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.opts.Config.Server.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	for _, srv := range s.servers {
+		if err := srv.Shutdown(shutdownCtx); err != nil {
+			errs = append(errs, fmt.Errorf("shutting down %s: %w", srv.Addr, err))
+			_ = srv.Close()
+		}
+	}
+	wg.Wait()
+	if serveErr != nil {
+		return serveErr
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	if s.opts.Ready != nil {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+		defer cancel()
+		if err := s.opts.Ready(ctx); err != nil {
+			return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+		}
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) mountPprof(e *echo.Echo, token string) {
+	g := e.Group("/debug/pprof", guard(token))
+	g.GET("/", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
+	g.GET("/cmdline", echo.WrapHandler(http.HandlerFunc(pprof.Cmdline)))
+	g.GET("/profile", echo.WrapHandler(http.HandlerFunc(pprof.Profile)))
+	g.GET("/symbol", echo.WrapHandler(http.HandlerFunc(pprof.Symbol)))
+	g.GET("/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))
+	g.GET("/:name", func(c echo.Context) error {
+		pprof.Handler(c.Param("name")).ServeHTTP(c.Response(), c.Request())
+		return nil
+	})
+}
+
+func guard(token string) echo.MiddlewareFunc {
+	ok := BearerGuard(token)
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if !ok(c.Request()) {
+				return c.JSON(http.StatusUnauthorized, ErrorAnswer{Error: "unauthorized"})
+			}
+			return next(c)
+		}
+	}
+}
+
+func (s *Server) mountAdminAPI(e *echo.Echo, token string) {
+	a := s.opts.Admin
+	g := e.Group("/api/v1", guard(token))
+	if a.Rules != nil {
+		g.GET("/rules", func(c echo.Context) error { return c.JSON(http.StatusOK, a.Rules()) })
+	}
+	if a.Reload != nil {
+		g.POST("/reload", func(c echo.Context) error {
+			if err := a.Reload(c.Request().Context()); err != nil {
+				return c.JSON(http.StatusUnprocessableEntity, ErrorAnswer{Error: err.Error()})
+			}
+			return c.JSON(http.StatusOK, map[string]string{"status": "reloaded"})
+		})
+	}
+	for path, fn := range map[string]func(context.Context) error{"/pause": a.Pause, "/resume": a.Resume} {
+		if fn == nil {
+			continue
+		}
+		g.POST(path, func(c echo.Context) error {
+			if err := fn(c.Request().Context()); err != nil {
+				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
+			}
+			return c.JSON(http.StatusOK, map[string]bool{"paused": path == "/pause"})
+		})
+	}
+	if a.Evaluate != nil {
+		maxBody := s.opts.Config.Server.MaxBodyBytes
+		g.POST("/evaluate", func(c echo.Context) error {
+			format := alert.FormatDefender
+			if q := c.QueryParam("format"); q != "" {
+				f, err := alert.ParseFormat(q)
+				if err != nil {
+					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: err.Error()})
+				}
+				format = f
+			}
+			body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, maxBody))
+			if err != nil {
+				return c.JSON(http.StatusRequestEntityTooLarge, ErrorAnswer{Error: "body too large"})
+			}
+			out, err := a.Evaluate(c.Request().Context(), format, body)
+			if err != nil {
+				var de *alert.DecodeError
+				if errors.As(err, &de) {
+					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: de.Error()})
+				}
+				return c.JSON(http.StatusInternalServerError, ErrorAnswer{Error: err.Error()})
+			}
+			return c.JSON(http.StatusOK, out)
+		})
+	}
+	if a.Actions != nil {
+		g.GET("/actions", func(c echo.Context) error {
+			limit := 100
+			if q := c.QueryParam("limit"); q != "" {
+				n, err := strconv.Atoi(q)
+				if err != nil || n <= 0 || n > 10000 {
+					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: "limit must be an integer from 1 to 10000"})
+				}
+				limit = n
+			}
+			out, err := a.Actions(c.Request().Context(), c.QueryParam("machine"), c.QueryParam("status"), limit)
+			if err != nil {
+				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
+			}
+			return c.JSON(http.StatusOK, out)
+		})
+	}
+	if a.Action != nil {
+		g.GET("/actions/:id", func(c echo.Context) error {
+			out, err := a.Action(c.Request().Context(), c.Param("id"))
+			if errors.Is(err, ErrNotFound) {
+				return c.JSON(http.StatusNotFound, ErrorAnswer{Error: "no action with that id"})
+			}
+			if err != nil {
+				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
+			}
+			return c.JSON(http.StatusOK, out)
+		})
+	}
+}
+
+// newEcho builds an Echo instance that answers errors as JSON, recovers from
+// panics (logging them) and prints nothing of its own.
+func newEcho(logger *zap.Logger) *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		code := http.StatusInternalServerError
+		msg := "internal error"
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			code = he.Code
+			msg = http.StatusText(code)
+		} else {
+			logger.Error("request failed", zap.String("path", c.Path()), zap.Error(err))
+		}
+		_ = c.JSON(code, ErrorAnswer{Error: msg})
+	}
+	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) (err error) {
+			defer func() {
+				if r := recover(); r != nil {
+					logger.Error("panic serving request", zap.String("path", c.Path()), zap.Any("panic", r), zap.Stack("stack"))
+					err = c.JSON(http.StatusInternalServerError, ErrorAnswer{Error: "internal error"})
+				}
+			}()
+			return next(c)
+		}
+	})
+	return e
+}

@@ -1,0 +1,176 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/metrics"
+)
+
+// maxProblemsShown caps the problems echoed in one answer; all are logged.
+const maxProblemsShown = 10
+
+// WebhookAnswer is the JSON body of a webhook answer (SPEC section 5).
+// Counts are per alert and machine: a Graph alert naming two devices counts
+// twice. received = accepted + duplicates + ignored + invalid.
+type WebhookAnswer struct {
+	Received   int      `json:"received"`
+	Accepted   int      `json:"accepted"`
+	Duplicates int      `json:"duplicates"`
+	Ignored    int      `json:"ignored"`
+	Invalid    int      `json:"invalid"`
+	Problems   []string `json:"problems,omitempty"`
+}
+
+// ErrorAnswer is the JSON body of every error answer.
+type ErrorAnswer struct {
+	Error string `json:"error"`
+}
+
+// Webhooks serves the webhook endpoints: authenticate, bound, decode,
+// normalise, and hand the alerts to the Sink. It never acts on an alert
+// itself (STYLE C8: the handler enqueues, the worker acts).
+type Webhooks struct {
+	Auth         *WebhookAuth
+	Sink         alert.Sink
+	MaxBodyBytes int64
+	// AcceptResolved reports whether resolved alerts are wanted (a loaded
+	// rule sets on_resolved); when nil or false they are counted ignored.
+	AcceptResolved func() bool
+	// SubmitTimeout bounds the wait for the store; past it the answer is 503.
+	SubmitTimeout time.Duration
+	Metrics       *metrics.Metrics
+	Logger        *zap.Logger
+}
+
+// Handler returns the echo handler of one webhook format.
+func (h *Webhooks) Handler(format alert.Format) echo.HandlerFunc {
+	endpoint := string(format)
+	return func(c echo.Context) error {
+		code, body := h.serve(c.Request(), format)
+		h.Metrics.WebhookRequests.WithLabelValues(endpoint, strconv.Itoa(code)).Inc()
+		return c.JSON(code, body)
+	}
+}
+
+func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
+	log := h.Logger.With(zap.String("source", string(format)))
+	if err := h.Auth.checkPeer(r); err != nil {
+		log.Warn("webhook refused", zap.String("peer", r.RemoteAddr), zap.String("error", err.reason))
+		return err.status, ErrorAnswer{Error: "unauthorized"}
+	}
+	if err := h.Auth.checkHeaders(r); err != nil {
+		log.Warn("webhook refused", zap.String("peer", r.RemoteAddr), zap.String("error", err.reason))
+		return err.status, ErrorAnswer{Error: "unauthorized"}
+	}
+	if !isJSON(r.Header.Get("Content-Type")) {
+		return http.StatusUnsupportedMediaType, ErrorAnswer{Error: "content type must be application/json, got " + strconv.Quote(r.Header.Get("Content-Type"))}
+	}
+	if r.ContentLength > h.MaxBodyBytes {
+		return http.StatusRequestEntityTooLarge, ErrorAnswer{Error: "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"}
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return http.StatusRequestEntityTooLarge, ErrorAnswer{Error: "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"}
+		}
+		return http.StatusBadRequest, ErrorAnswer{Error: "reading body: " + err.Error()}
+	}
+	if err := h.Auth.checkSignature(r, raw); err != nil {
+		log.Warn("webhook refused", zap.String("peer", r.RemoteAddr), zap.String("error", err.reason))
+		return err.status, ErrorAnswer{Error: "unauthorized"}
+	}
+
+	batch, err := alert.Decode(format, raw)
+	if err != nil {
+		var de *alert.DecodeError
+		if errors.As(err, &de) {
+			log.Warn("webhook rejected", zap.Error(err))
+			return http.StatusBadRequest, ErrorAnswer{Error: de.Error()}
+		}
+		log.Error("webhook decoding failed", zap.Error(err))
+		return http.StatusInternalServerError, ErrorAnswer{Error: "internal error"}
+	}
+
+	ans := WebhookAnswer{Received: len(batch.Alerts) + len(batch.Invalid), Invalid: len(batch.Invalid)}
+	invalidSource := defaultSource(format)
+	for _, p := range batch.Invalid {
+		h.Metrics.AlertsReceived.WithLabelValues(string(invalidSource), "invalid").Inc()
+		log.Warn("alert invalid", zap.String("error", p.String()))
+		if len(ans.Problems) < maxProblemsShown {
+			ans.Problems = append(ans.Problems, p.String())
+		}
+	}
+	acceptResolved := h.AcceptResolved != nil && h.AcceptResolved()
+	keep := make([]alert.Alert, 0, len(batch.Alerts))
+	for _, a := range batch.Alerts {
+		reason := ""
+		switch {
+		case a.MachineID == "" && a.MachineName == "":
+			reason = "names no machine"
+		case a.Status == alert.StatusResolved && !acceptResolved:
+			reason = "resolved, and no rule sets on_resolved"
+		}
+		if reason != "" {
+			ans.Ignored++
+			h.Metrics.AlertsReceived.WithLabelValues(string(a.Source), "ignored").Inc()
+			log.Info("alert ignored", zap.String("alert_id", a.ID), zap.String("reason", reason))
+			continue
+		}
+		keep = append(keep, a)
+	}
+	if len(keep) == 0 && ans.Invalid > 0 && ans.Ignored == 0 {
+		return http.StatusBadRequest, ErrorAnswer{Error: strings.Join(ans.Problems, "; ")}
+	}
+	if len(keep) > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), h.SubmitTimeout)
+		receipt, err := h.Sink.Submit(ctx, keep)
+		cancel()
+		if err != nil {
+			log.Error("store cannot take alerts", zap.Int("alerts", len(keep)), zap.Error(err))
+			return http.StatusServiceUnavailable, ErrorAnswer{Error: "the store cannot take the alerts now; retry later"}
+		}
+		for i, a := range keep {
+			outcome := "accepted"
+			if i < len(receipt.Duplicate) && receipt.Duplicate[i] {
+				outcome = "duplicate"
+				ans.Duplicates++
+			} else {
+				ans.Accepted++
+			}
+			h.Metrics.AlertsReceived.WithLabelValues(string(a.Source), outcome).Inc()
+			log.Info("alert received", zap.String("alert_id", a.ID), zap.String("machine_id", a.MachineID),
+				zap.String("machine_name", a.MachineName), zap.String("outcome", outcome))
+		}
+	}
+	log.Info("webhook received", zap.Int("received", ans.Received), zap.Int("accepted", ans.Accepted),
+		zap.Int("duplicates", ans.Duplicates), zap.Int("ignored", ans.Ignored), zap.Int("invalid", ans.Invalid))
+	return http.StatusAccepted, ans
+}
+
+func defaultSource(f alert.Format) alert.Source {
+	if f == alert.FormatAlertmanager {
+		return alert.SourceAlertmanager
+	}
+	return alert.SourceDefender
+}
+
+// isJSON accepts application/json and any application/*+json type.
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
