@@ -1,0 +1,355 @@
+package alert_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/responder-dev/responder/alert"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden.json from what the decoders return")
+
+// decoderFor picks the decoder of a testdata file by the start of its name:
+// defender-* and graph-* go to DecodeDefender, alertmanager-* and grafana-*
+// to DecodeAlertmanager.
+func decoderFor(t *testing.T, file string) func([]byte) (alert.Batch, error) {
+	t.Helper()
+	name := filepath.Base(file)
+	switch {
+	case strings.HasPrefix(name, "defender-"), strings.HasPrefix(name, "graph-"):
+		return alert.DecodeDefender
+	case strings.HasPrefix(name, "alertmanager-"), strings.HasPrefix(name, "grafana-"):
+		return alert.DecodeAlertmanager
+	}
+	t.Fatalf("%s: no decoder for this name (want a defender-, graph-, alertmanager- or grafana- prefix)", file)
+	return nil
+}
+
+// payloads lists the JSON files of dir, without the golden files.
+func payloads(t *testing.T, dir string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = slices.DeleteFunc(files, func(f string) bool { return strings.HasSuffix(f, ".golden.json") })
+	if len(files) == 0 {
+		t.Fatalf("no payloads in %s", dir)
+	}
+	return files
+}
+
+// TestDecodeGolden decodes every payload of testdata/ and compares the whole
+// Batch, as JSON, with the .golden.json file next to it. The golden files
+// are the specification of the decoders: after -update, read the diff.
+func TestDecodeGolden(t *testing.T) {
+	t.Parallel()
+	files := payloads(t, "testdata")
+	for _, required := range []string{
+		"defender-v1-single.json",
+		"defender-v1-array.json",
+		"defender-v1-value-envelope.json",
+		"graph-alerts-v2-two-devices.json",
+		"alertmanager-firing-resolved.json",
+		"grafana-v1.json",
+	} {
+		if !slices.Contains(files, filepath.Join("testdata", required)) {
+			t.Errorf("testdata/%s is missing", required)
+		}
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			t.Parallel()
+			body, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch, err := decoderFor(t, file)(body)
+			if err != nil {
+				t.Fatalf("decode %s: %v", file, err)
+			}
+			got, err := json.MarshalIndent(batch, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, '\n')
+			golden := strings.TrimSuffix(file, ".json") + ".golden.json"
+			if *update {
+				if err := os.WriteFile(golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./alert/ -run TestDecodeGolden -update to create it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("decode %s differs from %s (rerun with -update and read the diff):\n%s", file, golden, got)
+			}
+		})
+	}
+}
+
+// TestDecodeErrors checks the exact message of every kind of body that is
+// rejected as a whole. Every file of testdata/invalid/ must be listed.
+func TestDecodeErrors(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		// Not one JSON value.
+		"defender-empty.json":             `body is empty`,
+		"defender-whitespace.json":        `body is empty`,
+		"alertmanager-empty.json":         `body is empty`,
+		"defender-not-json.json":          `body is not valid JSON: invalid character 'H' looking for beginning of value at line 1, column 55 (byte offset 54)`,
+		"alertmanager-yaml-body.json":     `body is not valid JSON: invalid character 'v' looking for beginning of value at line 1, column 1 (byte offset 0)`,
+		"defender-truncated.json":         `body is not valid JSON: unexpected end of input at line 5, column 1 (byte offset 111)`,
+		"defender-trailing-data.json":     `body is not valid JSON: unexpected data after the top-level value at line 2, column 1 (byte offset 42)`,
+		"alertmanager-trailing-data.json": `body is not valid JSON: unexpected data after the top-level value at line 3, column 1 (byte offset 32)`,
+
+		// Not a supported schema.
+		"defender-top-level-string.json":     `body: expected an alert object, an array of alerts or {"value": [...]}, got string`,
+		"defender-alertmanager-payload.json": `body: expected an alert object, an array of alerts or {"value": [...]}`,
+		"defender-element-not-alert.json":    `[1]: expected an MDE or Graph alert object, found none of the members id, providerAlertId, machineId, computerDnsName, alertCreationTime, createdDateTime, incidentId, @odata.type`,
+		"alertmanager-top-level-array.json":  `body: expected an Alertmanager or Grafana webhook object, got array`,
+		"alertmanager-unknown-version.json":  `version: unsupported webhook version "3", expected "4" (Alertmanager) or "1" (Grafana)`,
+		"alertmanager-missing-version.json":  `version: missing, expected "4" (Alertmanager) or "1" (Grafana)`,
+		"alertmanager-missing-alerts.json":   `alerts: missing, expected an array of alerts`,
+
+		// A value of the wrong type or form, with its full path.
+		"defender-value-not-array.json":          `value: expected array, got object`,
+		"defender-element-not-object.json":       `value[1]: expected object, got string`,
+		"defender-mitre-not-array.json":          `value[1].mitreTechniques: expected array, got number`,
+		"defender-mitre-element-not-string.json": `[0].mitreTechniques[1]: expected string, got number`,
+		"defender-machine-id-number.json":        `machineId: expected string, got number`,
+		"defender-incident-id-fraction.json":     `[0].incidentId: expected an integer, got number 1126093.5`,
+		"defender-incident-id-object.json":       `[0].incidentId: expected integer or string, got object`,
+		"defender-bad-creation-time.json":        `alertCreationTime: expected an RFC 3339 date-time, got "26/01/2021 20:33:57"`,
+		"graph-evidence-not-array.json":          `value[0].evidence: expected array, got object`,
+		"graph-device-id-wrong-type.json":        `value[1].evidence[1].mdeDeviceId: expected string, got array`,
+		"graph-incident-id-boolean.json":         `incidentId: expected integer or string, got boolean`,
+		"alertmanager-version-number.json":       `version: expected string, got number`,
+		"alertmanager-alerts-not-array.json":     `alerts: expected array, got object`,
+		"alertmanager-labels-string.json":        `alerts[3].labels: expected object, got string`,
+		"alertmanager-label-value-number.json":   `alerts[0].labels.severity: expected string, got number`,
+		"alertmanager-annotation-odd-key.json":   `alerts[1].annotations["runbook url"]: expected string, got boolean`,
+		"alertmanager-alert-null.json":           `alerts[1]: expected object, got null`,
+		"grafana-bad-starts-at.json":             `alerts[0].startsAt: expected an RFC 3339 date-time, got "2024-06-11 08:15"`,
+		"grafana-values-ok-status-number.json":   `alerts[0].status: expected string, got number`,
+	}
+	for _, file := range payloads(t, filepath.Join("testdata", "invalid")) {
+		if _, ok := tests[filepath.Base(file)]; !ok {
+			t.Errorf("%s has no expected error in this table", file)
+		}
+	}
+	for name, want := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			file := filepath.Join("testdata", "invalid", name)
+			body, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch, err := decoderFor(t, file)(body)
+			var de *alert.DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("decode %s: got error %v (%T) and %d alerts, want *alert.DecodeError %q", file, err, err, len(batch.Alerts), want)
+			}
+			if got := err.Error(); got != want {
+				t.Errorf("decode %s:\n got %s\nwant %s", file, got, want)
+			}
+		})
+	}
+}
+
+// TestDecodeDropped checks that alerts with a missing id or a malformed
+// machine id are listed as invalid with the exact reason, and that the rest
+// of the body is kept. Every file of testdata/dropped/ must be listed.
+func TestDecodeDropped(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		invalid []string // Problem.String() of each dropped alert
+		kept    []string // DedupKey of each alert kept
+	}{
+		"defender-missing-ids.json": {
+			invalid: []string{
+				`value[1].id: missing alert id`,
+				`value[2].id: missing alert id`,
+				`value[3].id: missing alert id`,
+			},
+			kept: []string{
+				`defender|da637472900382838869_1364969609|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
+				`defender|da637472912345678901_-1234567890|name:fin-ws-0142.corp.contoso.com`,
+			},
+		},
+		"defender-bad-machine-ids.json": {
+			invalid: []string{
+				`[0].machineId: not a 40-character hexadecimal MDE machine id: "1e5bc9d7e413ddd7902c2932e418702b84d0cc0"`,
+				`[2].machineId: not a 40-character hexadecimal MDE machine id: "../../api/machines/1e5bc9d7e413ddd7902c2932e418702b84d0cc07/offb"... (68 bytes)`,
+				`[3].machineId: not a 40-character hexadecimal MDE machine id: "` + strings.Repeat("a", 64) + `"... (200 bytes)`,
+				`[4].machineId: not a 40-character hexadecimal MDE machine id: "f18bd540-d5e4-46e0-8ddd-3d03a59e4e14"`,
+			},
+			kept: []string{
+				`defender|da637472900382838869_1364969610|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
+				`defender|da637472900382838869_1364969614|04c99d46599f078f1c3da3783cf5b95f01ac61bb`,
+			},
+		},
+		"graph-bad-devices.json": {
+			invalid: []string{
+				`value[0].evidence[1].mdeDeviceId: not a 40-character hexadecimal MDE machine id: "f18bd540-d5e4-46e0-8ddd-3d03a59e4e14"`,
+				`value[1].evidence[0].mdeDeviceId: not a 40-character hexadecimal MDE machine id: "zz5bc9d7e413ddd7902c2932e418702b84d0cc07"`,
+				`value[2].id: missing alert id`,
+				`value[3].id: alert id contains a control character: "da637551227677560899_13\nINFO forged log line"`,
+			},
+			kept: []string{
+				`graph|da637551227677560813_-961444813|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
+				`graph|da637551227677560813_-961444813|name:build-agent-03.corp.contoso.com`,
+				`graph|da637551227677560813_-961444813|04c99d46599f078f1c3da3783cf5b95f01ac61bb`,
+			},
+		},
+		"alertmanager-bad-alerts.json": {
+			invalid: []string{
+				`alerts[0].labels.machine_id: not a 40-character hexadecimal MDE machine id: "fin-ws-0142"`,
+				`alerts[2]: no alert_id label and no fingerprint`,
+				`alerts[3].labels.device_id: not a 40-character hexadecimal MDE machine id: "1e5bc9d7e413ddd7902c2932e418702b84d0cc07 ; rm -rf /"`,
+				`alerts[5].labels.alert_id: alert id longer than 256 bytes: "` + strings.Repeat("x", 64) + `"... (300 bytes)`,
+				`alerts[6]: no alert_id label and no fingerprint`,
+			},
+			kept: []string{
+				`alertmanager|a-2|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
+				`alertmanager|0000000000000005|04c99d46599f078f1c3da3783cf5b95f01ac61bb|2024-05-01T10:00:00Z`,
+			},
+		},
+	}
+	for _, file := range payloads(t, filepath.Join("testdata", "dropped")) {
+		if _, ok := tests[filepath.Base(file)]; !ok {
+			t.Errorf("%s has no expectation in this table", file)
+		}
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			file := filepath.Join("testdata", "dropped", name)
+			body, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch, err := decoderFor(t, file)(body)
+			if err != nil {
+				t.Fatalf("decode %s: %v", file, err)
+			}
+			var invalid, kept []string
+			for _, p := range batch.Invalid {
+				invalid = append(invalid, p.String())
+			}
+			for _, a := range batch.Alerts {
+				kept = append(kept, a.DedupKey())
+			}
+			if !slices.Equal(invalid, tt.invalid) {
+				t.Errorf("decode %s: invalid\n got %q\nwant %q", file, invalid, tt.invalid)
+			}
+			if !slices.Equal(kept, tt.kept) {
+				t.Errorf("decode %s: kept\n got %q\nwant %q", file, kept, tt.kept)
+			}
+		})
+	}
+}
+
+// TestDecodeAlertLimit checks that a body of 10,000 alerts decodes and one
+// more is rejected, for every shape that carries a list of alerts.
+func TestDecodeAlertLimit(t *testing.T) {
+	t.Parallel()
+	const limit = 10000
+	v1 := `{"id":"da637472900382838869_1364969609","machineId":"1e5bc9d7e413ddd7902c2932e418702b84d0cc07"}`
+	am := `{"status":"firing","labels":{"alertname":"A"},"fingerprint":"6e2d6a5b1f0c3e71"}`
+	device := `{"@odata.type":"#microsoft.graph.security.deviceEvidence","deviceDnsName":"pc%d.contoso.com"}`
+	graph := func(n int) string {
+		var b strings.Builder
+		b.WriteString(`{"id":"da637551227677560813_-961444813","serviceSource":"microsoftDefenderForEndpoint","evidence":[`)
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, device, i)
+		}
+		b.WriteString(`]}`)
+		return b.String()
+	}
+	list := func(elem string, n int) string {
+		return "[" + strings.TrimSuffix(strings.Repeat(elem+",", n), ",") + "]"
+	}
+	tests := []struct {
+		name   string
+		decode func([]byte) (alert.Batch, error)
+		body   string
+		want   string // error; "" for a batch of limit alerts
+	}{
+		{"DefenderArrayAtLimit", alert.DecodeDefender, list(v1, limit), ""},
+		{"DefenderArrayOverLimit", alert.DecodeDefender, list(v1, limit+1), "body: more than 10000 alerts in one body"},
+		{"DefenderEnvelopeOverLimit", alert.DecodeDefender, `{"value":` + list(v1, limit+1) + `}`, "value: more than 10000 alerts in one body"},
+		{"GraphDevicesAtLimit", alert.DecodeDefender, graph(limit), ""},
+		{"GraphDevicesOverLimit", alert.DecodeDefender, graph(limit + 1), "body: more than 10000 alerts in one body"},
+		{"AlertmanagerAtLimit", alert.DecodeAlertmanager, `{"version":"4","alerts":` + list(am, limit) + `}`, ""},
+		{"AlertmanagerOverLimit", alert.DecodeAlertmanager, `{"version":"4","alerts":` + list(am, limit+1) + `}`, "alerts: more than 10000 alerts in one body"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			batch, err := tt.decode([]byte(tt.body))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				if n := len(batch.Alerts) + len(batch.Invalid); n != limit {
+					t.Fatalf("decode: got %d alerts, want %d", n, limit)
+				}
+				return
+			}
+			var de *alert.DecodeError
+			if !errors.As(err, &de) || err.Error() != tt.want {
+				t.Fatalf("decode: got error %v, want *alert.DecodeError %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestDecodeFormat checks that Decode dispatches on the format.
+func TestDecodeFormat(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		format alert.Format
+		file   string
+		source alert.Source
+	}{
+		{alert.FormatDefender, "defender-v1-single.json", alert.SourceDefender},
+		{alert.FormatDefender, "graph-alerts-v2-two-devices.json", alert.SourceGraph},
+		{alert.FormatAlertmanager, "alertmanager-firing-resolved.json", alert.SourceAlertmanager},
+		{alert.FormatAlertmanager, "grafana-v1.json", alert.SourceGrafana},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			t.Parallel()
+			body, err := os.ReadFile(filepath.Join("testdata", tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch, err := alert.Decode(tt.format, body)
+			if err != nil {
+				t.Fatalf("Decode(%s, %s): %v", tt.format, tt.file, err)
+			}
+			if len(batch.Alerts) == 0 || batch.Alerts[0].Source != tt.source {
+				t.Fatalf("Decode(%s, %s): got %+v, want alerts from %s", tt.format, tt.file, batch.Alerts, tt.source)
+			}
+		})
+	}
+	if _, err := alert.Decode("syslog", []byte(`{}`)); err == nil || err.Error() != `unknown format "syslog"` {
+		t.Errorf(`Decode("syslog"): got %v, want unknown format "syslog"`, err)
+	}
+}

@@ -1,0 +1,333 @@
+package alert
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// maxAlerts bounds the alerts of one body: the input alerts of an array and
+// the Alerts and Problems a body decodes to (a Graph alert counts once per
+// device). Beyond it the body is rejected, so that a hostile body cannot make
+// the decoder hold much more than the body itself.
+const maxAlerts = 10000
+
+// noLimit is the element limit of arrays that hold no alerts: they are
+// bounded by the body size alone.
+const noLimit = math.MaxInt
+
+// maxEcho caps how much of a bad value a message repeats.
+const maxEcho = 64
+
+// tooManyAlerts is the message of the DecodeError for a body over maxAlerts.
+var tooManyAlerts = fmt.Sprintf("more than %d alerts in one body", maxAlerts)
+
+// parseBody checks that body holds exactly one JSON value and returns it.
+// Every problem is a *DecodeError for the body as a whole.
+func parseBody(body []byte) (json.RawMessage, error) {
+	if len(trimJSONSpace(body)) == 0 {
+		return nil, &DecodeError{Msg: "body is empty"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		var syntax *json.SyntaxError
+		switch {
+		case errors.As(err, &syntax):
+			// Offset counts the bytes read, the offending one included.
+			return nil, notJSON(body, syntax.Offset-1, syntax.Error())
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return nil, notJSON(body, int64(len(body)), "unexpected end of input")
+		default:
+			return nil, notJSON(body, dec.InputOffset(), err.Error())
+		}
+	}
+	end := dec.InputOffset()
+	if rest := body[end:]; len(trimJSONSpace(rest)) != 0 {
+		start := end + int64(len(rest)-len(trimLeftJSONSpace(rest)))
+		return nil, notJSON(body, start, "unexpected data after the top-level value")
+	}
+	return raw, nil
+}
+
+// notJSON builds the DecodeError for a body that is not one JSON value,
+// locating the problem at the 0-based byte offset off.
+func notJSON(body []byte, off int64, what string) *DecodeError {
+	off = max(0, min(off, int64(len(body))))
+	before := body[:off]
+	line := 1 + bytes.Count(before, []byte("\n"))
+	col := 1 + len(before) - (bytes.LastIndexByte(before, '\n') + 1)
+	return &DecodeError{Msg: fmt.Sprintf("body is not valid JSON: %s at line %d, column %d (byte offset %d)", what, line, col, off)}
+}
+
+// trimJSONSpace removes the white space JSON allows around values.
+func trimJSONSpace(b []byte) []byte {
+	return bytes.TrimRight(trimLeftJSONSpace(b), " \t\r\n")
+}
+
+func trimLeftJSONSpace(b []byte) []byte {
+	return bytes.TrimLeft(b, " \t\r\n")
+}
+
+// kindOf names the type of a JSON value as messages spell it.
+func kindOf(raw json.RawMessage) string {
+	raw = trimLeftJSONSpace(raw)
+	if len(raw) == 0 {
+		return "nothing"
+	}
+	switch raw[0] {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "boolean"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
+
+// typeError reports a value of the wrong JSON type at path.
+func typeError(path, want string, raw json.RawMessage) *DecodeError {
+	return &DecodeError{Path: where(path), Msg: fmt.Sprintf("expected %s, got %s", want, kindOf(raw))}
+}
+
+// valueError reports a value of the right type but a bad content at path.
+func valueError(path, format string, args ...any) *DecodeError {
+	return &DecodeError{Path: where(path), Msg: fmt.Sprintf(format, args...)}
+}
+
+// jsonError turns an error of encoding/json about the value at path into a
+// DecodeError. The decoders check every type before they unmarshal, so this
+// is a safety net rather than the usual way errors are reported.
+func jsonError(path string, err error) *DecodeError {
+	var typ *json.UnmarshalTypeError
+	if errors.As(err, &typ) {
+		p := path
+		if typ.Field != "" {
+			p = joinKey(path, typ.Field)
+		}
+		return &DecodeError{Path: where(p), Msg: fmt.Sprintf("expected %s, got %s", typ.Type, typ.Value)}
+	}
+	return &DecodeError{Path: where(path), Msg: "invalid value: " + err.Error()}
+}
+
+// where names the body as a whole when path is empty.
+func where(path string) string {
+	if path == "" {
+		return "body"
+	}
+	return path
+}
+
+// joinKey appends an object key to a path: ".key" for key names made of
+// letters, digits, '_', '@' and '-', `["key"]` for anything else.
+func joinKey(path, key string) string {
+	plain := key != ""
+	for _, r := range key {
+		if !(r == '_' || r == '@' || r == '-' || '0' <= r && r <= '9' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') {
+			plain = false
+			break
+		}
+	}
+	if !plain {
+		return path + "[" + quoteCapped(key) + "]"
+	}
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// joinIndex appends an array index to a path.
+func joinIndex(path string, i int) string {
+	return path + "[" + strconv.Itoa(i) + "]"
+}
+
+// quoteCapped quotes s for a message, keeping at most maxEcho bytes of it
+// so that a hostile value is never echoed in full.
+func quoteCapped(s string) string {
+	if len(s) <= maxEcho {
+		return strconv.Quote(s)
+	}
+	cut := maxEcho
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+}
+
+// eachElement calls fn for every element of the JSON array raw, found at
+// path, one at a time, and fails once there are more than limit elements.
+func eachElement(raw json.RawMessage, path string, limit int, fn func(i int, elem json.RawMessage) error) error {
+	if k := kindOf(raw); k != "array" {
+		return typeError(path, "array", raw)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if _, err := dec.Token(); err != nil { // the opening bracket
+		return jsonError(path, err)
+	}
+	for i := 0; dec.More(); i++ {
+		if i >= limit {
+			return &DecodeError{Path: where(path), Msg: tooManyAlerts}
+		}
+		var elem json.RawMessage
+		if err := dec.Decode(&elem); err != nil {
+			return jsonError(joinIndex(path, i), err)
+		}
+		if err := fn(i, elem); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// object is a JSON object being decoded: its members, still raw, and where
+// it is in the body. A member whose value is null counts as absent.
+type object struct {
+	path    string
+	members map[string]json.RawMessage
+}
+
+// decodeObject decodes the JSON object raw found at path.
+func decodeObject(raw json.RawMessage, path string) (object, error) {
+	if k := kindOf(raw); k != "object" {
+		return object{}, typeError(path, "object", raw)
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &members); err != nil {
+		return object{}, jsonError(path, err)
+	}
+	return object{path: path, members: members}, nil
+}
+
+// has reports whether the object has the key, even with a null value.
+func (o object) has(key string) bool {
+	_, ok := o.members[key]
+	return ok
+}
+
+// get returns the raw value of key, and false when it is absent or null.
+func (o object) get(key string) (json.RawMessage, bool) {
+	raw, ok := o.members[key]
+	if !ok || kindOf(raw) == "null" {
+		return nil, false
+	}
+	return raw, true
+}
+
+// at returns the path of a member.
+func (o object) at(key string) string { return joinKey(o.path, key) }
+
+// str returns the string value of key, "" when absent.
+func (o object) str(key string) (string, error) {
+	raw, ok := o.get(key)
+	if !ok {
+		return "", nil
+	}
+	return decodeString(raw, o.at(key))
+}
+
+// decodeString decodes the JSON string raw found at path.
+func decodeString(raw json.RawMessage, path string) (string, error) {
+	if kindOf(raw) != "string" {
+		return "", typeError(path, "string", raw)
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", jsonError(path, err)
+	}
+	return s, nil
+}
+
+// strList returns the array of strings under key, nil when absent or empty.
+func (o object) strList(key string) ([]string, error) {
+	raw, ok := o.get(key)
+	if !ok {
+		return nil, nil
+	}
+	var list []string
+	err := eachElement(raw, o.at(key), noLimit, func(i int, elem json.RawMessage) error {
+		s, err := decodeString(elem, joinIndex(o.at(key), i))
+		list = append(list, s)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return list, nil
+}
+
+// strMap returns the object of strings under key, nil when absent or empty.
+func (o object) strMap(key string) (map[string]string, error) {
+	raw, ok := o.get(key)
+	if !ok {
+		return nil, nil
+	}
+	inner, err := decodeObject(raw, o.at(key))
+	if err != nil {
+		return nil, err
+	}
+	if len(inner.members) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(inner.members))
+	for k, v := range inner.members {
+		s, err := decodeString(v, inner.at(k))
+		if err != nil {
+			return nil, err
+		}
+		m[k] = s
+	}
+	return m, nil
+}
+
+// timestamp returns the RFC 3339 date-time under key in UTC, the zero time
+// when absent or empty. A date-time without a zone is taken as UTC, as MDE
+// sometimes writes them.
+func (o object) timestamp(key string) (time.Time, error) {
+	s, err := o.str(key)
+	if err != nil || s == "" {
+		return time.Time{}, err
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, valueError(o.at(key), "expected an RFC 3339 date-time, got %s", quoteCapped(s))
+}
+
+// integerText returns the integer under key as a decimal string: MDE v1
+// sends incident ids as numbers, Graph as strings; both are accepted.
+func (o object) integerText(key string) (string, error) {
+	raw, ok := o.get(key)
+	if !ok {
+		return "", nil
+	}
+	switch kindOf(raw) {
+	case "string":
+		s, err := decodeString(raw, o.at(key))
+		return strings.TrimSpace(s), err
+	case "number":
+		text := string(trimJSONSpace(raw))
+		if _, err := strconv.ParseInt(text, 10, 64); err != nil {
+			if len(text) > maxEcho {
+				text = text[:maxEcho] + "..." // a number literal is ASCII
+			}
+			return "", valueError(o.at(key), "expected an integer, got number %s", text)
+		}
+		return text, nil
+	}
+	return "", typeError(o.at(key), "integer or string", raw)
+}

@@ -1,0 +1,109 @@
+package alert
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestNormalSeverity(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		// MDE v1.
+		"UnSpecified": SeverityUnknown, "Informational": SeverityInformational, "Low": SeverityLow,
+		"Medium": SeverityMedium, "High": SeverityHigh,
+		// Graph.
+		"unknown": SeverityUnknown, "unknownFutureValue": SeverityUnknown, "informational": SeverityInformational,
+		// Alertmanager and Grafana labels.
+		"info": SeverityInformational, " INFO ": SeverityInformational, "notice": SeverityInformational,
+		"warning": SeverityMedium, "warn": SeverityMedium, "error": SeverityHigh, "major": SeverityHigh,
+		"critical": SeverityCritical, "crit": SeverityCritical, "page": SeverityCritical, "P1": SeverityCritical,
+		"p5": SeverityInformational, "none": SeverityUnknown, "": SeverityUnknown, "sev0": SeverityUnknown,
+		"ticket": SeverityUnknown,
+	}
+	for in, want := range tests {
+		if got := normalSeverity(in); got != want {
+			t.Errorf("normalSeverity(%q) = %q, want %q", in, got, want)
+		}
+	}
+	// Every value of the table must be a severity of SPEC 5.1.
+	for in, sev := range severities {
+		switch sev {
+		case SeverityInformational, SeverityLow, SeverityMedium, SeverityHigh, SeverityCritical, SeverityUnknown:
+		default:
+			t.Errorf("severities[%q] = %q, not a SPEC 5.1 severity", in, sev)
+		}
+		if in != strings.ToLower(strings.TrimSpace(in)) {
+			t.Errorf("severities key %q is not lower-case and trimmed, so it never matches", in)
+		}
+	}
+}
+
+func TestNormalStatus(t *testing.T) {
+	t.Parallel()
+	mde := []string{StatusNew, StatusInProgress, StatusResolved}
+	am := []string{StatusFiring, StatusResolved}
+	tests := []struct {
+		in      string
+		allowed []string
+		want    string
+	}{
+		{"New", mde, "new"},
+		{"InProgress", mde, "inprogress"},
+		{"inProgress", mde, "inprogress"},
+		{"Resolved", mde, "resolved"},
+		{"Unknown", mde, "unknown"},
+		{"unknownFutureValue", mde, "unknown"},
+		{"firing", mde, "unknown"},
+		{"", mde, "unknown"},
+		{"firing", am, "firing"},
+		{"Resolved", am, "resolved"},
+		{"pending", am, "unknown"},
+	}
+	for _, tt := range tests {
+		if got := normalStatus(tt.in, tt.allowed...); got != tt.want {
+			t.Errorf("normalStatus(%q, %q) = %q, want %q", tt.in, tt.allowed, got, tt.want)
+		}
+	}
+}
+
+func TestHostOf(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		"host.example.com":                   "host.example.com",
+		"host.example.com:9100":              "host.example.com",
+		" host.example.com:9100 ":            "host.example.com",
+		"10.0.0.7:9100":                      "10.0.0.7",
+		"[::1]:9100":                         "::1",
+		"[2001:db8::15]":                     "2001:db8::15",
+		"[fe80::1%eth0]:9182":                "fe80::1%eth0",
+		"::1":                                "::1",
+		"2001:db8::15":                       "2001:db8::15",
+		"host:port":                          "host:port",
+		"host:1234567":                       "host:1234567",
+		"[::1":                               "[::1",
+		":9100":                              "",
+		"https://intranet.example.com/login": "intranet.example.com",
+		"http://[2001:db8::15]:8080/":        "2001:db8::15",
+	}
+	for in, want := range tests {
+		if got := hostOf(in); got != want {
+			t.Errorf("hostOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestQuoteCapped(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		"abc":                         `"abc"`,
+		"a\nb":                        `"a\nb"`,
+		strings.Repeat("x", 64):       `"` + strings.Repeat("x", 64) + `"`,
+		strings.Repeat("x", 65):       `"` + strings.Repeat("x", 64) + `"... (65 bytes)`,
+		strings.Repeat("x", 63) + "é": `"` + strings.Repeat("x", 63) + `"... (65 bytes)`,
+	}
+	for in, want := range tests {
+		if got := quoteCapped(in); got != want {
+			t.Errorf("quoteCapped(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
