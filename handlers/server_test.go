@@ -1,0 +1,281 @@
+package handlers
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/config"
+	"github.com/responder-dev/responder/metrics"
+)
+
+type running struct {
+	srv    *Server
+	cancel context.CancelFunc
+	done   chan error
+	addrs  map[string]string
+}
+
+func start(t *testing.T, cfg *config.Config, opts Options) *running {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	opts.Config = cfg
+	if opts.Webhooks == nil {
+		opts.Webhooks = &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, MaxBodyBytes: cfg.Server.MaxBodyBytes, SubmitTimeout: time.Second, Metrics: m, Logger: zap.NewNop()}
+	}
+	opts.Gatherer = reg
+	opts.Logger = zap.NewNop()
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{srv: srv, cancel: cancel, done: make(chan error, 1), addrs: srv.Addrs()}
+	go func() { r.done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+	})
+	return r
+}
+
+func testConfig() *config.Config {
+	c := config.Default()
+	c.Server.Listen = "127.0.0.1:0"
+	c.Server.AdminListen = "127.0.0.1:0"
+	c.Server.ShutdownTimeout = 5 * time.Second
+	return c
+}
+
+func get(t *testing.T, client *http.Client, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestListenersAndProbes(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.Secrets.AdminBearerToken = "admin-token"
+	ready := errors.New("store: connection refused")
+	r := start(t, cfg, Options{
+		Ready: func(context.Context) error { return ready },
+		Admin: AdminAPI{Rules: func() any { return map[string]int{"rules": 3} }},
+	})
+	c := http.DefaultClient
+	pub, adm := "http://"+r.addrs["webhooks"], "http://"+r.addrs["admin"]
+
+	if code, _ := get(t, c, pub+"/healthz", ""); code != 200 {
+		t.Fatalf("healthz = %d", code)
+	}
+	if code, body := get(t, c, pub+"/readyz", ""); code != 503 || !strings.Contains(body, "connection refused") {
+		t.Fatalf("readyz = %d %s", code, body)
+	}
+	// /metrics and the admin API live only on the admin listener.
+	if code, _ := get(t, c, pub+"/metrics", ""); code != 404 {
+		t.Fatalf("metrics on the public listener = %d", code)
+	}
+	if code, body := get(t, c, adm+"/metrics", ""); code != 200 || !strings.Contains(body, "responder_webhook_requests_total") {
+		t.Fatalf("metrics = %d", code)
+	}
+	if code, _ := get(t, c, adm+"/api/v1/rules", ""); code != 401 {
+		t.Fatalf("admin API without token = %d", code)
+	}
+	if code, body := get(t, c, adm+"/api/v1/rules", "admin-token"); code != 200 || !strings.Contains(body, `"rules":3`) {
+		t.Fatalf("admin API = %d %s", code, body)
+	}
+	if code, _ := get(t, c, adm+"/debug/pprof/", ""); code != 401 {
+		t.Fatalf("pprof without token = %d", code)
+	}
+	if code, _ := get(t, c, adm+"/debug/pprof/goroutine?debug=1", "admin-token"); code != 200 {
+		t.Fatalf("pprof = %d", code)
+	}
+}
+
+func TestSingleListenerWhenAdminListenEmpty(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.Server.AdminListen = ""
+	r := start(t, cfg, Options{})
+	if len(r.addrs) != 1 {
+		t.Fatalf("listeners = %v", r.addrs)
+	}
+	if code, _ := get(t, http.DefaultClient, "http://"+r.addrs["webhooks"]+"/metrics", ""); code != 200 {
+		t.Fatalf("metrics = %d", code)
+	}
+}
+
+func TestPortInUseFailsAtListen(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := testConfig()
+	cfg.Server.Listen = ln.Addr().String()
+	m := metrics.New(nil)
+	srv, err := New(Options{Config: cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(),
+		Webhooks: &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, Metrics: m, Logger: zap.NewNop()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err == nil || !strings.Contains(err.Error(), "listening for webhooks on "+ln.Addr().String()) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestGracefulShutdownFinishesInFlightRequest(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	r := start(t, cfg, Options{})
+	conn, err := net.Dial("tcp", r.addrs["webhooks"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"version":"4","status":"firing","alerts":[]}`
+	// Send the headers and half of the body, then ask the server to stop.
+	head := "POST /webhooks/alertmanager HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\n\r\n" + body[:10]
+	if _, err := conn.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the server has the connection in hand (a probe request on
+	// another connection is answered only after the accept loop ran).
+	if code, _ := get(t, http.DefaultClient, "http://"+r.addrs["webhooks"]+"/healthz", ""); code != 200 {
+		t.Fatal("server not serving")
+	}
+	r.cancel()
+	if _, err := conn.Write([]byte(body[10:])); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := io.ReadAll(conn)
+	if err != nil && !isTimeout(err) {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(resp), "HTTP/1.1 202") {
+		t.Fatalf("in-flight request answer = %q", resp)
+	}
+	if err := <-r.done; err != nil {
+		t.Fatalf("Serve returned %v", err)
+	}
+	r.done <- nil // for the cleanup
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+
+func TestMutualTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	caCert, caKey := newCert(t, nil, nil, "test-ca", true)
+	srvCert, srvKey := newCert(t, caCert, caKey, "127.0.0.1", false)
+	cliCert, cliKey := newCert(t, caCert, caKey, "alertmanager", false)
+	write := func(name string, blocks ...*pem.Block) string {
+		p := filepath.Join(dir, name)
+		var out []byte
+		for _, b := range blocks {
+			out = append(out, pem.EncodeToMemory(b)...)
+		}
+		if err := os.WriteFile(p, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg := testConfig()
+	cfg.Server.TLSCertFile = write("srv.pem", &pem.Block{Type: "CERTIFICATE", Bytes: srvCert.Raw})
+	cfg.Server.TLSKeyFile = write("srv.key", keyBlock(t, srvKey))
+	cfg.Server.TLSClientCAFile = write("ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw})
+	r := start(t, cfg, Options{})
+
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if _, err := noCert.Get("https://" + r.addrs["webhooks"] + "/healthz"); err == nil {
+		t.Fatal("a client without a certificate was served")
+	}
+	withCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{{
+		Certificate: [][]byte{cliCert.Raw}, PrivateKey: cliKey,
+	}}}}}
+	if code, _ := get(t, withCert, "https://"+r.addrs["webhooks"]+"/healthz", ""); code != 200 {
+		t.Fatalf("mTLS healthz = %d", code)
+	}
+}
+
+func keyBlock(t *testing.T, k *ecdsa.PrivateKey) *pem.Block {
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pem.Block{Type: "EC PRIVATE KEY", Bytes: der}
+}
+
+func newCert(t *testing.T, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, isCA bool) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IsCA:         isCA, BasicConstraintsValid: true,
+	}
+	if ip := net.ParseIP(cn); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	}
+	signer, signKey := tmpl, key
+	if parent != nil {
+		signer, signKey = parent, parentKey
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}

@@ -1,0 +1,291 @@
+package handlers
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/config"
+	"github.com/responder-dev/responder/metrics"
+)
+
+const (
+	machineA  = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07"
+	machineB  = "b52f1a0c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a"
+	testToken = "s3cr3t-bearer-token-value"
+)
+
+// fakeSink records submissions; err makes it fail like an unavailable store.
+type fakeSink struct {
+	mu   sync.Mutex
+	seen map[string]bool
+	got  []alert.Alert
+	err  error
+}
+
+func (s *fakeSink) Submit(_ context.Context, alerts []alert.Alert) (alert.Receipt, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return alert.Receipt{}, s.err
+	}
+	if s.seen == nil {
+		s.seen = map[string]bool{}
+	}
+	r := alert.Receipt{Duplicate: make([]bool, len(alerts))}
+	for i, a := range alerts {
+		if s.seen[a.DedupKey()] {
+			r.Duplicate[i] = true
+			continue
+		}
+		s.seen[a.DedupKey()] = true
+		s.got = append(s.got, a)
+	}
+	return r, nil
+}
+
+type bundle struct {
+	hooks *Webhooks
+	sink  *fakeSink
+	m     *metrics.Metrics
+	logs  *observer.ObservedLogs
+}
+
+func setup(t *testing.T, auth *WebhookAuth) *bundle {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
+	m := metrics.New(prometheus.NewRegistry())
+	sink := &fakeSink{}
+	if auth == nil {
+		auth = &WebhookAuth{}
+	}
+	return &bundle{
+		hooks: &Webhooks{Auth: auth, Sink: sink, MaxBodyBytes: 4096, SubmitTimeout: time.Second, Metrics: m, Logger: zap.New(core)},
+		sink:  sink, m: m, logs: logs,
+	}
+}
+
+func (b *bundle) do(t *testing.T, format alert.Format, body string, mutate func(*http.Request)) (int, map[string]any) {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, "/webhooks/"+string(format), strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.RemoteAddr = "10.1.2.3:40000"
+	if mutate != nil {
+		mutate(req)
+	}
+	rec := httptest.NewRecorder()
+	e := newEcho(zap.NewNop())
+	e.POST("/webhooks/"+string(format), b.hooks.Handler(format))
+	e.ServeHTTP(rec, req)
+	var out map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatalf("answer is not JSON: %q", rec.Body.String())
+	}
+	return rec.Code, out
+}
+
+func amBody(alerts ...string) string {
+	return `{"version":"4","groupKey":"{}:{}","status":"firing","receiver":"responder","alerts":[` + strings.Join(alerts, ",") + `]}`
+}
+
+func amAlert(status, labels string) string {
+	return `{"status":"` + status + `","labels":{` + labels + `},"annotations":{},"startsAt":"2026-11-26T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","fingerprint":"c0ffee0123456789"}`
+}
+
+func TestWebhookAnswers(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	body := amBody(
+		amAlert("firing", `"alertname":"A","alert_id":"a1","machine_id":"`+machineA+`"`),
+		amAlert("firing", `"alertname":"B","alert_id":"a2","instance":"host.example.com:9100"`),
+		amAlert("resolved", `"alertname":"C","alert_id":"a3","machine_id":"`+machineB+`"`),
+		amAlert("firing", `"alertname":"D","alert_id":"a4"`),
+		amAlert("firing", `"alertname":"E","alert_id":"a5","machine_id":"not-a-machine"`),
+	)
+	code, out := b.do(t, alert.FormatAlertmanager, body, nil)
+	if code != http.StatusAccepted {
+		t.Fatalf("code = %d, body %v", code, out)
+	}
+	want := map[string]float64{"received": 5, "accepted": 2, "duplicates": 0, "ignored": 2, "invalid": 1}
+	for k, v := range want {
+		if out[k] != v {
+			t.Errorf("%s = %v, want %v (answer %v)", k, out[k], v, out)
+		}
+	}
+	// The same body again: both accepted alerts are duplicates now.
+	_, out = b.do(t, alert.FormatAlertmanager, body, nil)
+	if out["accepted"] != 0.0 || out["duplicates"] != 2.0 {
+		t.Fatalf("second delivery: %v", out)
+	}
+	if got := testutil.ToFloat64(b.m.AlertsReceived.WithLabelValues("alertmanager", "duplicate")); got != 2 {
+		t.Fatalf("duplicate counter = %v", got)
+	}
+	if got := testutil.ToFloat64(b.m.AlertsReceived.WithLabelValues("alertmanager", "invalid")); got != 2 {
+		t.Fatalf("invalid counter = %v", got)
+	}
+	if got := testutil.ToFloat64(b.m.WebhookRequests.WithLabelValues("alertmanager", "202")); got != 2 {
+		t.Fatalf("requests counter = %v", got)
+	}
+	// Resolved alerts are taken once a rule wants them.
+	b.hooks.AcceptResolved = func() bool { return true }
+	_, out = b.do(t, alert.FormatAlertmanager, body, nil)
+	if out["accepted"] != 1.0 || out["ignored"] != 1.0 {
+		t.Fatalf("with on_resolved: %v", out)
+	}
+}
+
+func TestWebhookErrors(t *testing.T) {
+	t.Parallel()
+	big := `{"version":"4","alerts":[],"pad":"` + strings.Repeat("x", 5000) + `"}`
+	cases := []struct {
+		name   string
+		format alert.Format
+		body   string
+		mutate func(*http.Request)
+		code   int
+		errSub string
+	}{
+		{"not json", alert.FormatDefender, `{"id":`, nil, 400, "JSON"},
+		{"wrong content type", alert.FormatDefender, `{}`, func(r *http.Request) { r.Header.Set("Content-Type", "text/plain") }, 415, `content type must be application/json, got "text/plain"`},
+		{"missing content type", alert.FormatDefender, `{}`, func(r *http.Request) { r.Header.Del("Content-Type") }, 415, "content type"},
+		{"too large by length", alert.FormatAlertmanager, big, nil, 413, "server.max_body_bytes (4096 bytes)"},
+		{"too large chunked", alert.FormatAlertmanager, big, func(r *http.Request) { r.ContentLength = -1 }, 413, "server.max_body_bytes"},
+		{"wrong types", alert.FormatAlertmanager, `{"version":"4","alerts":[{"status":"firing","labels":"x"}]}`, nil, 400, "alerts[0].labels"},
+		{"all invalid", alert.FormatAlertmanager, amBody(amAlert("firing", `"alert_id":"a","machine_id":"123"`)), nil, 400, "alerts[0]"},
+		{"json content type with charset", alert.FormatAlertmanager, amBody(), func(r *http.Request) { r.Header.Set("Content-Type", "application/json; charset=utf-8") }, 202, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			code, out := b.do(t, tc.format, tc.body, tc.mutate)
+			if code != tc.code {
+				t.Fatalf("code = %d, want %d (answer %v)", code, tc.code, out)
+			}
+			if tc.errSub != "" && !strings.Contains(out["error"].(string), tc.errSub) {
+				t.Fatalf("error = %q, want it to contain %q", out["error"], tc.errSub)
+			}
+			if got := testutil.ToFloat64(b.m.WebhookRequests.WithLabelValues(string(tc.format), strconv.Itoa(tc.code))); got != 1 {
+				t.Fatalf("webhook_requests_total{code=%d} = %v", tc.code, got)
+			}
+		})
+	}
+}
+
+func TestStoreUnavailableAnswers503(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.sink.err = errors.New("database is locked")
+	code, out := b.do(t, alert.FormatAlertmanager, amBody(amAlert("firing", `"alert_id":"a","machine_id":"`+machineA+`"`)), nil)
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("code = %d (%v)", code, out)
+	}
+	if strings.Contains(out["error"].(string), "locked") {
+		t.Fatalf("internal error text leaked: %v", out)
+	}
+}
+
+func TestWebhookAuth(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0)
+	hmacSecret := "grafana-hmac-secret"
+	sign := func(prefix, body string) string {
+		mac := hmac.New(sha256.New, []byte(hmacSecret))
+		mac.Write([]byte(prefix + body))
+		return hex.EncodeToString(mac.Sum(nil))
+	}
+	body := amBody()
+	basic := func(u, p string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p)) }
+	ts := strconv.FormatInt(now.Unix(), 10)
+	cases := []struct {
+		name   string
+		auth   WebhookAuth
+		mutate func(*http.Request)
+		code   int
+	}{
+		{"bearer ok", WebhookAuth{BearerToken: testToken}, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+testToken) }, 202},
+		{"bearer scheme case", WebhookAuth{BearerToken: testToken}, func(r *http.Request) { r.Header.Set("Authorization", "bearer "+testToken) }, 202},
+		{"bearer wrong", WebhookAuth{BearerToken: testToken}, func(r *http.Request) { r.Header.Set("Authorization", "Bearer nope") }, 401},
+		{"bearer missing", WebhookAuth{BearerToken: testToken}, nil, 401},
+		{"basic ok", WebhookAuth{BasicUser: "am", BasicPassword: "pw"}, func(r *http.Request) { r.Header.Set("Authorization", basic("am", "pw")) }, 202},
+		{"basic wrong password", WebhookAuth{BasicUser: "am", BasicPassword: "pw"}, func(r *http.Request) { r.Header.Set("Authorization", basic("am", "px")) }, 401},
+		{"basic or bearer: basic", WebhookAuth{BearerToken: testToken, BasicUser: "am", BasicPassword: "pw"}, func(r *http.Request) { r.Header.Set("Authorization", basic("am", "pw")) }, 202},
+		{"hmac ok", WebhookAuth{HMACSecret: hmacSecret, HMACHeader: "X-Grafana-Alerting-Signature"}, func(r *http.Request) { r.Header.Set("X-Grafana-Alerting-Signature", sign("", body)) }, 202},
+		{"hmac wrong", WebhookAuth{HMACSecret: hmacSecret, HMACHeader: "X-Grafana-Alerting-Signature"}, func(r *http.Request) { r.Header.Set("X-Grafana-Alerting-Signature", sign("", body+" ")) }, 401},
+		{"hmac missing", WebhookAuth{HMACSecret: hmacSecret, HMACHeader: "X-Grafana-Alerting-Signature"}, nil, 401},
+		{"hmac timestamp ok", WebhookAuth{HMACSecret: hmacSecret, HMACHeader: "X-Sig", TimestampHeader: "X-Ts", MaxSkew: time.Minute, Now: func() time.Time { return now.Add(30 * time.Second) }},
+			func(r *http.Request) { r.Header.Set("X-Ts", ts); r.Header.Set("X-Sig", sign(ts+":", body)) }, 202},
+		{"hmac timestamp too old", WebhookAuth{HMACSecret: hmacSecret, HMACHeader: "X-Sig", TimestampHeader: "X-Ts", MaxSkew: time.Minute, Now: func() time.Time { return now.Add(2 * time.Minute) }},
+			func(r *http.Request) { r.Header.Set("X-Ts", ts); r.Header.Set("X-Sig", sign(ts+":", body)) }, 401},
+		{"hmac timestamp not signed", WebhookAuth{HMACSecret: hmacSecret, HMACHeader: "X-Sig", TimestampHeader: "X-Ts", MaxSkew: time.Minute, Now: func() time.Time { return now }},
+			func(r *http.Request) { r.Header.Set("X-Ts", ts); r.Header.Set("X-Sig", sign("", body)) }, 401},
+		{"cidr ok", WebhookAuth{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, nil, 202},
+		{"cidr refused despite forwarded header", WebhookAuth{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}},
+			func(r *http.Request) { r.Header.Set("X-Forwarded-For", "192.168.1.1") }, 401},
+		{"cidr and bearer both required", WebhookAuth{BearerToken: testToken, AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, nil, 401},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			auth := tc.auth
+			b := setup(t, &auth)
+			code, out := b.do(t, alert.FormatAlertmanager, body, tc.mutate)
+			if code != tc.code {
+				t.Fatalf("code = %d, want %d (%v)", code, tc.code, out)
+			}
+			if code == 401 && out["error"] != "unauthorized" {
+				t.Fatalf("401 answer = %v", out)
+			}
+			for _, e := range b.logs.All() {
+				line, _ := json.Marshal(e.ContextMap())
+				if strings.Contains(e.Message+string(line), testToken) || strings.Contains(string(line), hmacSecret) {
+					t.Fatalf("log line leaks a secret: %s %s", e.Message, line)
+				}
+			}
+		})
+	}
+}
+
+func TestNewWebhookAuthFromConfig(t *testing.T) {
+	t.Parallel()
+	c := config.Default()
+	c.Webhooks.AllowCIDRs = []string{"10.0.0.0/8", "192.0.2.7"}
+	a, err := NewWebhookAuth(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.AllowCIDRs) != 2 || a.AllowCIDRs[1].Bits() != 32 {
+		t.Fatalf("prefixes = %v", a.AllowCIDRs)
+	}
+}
+
+func TestAdminGuard(t *testing.T) {
+	t.Parallel()
+	ok := BearerGuard("admin-token")
+	req := httptest.NewRequest(http.MethodGet, "/api/v1/rules", nil)
+	if ok(req) {
+		t.Fatal("no token accepted")
+	}
+	req.Header.Set("Authorization", "Bearer admin-token")
+	if !ok(req) {
+		t.Fatal("right token refused")
+	}
+}
