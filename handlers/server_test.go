@@ -201,7 +201,6 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-
 func TestMutualTLS(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
