@@ -1,0 +1,485 @@
+// Package defender is the client of the Microsoft Defender for Endpoint (MDE)
+// API (SPEC section 7): it fetches and caches Entra ID tokens (client secret,
+// certificate assertion or federated token file), keeps every call within
+// MDE's published quotas, sends the machine actions (collect investigation
+// package, isolate, antivirus scan, restrict code execution and their
+// reversals), reads machine actions and machines, and fetches investigation
+// packages.
+//
+// Every failure is one *Error whose Outcome tells the caller what to do:
+// retry later (retryable, rate_limited with RetryAfter), look up and track the
+// action already pending (already_running), or give up (machine_not_found,
+// forbidden, unauthorized, permanent). The client itself retries only once,
+// with a new token, after a 401; the durable queue owns every other retry.
+//
+// Nothing this package returns or logs contains a client secret, a client
+// assertion, an access token or a package download URL.
+package defender
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/metrics"
+)
+
+// Operation names: a closed set, used as the operation metric label and the
+// operation log field.
+const (
+	opToken              = "token"
+	opCollect            = "collect_investigation_package"
+	opIsolate            = "isolate"
+	opUnisolate          = "unisolate"
+	opScan               = "run_antivirus_scan"
+	opRestrict           = "restrict_code_execution"
+	opUnrestrict         = "unrestrict_code_execution"
+	opGetMachineAction   = "get_machine_action"
+	opListMachineActions = "list_machine_actions"
+	opGetMachine         = "get_machine"
+	opFindMachines       = "find_machines"
+	opGetPackageURI      = "get_package_uri"
+	opDownloadPackage    = "download_package"
+)
+
+// operations lists every operation with the HTTP status of its success.
+var operations = []struct{ name, success string }{
+	{opToken, "200"},
+	{opCollect, "201"},
+	{opIsolate, "201"},
+	{opUnisolate, "201"},
+	{opScan, "201"},
+	{opRestrict, "201"},
+	{opUnrestrict, "201"},
+	{opGetMachineAction, "200"},
+	{opListMachineActions, "200"},
+	{opGetMachine, "200"},
+	{opFindMachines, "200"},
+	{opGetPackageURI, "200"},
+	{opDownloadPackage, "200"},
+}
+
+// Operations returns every operation name (the operation metric label).
+func Operations() []string {
+	out := make([]string, len(operations))
+	for i, o := range operations {
+		out[i] = o.name
+	}
+	return out
+}
+
+// API is what the pipeline needs from Defender. *Client implements it; tests
+// and dry runs may substitute their own.
+type API interface {
+	CollectInvestigationPackage(ctx context.Context, machineID, comment string) (MachineAction, error)
+	Isolate(ctx context.Context, machineID, comment, isolationType string) (MachineAction, error)
+	Unisolate(ctx context.Context, machineID, comment string) (MachineAction, error)
+	RunAntivirusScan(ctx context.Context, machineID, comment, scanType string) (MachineAction, error)
+	RestrictCodeExecution(ctx context.Context, machineID, comment string) (MachineAction, error)
+	UnrestrictCodeExecution(ctx context.Context, machineID, comment string) (MachineAction, error)
+	GetMachineAction(ctx context.Context, actionID string) (MachineAction, error)
+	ListMachineActions(ctx context.Context, f ActionFilter) ([]MachineAction, error)
+	PendingAction(ctx context.Context, machineID, actionType string) (MachineAction, bool, error)
+	GetMachine(ctx context.Context, machineID string) (Machine, error)
+	FindMachineByName(ctx context.Context, dnsName string) (Machine, error)
+	GetPackageURI(ctx context.Context, actionID string) (string, error)
+	DownloadPackage(ctx context.Context, uri, destPath string) (size int64, sha256hex string, err error)
+}
+
+var _ API = (*Client)(nil)
+
+// Option changes how New builds a Client.
+type Option func(*options)
+
+type options struct {
+	clock    Clock
+	limiters map[Group]Limiter
+	fedCheck time.Duration
+}
+
+// WithClock sets the clock of the token cache, the default limiters and the
+// federated token file checks (default: the real clock).
+func WithClock(c Clock) Option {
+	return func(o *options) { o.clock = c }
+}
+
+// WithLimiter replaces the quota limiter of one API group (default: a
+// WindowLimiter with Config.RateLimit, or 2/min and 120/h for
+// GroupPackageURI). A nil limiter lets that group's calls through unlimited.
+func WithLimiter(g Group, l Limiter) Option {
+	return func(o *options) { o.limiters[g] = l }
+}
+
+// WithFederatedTokenCheck sets how often, at most, the federated token file
+// is checked for a change (default DefaultFederatedTokenCheck).
+func WithFederatedTokenCheck(d time.Duration) Option {
+	return func(o *options) { o.fedCheck = d }
+}
+
+// Client calls the MDE API. It is safe for concurrent use.
+type Client struct {
+	cfg      *resolved
+	m        *metrics.Metrics
+	logger   *zap.Logger
+	clock    Clock
+	limiters map[Group]Limiter
+	tokens   *tokenSource
+	http     *http.Client
+}
+
+// New validates cfg and returns a client. m receives the request, duration
+// and quota-wait metrics (nil: metrics registered nowhere); logger receives
+// the client's logs under the name "defender" (nil: none).
+func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*Client, error) {
+	r, err := resolve(cfg)
+	if err != nil {
+		return nil, err
+	}
+	o := options{limiters: map[Group]Limiter{}, fedCheck: DefaultFederatedTokenCheck}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.clock == nil {
+		o.clock = RealClock{}
+	}
+	if m == nil {
+		m = metrics.New(nil)
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	c := &Client{
+		cfg:      r,
+		m:        m,
+		logger:   logger.Named("defender"),
+		clock:    o.clock,
+		limiters: map[Group]Limiter{},
+		http:     r.HTTPClient,
+	}
+	for _, g := range Groups {
+		if l, ok := o.limiters[g]; ok {
+			if l != nil {
+				c.limiters[g] = l
+			}
+			continue
+		}
+		if g == GroupPackageURI {
+			c.limiters[g] = NewWindowLimiter(PackageURIPerMinute, PackageURIPerHour, o.clock)
+		} else {
+			c.limiters[g] = NewWindowLimiter(r.RateLimit.PerMinute, r.RateLimit.PerHour, o.clock)
+		}
+	}
+	var cred credential
+	switch {
+	case r.ClientSecret != "":
+		cred = secretCredential{secret: r.ClientSecret}
+	case len(r.CertificatePEM) > 0:
+		cc, err := newCertCredential(r.CertificatePEM, r.CertificateAlg, r.ClientID, r.tokenURL)
+		if err != nil {
+			return nil, fmt.Errorf("defender config: %w", err)
+		}
+		cred = cc
+	default:
+		cred = &fileCredential{path: r.FederatedTokenFile, every: o.fedCheck}
+	}
+	tokenHTTP := *r.HTTPClient
+	base := tokenHTTP.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	tokenHTTP.Transport = userAgentTransport{base: base, ua: r.UserAgent}
+	c.tokens = &tokenSource{
+		c:        c,
+		clientID: r.ClientID,
+		tokenURL: r.tokenURL,
+		scope:    r.scope,
+		cred:     cred,
+		http:     &tokenHTTP,
+		lock:     make(chan struct{}, 1),
+	}
+	c.tokens.remember(r.ClientSecret)
+	for _, op := range operations {
+		m.InitDefenderOperation(op.name, op.success)
+	}
+	return c, nil
+}
+
+// Scope returns the token scope the client requests.
+func (c *Client) Scope() string { return c.cfg.scope }
+
+// APIURL returns the API base URL the client calls.
+func (c *Client) APIURL() string { return c.cfg.apiBase.String() }
+
+// TokenURL returns the token endpoint the client calls.
+func (c *Client) TokenURL() string { return c.cfg.tokenURL }
+
+// request is one API call.
+type request struct {
+	op        string
+	kind      opKind
+	group     Group
+	method    string
+	url       string
+	body      []byte
+	machineID string
+	actionID  string
+}
+
+// Answer size caps.
+const maxAnswer = 64 << 20
+
+func (r *request) fields(extra ...zap.Field) []zap.Field {
+	f := make([]zap.Field, 0, 4+len(extra))
+	f = append(f, zap.String("operation", r.op))
+	if r.machineID != "" {
+		f = append(f, zap.String("machine_id", r.machineID))
+	}
+	if r.actionID != "" {
+		f = append(f, zap.String("action_id", r.actionID))
+	}
+	return append(f, extra...)
+}
+
+// endpoint joins the API base URL and escaped path segments.
+func (c *Client) endpoint(segments ...string) string {
+	var b strings.Builder
+	b.WriteString(c.cfg.apiBase.String())
+	for _, s := range segments {
+		b.WriteByte('/')
+		b.WriteString(url.PathEscape(s))
+	}
+	return b.String()
+}
+
+// send performs r: it waits for the quota, attaches a token, and on a first
+// 401 fetches a new token and sends once more. It returns the body of a 2xx
+// answer, or an *Error.
+func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
+	for attempt := 1; ; attempt++ {
+		if err := c.wait(ctx, &r); err != nil {
+			return nil, err
+		}
+		tok, err := c.tokens.token(ctx)
+		if err != nil {
+			c.logFailure(&r, err)
+			return nil, err
+		}
+		status, header, body, err := c.roundTrip(ctx, &r, tok)
+		if err != nil {
+			c.logFailure(&r, err)
+			return nil, err
+		}
+		if status >= 200 && status < 300 {
+			if len(body) > maxAnswer {
+				e := &Error{Op: r.op, Outcome: OutcomePermanent, StatusCode: status, Message: "answer too large"}
+				c.logFailure(&r, e)
+				return nil, e
+			}
+			c.logger.Debug("defender request succeeded", r.fields(zap.Int("http_status", status))...)
+			return body, nil
+		}
+		if status == http.StatusUnauthorized && attempt == 1 {
+			c.tokens.invalidate(tok)
+			c.logger.Info("defender refused the token, fetching a new one", r.fields(zap.Int("http_status", status))...)
+			continue
+		}
+		e := classify(r.op, r.kind, status, header, body, c.clock.Now())
+		c.logFailure(&r, e)
+		return nil, e
+	}
+}
+
+// wait waits for r's quota and records the wait.
+func (c *Client) wait(ctx context.Context, r *request) error {
+	l := c.limiters[r.group]
+	if l == nil {
+		return nil
+	}
+	waited, err := l.Wait(ctx)
+	if err != nil {
+		return &Error{Op: r.op, Outcome: OutcomeRetryable, Message: "waiting for the quota", Err: err}
+	}
+	c.m.RateLimitWait.Observe(waited.Seconds())
+	if waited > 0 {
+		c.logger.Debug("defender call waited for the quota", r.fields(zap.Duration("waited", waited))...)
+	}
+	return nil
+}
+
+// roundTrip sends r once with token tok and reads the answer.
+func (c *Client) roundTrip(ctx context.Context, r *request, tok string) (int, http.Header, []byte, error) {
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	var body io.Reader
+	if r.body != nil {
+		body = bytes.NewReader(r.body)
+	}
+	req, err := http.NewRequestWithContext(rctx, r.method, r.url, body)
+	if err != nil {
+		return 0, nil, nil, &Error{Op: r.op, Outcome: OutcomePermanent, Message: "cannot build request", Err: redactURL(err)}
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("User-Agent", c.cfg.UserAgent)
+	req.Header.Set("Accept", "application/json")
+	if r.body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	begin := time.Now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.observe(r.op, "error", begin)
+		return 0, nil, nil, transportError(r.op, err)
+	}
+	limit := int64(maxAnswer)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		limit = maxErrorBody
+	}
+	data, rerr := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	_ = resp.Body.Close()
+	c.observe(r.op, strconv.Itoa(resp.StatusCode), begin)
+	if rerr != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// The answer was cut: for an action POST the action may exist.
+		e := transportError(r.op, rerr)
+		e.StatusCode = resp.StatusCode
+		return 0, nil, nil, e
+	}
+	return resp.StatusCode, resp.Header, data, nil
+}
+
+// observe records one request's status code and duration.
+func (c *Client) observe(op, code string, begin time.Time) {
+	c.m.DefenderRequests.WithLabelValues(op, code).Inc()
+	c.m.DefenderDuration.WithLabelValues(op).Observe(time.Since(begin).Seconds())
+}
+
+// permissions names the application permission an operation needs.
+var permissions = map[string]string{
+	opCollect:            "Machine.CollectForensics",
+	opIsolate:            "Machine.Isolate",
+	opUnisolate:          "Machine.Isolate",
+	opScan:               "Machine.Scan",
+	opRestrict:           "Machine.RestrictExecution",
+	opUnrestrict:         "Machine.RestrictExecution",
+	opGetMachineAction:   "Machine.Read.All",
+	opListMachineActions: "Machine.Read.All",
+	opGetMachine:         "Machine.Read.All",
+	opFindMachines:       "Machine.Read.All",
+	opGetPackageURI:      "Machine.Read.All",
+}
+
+// logFailure logs a failed call: loudly for a missing permission (an
+// administrator must act), as a warning for an exceeded quota, else at debug
+// level (the caller logs what it decides).
+func (c *Client) logFailure(r *request, err error) {
+	var e *Error
+	if !errors.As(err, &e) {
+		c.logger.Debug("defender request failed", r.fields(zap.Error(err))...)
+		return
+	}
+	fields := r.fields(zap.String("outcome", string(e.Outcome)), zap.Error(e))
+	if e.StatusCode != 0 {
+		fields = append(fields, zap.Int("http_status", e.StatusCode))
+	}
+	if e.Code != "" {
+		fields = append(fields, zap.String("code", e.Code))
+	}
+	if e.Target != "" {
+		fields = append(fields, zap.String("target", e.Target))
+	}
+	switch {
+	case e.Outcome == OutcomeForbidden && e.Op != opDownloadPackage:
+		c.logger.Error("defender refused the call: the application permission is likely missing or the token audience is wrong",
+			append(fields, zap.String("permission", permissions[r.op]), zap.String("scope", c.cfg.scope))...)
+	case e.Outcome == OutcomeUnauthorized:
+		c.logger.Error("defender refused the credentials", fields...)
+	case e.Outcome == OutcomeRateLimited:
+		c.logger.Warn("defender quota exceeded", append(fields, zap.Duration("retry_after", e.RetryAfter))...)
+	default:
+		c.logger.Debug("defender request failed", fields...)
+	}
+}
+
+// getJSON sends r and decodes a 2xx answer into v.
+func (c *Client) getJSON(ctx context.Context, r request, v any) error {
+	body, err := c.send(ctx, r)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return &Error{Op: r.op, Outcome: OutcomeRetryable, StatusCode: http.StatusOK, Message: "unreadable answer", Err: err}
+	}
+	return nil
+}
+
+// odataString quotes s as an OData string literal.
+func odataString(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// queryEscape escapes a query value with %20 for spaces (not '+').
+func queryEscape(s string) string {
+	return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
+}
+
+// page is an OData collection answer.
+type page[T any] struct {
+	Value    []T    `json:"value"`
+	NextLink string `json:"@odata.nextLink"`
+}
+
+// maxPages bounds how many @odata.nextLink pages one listing follows.
+const maxPages = 100
+
+// list sends r and follows @odata.nextLink on the API host, up to max items
+// (0: no limit).
+func list[T any](ctx context.Context, c *Client, r request, max int) ([]T, error) {
+	var out []T
+	for i := 0; ; i++ {
+		var p page[T]
+		if err := c.getJSON(ctx, r, &p); err != nil {
+			return nil, err
+		}
+		out = append(out, p.Value...)
+		if max > 0 && len(out) >= max {
+			return out[:max], nil
+		}
+		if p.NextLink == "" {
+			return out, nil
+		}
+		if i+1 >= maxPages {
+			return nil, &Error{Op: r.op, Outcome: OutcomePermanent, Message: fmt.Sprintf("more than %d pages", maxPages)}
+		}
+		next, err := c.sameHost(r.url, p.NextLink)
+		if err != nil {
+			return nil, &Error{Op: r.op, Outcome: OutcomePermanent, Message: err.Error()}
+		}
+		r.url = next
+	}
+}
+
+// sameHost resolves link against base and accepts it only on the API host.
+func (c *Client) sameHost(base, link string) (string, error) {
+	b, err := url.Parse(base)
+	if err != nil {
+		return "", errors.New("unreadable request URL")
+	}
+	l, err := url.Parse(link)
+	if err != nil {
+		return "", errors.New("unreadable @odata.nextLink")
+	}
+	u := b.ResolveReference(l)
+	if u.Scheme != c.cfg.apiBase.Scheme || !strings.EqualFold(u.Host, c.cfg.apiBase.Host) || u.User != nil {
+		return "", errors.New("@odata.nextLink leads to another host; not followed")
+	}
+	return u.String(), nil
+}

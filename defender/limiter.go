@@ -1,0 +1,165 @@
+package defender
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Clock tells the time and waits. The client uses it for the quota limiters,
+// the token cache and the federated token file checks; tests inject a fake.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+// RealClock is the Clock of the time package.
+type RealClock struct{}
+
+// Now returns time.Now().
+func (RealClock) Now() time.Time { return time.Now() }
+
+// After returns time.After(d).
+func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Limiter admits one call when the quota allows it. Wait blocks until then
+// and returns how long it waited, or ctx.Err() if ctx ends first (the call is
+// then not admitted). Implementations must be safe for concurrent use. The
+// pipeline may plug in a limiter shared by several replicas.
+type Limiter interface {
+	Wait(ctx context.Context) (waited time.Duration, err error)
+}
+
+// LimiterFunc adapts a function to the Limiter interface.
+type LimiterFunc func(ctx context.Context) (time.Duration, error)
+
+// Wait calls f.
+func (f LimiterFunc) Wait(ctx context.Context) (time.Duration, error) { return f(ctx) }
+
+// Group is an API group that MDE counts against one quota.
+type Group string
+
+// The API groups, each with its own quota (reference section 2).
+const (
+	// GroupActions: collectInvestigationPackage, isolate, unisolate,
+	// runAntiVirusScan, restrict/unrestrictCodeExecution (100/min, 1500/h).
+	GroupActions Group = "actions"
+	// GroupMachineActions: GET machineactions and machineactions/{id}.
+	GroupMachineActions Group = "machine_actions"
+	// GroupMachines: GET machines and machines/{id}.
+	GroupMachines Group = "machines"
+	// GroupPackageURI: getPackageUri (2/min, 120/h).
+	GroupPackageURI Group = "package_uri"
+)
+
+// Groups lists every API group.
+var Groups = []Group{GroupActions, GroupMachineActions, GroupMachines, GroupPackageURI}
+
+// The quota of getPackageUri.
+const (
+	PackageURIPerMinute = 2
+	PackageURIPerHour   = 120
+)
+
+// WindowLimiter is a sliding-log limiter: it guarantees that no 60 s window
+// holds more than perMinute admitted calls and no 3600 s window more than
+// perHour (windows half-open: a call admitted at t and another at t+60s do not
+// share a window). A token bucket does not give that guarantee: with burst N
+// refilled at N/min it lets nearly 2N calls through within one minute.
+//
+// Callers are admitted in arrival order: each reserves the earliest slot that
+// keeps both windows within quota and not before any earlier reservation,
+// then waits for it. A caller whose ctx ends before its slot gives the slot
+// back (removing a reservation only lowers the counts, so the guarantee
+// holds for the reservations made after it).
+type WindowLimiter struct {
+	perMinute, perHour int
+	clock              Clock
+
+	mu sync.Mutex
+	// log holds admitted and reserved call times in ascending order, none
+	// older than an hour before the latest prune.
+	log []time.Time
+}
+
+// NewWindowLimiter returns a limiter of perMinute calls per 60 s and perHour
+// calls per 3600 s on clock (nil: the real clock). Non-positive quotas panic.
+func NewWindowLimiter(perMinute, perHour int, clock Clock) *WindowLimiter {
+	if perMinute <= 0 || perHour <= 0 {
+		panic(fmt.Sprintf("defender: NewWindowLimiter(%d, %d): quotas must be positive", perMinute, perHour))
+	}
+	if clock == nil {
+		clock = RealClock{}
+	}
+	return &WindowLimiter{perMinute: perMinute, perHour: perHour, clock: clock}
+}
+
+// Wait implements Limiter.
+func (l *WindowLimiter) Wait(ctx context.Context) (time.Duration, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	start, slot := l.reserve()
+	if !slot.After(start) {
+		return 0, nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			l.release(slot)
+			return 0, ctx.Err()
+		case <-l.clock.After(slot.Sub(l.clock.Now())):
+		}
+		// A clock may fire early (or be advanced in steps): wait again
+		// until the slot has come.
+		if now := l.clock.Now(); !now.Before(slot) {
+			return slot.Sub(start), nil
+		}
+	}
+}
+
+// reserve records the earliest allowed slot and returns the time now and the
+// slot.
+func (l *WindowLimiter) reserve() (now, slot time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now = l.clock.Now()
+	// Forget calls that can no longer share an hour window with a new one.
+	cut := 0
+	for cut < len(l.log) && !l.log[cut].After(now.Add(-time.Hour)) {
+		cut++
+	}
+	if cut > 0 {
+		l.log = append(l.log[:0], l.log[cut:]...)
+	}
+	slot = now
+	n := len(l.log)
+	if n > 0 && l.log[n-1].After(slot) {
+		slot = l.log[n-1] // first come, first served
+	}
+	if n >= l.perMinute {
+		if t := l.log[n-l.perMinute].Add(time.Minute); t.After(slot) {
+			slot = t
+		}
+	}
+	if n >= l.perHour {
+		if t := l.log[n-l.perHour].Add(time.Hour); t.After(slot) {
+			slot = t
+		}
+	}
+	l.log = append(l.log, slot)
+	return now, slot
+}
+
+// release gives back a reservation that was not used.
+func (l *WindowLimiter) release(slot time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.log) - 1; i >= 0; i-- {
+		if l.log[i].Equal(slot) {
+			l.log = append(l.log[:i], l.log[i+1:]...)
+			return
+		}
+	}
+}
