@@ -576,7 +576,9 @@ func TestGetMachine(t *testing.T) {
 		t.Errorf("path %s", p)
 	}
 
-	nf := setup(t, func(w http.ResponseWriter, r *http.Request) { writeError(w, 404, "ResourceNotFound", "Machine was not found") })
+	nf := setup(t, func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, 404, "ResourceNotFound", "Machine was not found")
+	})
 	_, err = nf.client.GetMachine(context.Background(), testMachine)
 	if e := asError(t, err); e.Outcome != OutcomeMachineNotFound {
 		t.Errorf("got %s", e.Outcome)

@@ -180,8 +180,8 @@ func writeV1Token(w http.ResponseWriter, access string) {
 // apiCall is one request the API server saw.
 type apiCall struct {
 	Method, Path, RawQuery, Body string
-	Header                      http.Header
-	At                          time.Time // fake clock time, when a clock is set
+	Header                       http.Header
+	At                           time.Time // fake clock time, when a clock is set
 }
 
 // bundle is the system under test and its observers.

@@ -1,0 +1,189 @@
+package defender
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestLimiter250Collects drives 250 collect calls through a client at
+// 100/min and 1500/h on a fake clock. The fake clock moves only when every
+// unfinished worker waits on it, so the time the server records is the time
+// the limiter admitted the call.
+func TestLimiter250Collects(t *testing.T) {
+	t.Parallel()
+	const n = 250
+	var (
+		mu    sync.Mutex
+		times []time.Time
+		b     *bundle
+	)
+	b = setup(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		times = append(times, b.clock.Now())
+		mu.Unlock()
+		writeJSON(w, http.StatusCreated, actionJSON(testAction, "Pending"))
+	}, setupOpts{cfg: func(c *Config) { c.RateLimit = RateLimit{PerMinute: 100, PerHour: 1500} }})
+	start := b.clock.Now()
+
+	done := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := b.client.CollectInvestigationPackage(context.Background(), testMachine, "Collect forensics due to alert "+testAlertID)
+			done <- err
+		}()
+	}
+	finished := 0
+	for finished < n {
+		// Wait until every unfinished worker is blocked on the clock.
+		for finished < n && finished+b.clock.Waiters() < n {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("call failed: %v", err)
+				}
+				finished++
+			case <-b.clock.changed:
+			}
+		}
+		if finished < n && !b.clock.AdvanceToNext() {
+			t.Fatal("workers neither finished nor waiting")
+		}
+	}
+
+	mu.Lock()
+	got := sortedTimes(times)
+	mu.Unlock()
+	if len(got) != n {
+		t.Fatalf("server saw %d calls; want %d (none dropped)", len(got), n)
+	}
+	for i := 0; i+100 < len(got); i++ {
+		if d := got[i+100].Sub(got[i]); d < time.Minute {
+			t.Fatalf("calls %d and %d are %s apart: 101 calls in one 60 s window", i, i+100, d)
+		}
+	}
+	// Admitted as early as the quota allows: 100 at once, 100 a minute
+	// later, 50 two minutes later.
+	for i, want := range map[int]time.Duration{0: 0, 99: 0, 100: time.Minute, 199: time.Minute, 200: 2 * time.Minute, 249: 2 * time.Minute} {
+		if d := got[i].Sub(start); d != want {
+			t.Errorf("call %d at +%s; want +%s", i, d, want)
+		}
+	}
+	count, sum := histogram(t, b.m.RateLimitWait)
+	if count != n || sum != 100*60+50*120 {
+		t.Errorf("wait histogram count %d sum %v; want %d and %d", count, sum, n, 100*60+50*120)
+	}
+}
+
+// TestWindowLimiterHour checks the hour window and fairness on a small quota.
+func TestWindowLimiterHour(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	l := NewWindowLimiter(2, 3, clk)
+	start := clk.Now()
+	var admitted []time.Duration
+	for range 5 {
+		ch := make(chan time.Duration, 1)
+		go func() {
+			w, err := l.Wait(context.Background())
+			if err != nil {
+				t.Error(err)
+			}
+			ch <- w
+		}()
+		before := clk.Now()
+		var waited time.Duration
+	wait:
+		for {
+			select {
+			case waited = <-ch:
+				break wait
+			case <-clk.changed:
+				clk.AdvanceToNext()
+			}
+		}
+		if now := clk.Now(); waited != now.Sub(before) {
+			t.Errorf("waited %s; the clock moved %s", waited, now.Sub(before))
+		}
+		admitted = append(admitted, clk.Now().Sub(start))
+	}
+	// 2 per minute, 3 per hour: 0, 0, 60s, then the hour window: 3600s, 3600s.
+	want := []time.Duration{0, 0, time.Minute, time.Hour, time.Hour}
+	for i := range want {
+		if admitted[i] != want[i] {
+			t.Errorf("call %d admitted at +%s; want +%s", i, admitted[i], want[i])
+		}
+	}
+}
+
+// TestWindowLimiterCancel: a caller whose ctx ends gives its slot back.
+func TestWindowLimiterCancel(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	l := NewWindowLimiter(1, 100, clk)
+	if _, err := l.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := l.Wait(ctx)
+		errc <- err
+	}()
+	for clk.Waiters() == 0 {
+		<-clk.changed
+	}
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v; want context.Canceled", err)
+	}
+	// The cancelled slot (+60 s) is free again: the next caller takes it.
+	clk.Advance(time.Minute)
+	if w, err := l.Wait(context.Background()); err != nil || w != 0 {
+		t.Errorf("got %s, %v; want no wait", w, err)
+	}
+	if _, err := l.Wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("done ctx: %v", err)
+	}
+}
+
+// TestInjectedLimiter: a group's limiter can be replaced (e.g. by one shared
+// through PostgreSQL), and its error stops the call before any request.
+func TestInjectedLimiter(t *testing.T) {
+	t.Parallel()
+	var calls []Group
+	var mu sync.Mutex
+	spy := func(g Group, err error) Limiter {
+		return LimiterFunc(func(ctx context.Context) (time.Duration, error) {
+			mu.Lock()
+			calls = append(calls, g)
+			mu.Unlock()
+			return 2 * time.Second, err
+		})
+	}
+	boom := errors.New("store down")
+	var b *bundle
+	b = setup(t, func(w http.ResponseWriter, r *http.Request) {
+		b.record(r)
+		writeJSON(w, 200, `{"value":[]}`)
+	}, setupOpts{opts: []Option{
+		WithLimiter(GroupMachineActions, spy(GroupMachineActions, nil)),
+		WithLimiter(GroupActions, spy(GroupActions, boom)),
+	}})
+	if _, err := b.client.ListMachineActions(context.Background(), ActionFilter{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.client.CollectInvestigationPackage(context.Background(), testMachine, "c")
+	if e := asError(t, err); e.Outcome != OutcomeRetryable || !errors.Is(err, boom) {
+		t.Errorf("got %v", err)
+	}
+	if len(b.apiCalls()) != 1 || len(calls) != 2 || calls[0] != GroupMachineActions || calls[1] != GroupActions {
+		t.Errorf("api calls %d, limiter calls %v", len(b.apiCalls()), calls)
+	}
+	if count, sum := histogram(t, b.m.RateLimitWait); count != 1 || sum != 2 {
+		t.Errorf("wait histogram %d %v", count, sum)
+	}
+}
