@@ -262,9 +262,10 @@ func TestDecodeDropped(t *testing.T) {
 	}
 }
 
-// TestDecodeAlertLimit checks that a body of 10,000 alerts decodes and one
-// more is rejected, for every shape that carries a list of alerts.
-func TestDecodeAlertLimit(t *testing.T) {
+// TestDecodeBounds checks that a body of 10,000 alerts decodes and one more
+// is rejected, for every shape that carries a list of alerts, and that deep
+// nesting is refused rather than followed.
+func TestDecodeBounds(t *testing.T) {
 	t.Parallel()
 	const limit = 10000
 	v1 := `{"id":"da637472900382838869_1364969609","machineId":"1e5bc9d7e413ddd7902c2932e418702b84d0cc07"}`
@@ -298,6 +299,8 @@ func TestDecodeAlertLimit(t *testing.T) {
 		{"GraphDevicesOverLimit", alert.DecodeDefender, graph(limit + 1), "body: more than 10000 alerts in one body"},
 		{"AlertmanagerAtLimit", alert.DecodeAlertmanager, `{"version":"4","alerts":` + list(am, limit) + `}`, ""},
 		{"AlertmanagerOverLimit", alert.DecodeAlertmanager, `{"version":"4","alerts":` + list(am, limit+1) + `}`, "alerts: more than 10000 alerts in one body"},
+		{"DeepArrays", alert.DecodeDefender, strings.Repeat("[", 200000), "body is not valid JSON: invalid character '[' exceeded max depth at line 1, column 10001 (byte offset 10000)"},
+		{"DeepLabels", alert.DecodeAlertmanager, `{"version":"4","alerts":[{"labels":{"a":` + strings.Repeat(`{"a":`, 20000), "body is not valid JSON: invalid character '{' exceeded max depth at line 1, column 50021 (byte offset 50020)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

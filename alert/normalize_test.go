@@ -1,6 +1,7 @@
 package alert
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -105,5 +106,38 @@ func TestQuoteCapped(t *testing.T) {
 		if got := quoteCapped(in); got != want {
 			t.Errorf("quoteCapped(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+func TestDeviceIndexMerge(t *testing.T) {
+	t.Parallel()
+	const (
+		idA = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07"
+		idB = "04c99d46599f078f1c3da3783cf5b95f01ac61bb"
+	)
+	tests := []struct {
+		name string
+		in   []device
+		want []device
+	}{
+		{"SameIDTwice", []device{{idA, ""}, {idA, "pc1"}}, []device{{idA, "pc1"}}},
+		{"NameThenID", []device{{"", "PC1.contoso.com"}, {idA, "pc1.contoso.com"}}, []device{{idA, "PC1.contoso.com"}}},
+		{"IDThenName", []device{{idA, "pc1"}, {"", "PC1"}}, []device{{idA, "pc1"}}},
+		{"NameTwice", []device{{"", "pc1"}, {"", "pc1"}}, []device{{"", "pc1"}}},
+		{"SameNameOtherIDs", []device{{idA, "pc1"}, {idB, "pc1"}}, []device{{idA, "pc1"}, {idB, "pc1"}}},
+		{"Distinct", []device{{idA, "pc1"}, {"", "pc2"}, {idB, ""}}, []device{{idA, "pc1"}, {"", "pc2"}, {idB, ""}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var x deviceIndex
+			var got []device
+			for _, d := range tt.in {
+				got = x.merge(got, d)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("merge %v: got %v, want %v", tt.in, got, tt.want)
+			}
+		})
 	}
 }
