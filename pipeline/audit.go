@@ -1,0 +1,231 @@
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Decision labels of the audit trail and of responder_decisions_total.
+const (
+	DecisionCollect     = "collect"
+	DecisionIgnore      = "ignore"
+	DecisionNoMatch     = "no_match"
+	DecisionCooldown    = "cooldown"
+	DecisionCircuitOpen = "circuit_open"
+	DecisionPaused      = "paused"
+	DecisionDryRun      = "dry_run"
+)
+
+// Work states of an audit entry whose decision is collect.
+const (
+	StateDone     = "done"     // nothing more to do
+	StateQueued   = "queued"   // collect job enqueued, nothing sent yet
+	StatePosting  = "posting"  // the POST may have reached MDE: look before posting again
+	StateTracking = "tracking" // action known, polling its status
+)
+
+// Collection outcomes (responder_collections_total).
+const (
+	OutcomeCreated         = "created"
+	OutcomeAlreadyRunning  = "already_running"
+	OutcomeMachineNotFound = "machine_not_found"
+	OutcomeForbidden       = "forbidden"
+	OutcomeFailed          = "failed"
+)
+
+// Entry is one decision of the audit trail: what was decided for an alert
+// and machine, why, and what became of the action.
+type Entry struct {
+	ID              int64     `json:"id"`
+	CreatedAt       time.Time `json:"created_at"`
+	UpdatedAt       time.Time `json:"updated_at"`
+	Source          string    `json:"source"`
+	AlertID         string    `json:"alert_id"`
+	MachineID       string    `json:"machine_id,omitempty"`
+	MachineName     string    `json:"machine_name,omitempty"`
+	Rule            string    `json:"rule,omitempty"`
+	Action          string    `json:"action,omitempty"`
+	Decision        string    `json:"decision"`
+	Reason          string    `json:"reason"`
+	Comment         string    `json:"comment,omitempty"`
+	DryRun          bool      `json:"dry_run"`
+	State           string    `json:"state"`
+	Outcome         string    `json:"outcome,omitempty"`
+	ActionID        string    `json:"action_id,omitempty"`
+	ActionStatus    string    `json:"action_status,omitempty"`
+	ActionCreatedAt time.Time `json:"action_created_at,omitzero"`
+	FinishedAt      time.Time `json:"finished_at,omitzero"`
+	PackagePath     string    `json:"package_path,omitempty"`
+	PackageSHA256   string    `json:"package_sha256,omitempty"`
+	PackageSize     int64     `json:"package_size,omitempty"`
+	Error           string    `json:"error,omitempty"`
+
+	alertRowID int64
+	postedAt   time.Time
+}
+
+const entryColumns = `id, alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name, rule, action,
+decision, reason, comment, dry_run, state, posted_at, outcome, action_id, action_status, action_created_at,
+finished_at, package_path, package_sha256, package_size, error`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanEntry(row scanner) (*Entry, error) {
+	var e Entry
+	var created, updated, posted, actionCreated, finished int64
+	var dry int
+	err := row.Scan(&e.ID, &e.alertRowID, &created, &updated, &e.Source, &e.AlertID, &e.MachineID, &e.MachineName,
+		&e.Rule, &e.Action, &e.Decision, &e.Reason, &e.Comment, &dry, &e.State, &posted, &e.Outcome, &e.ActionID,
+		&e.ActionStatus, &actionCreated, &finished, &e.PackagePath, &e.PackageSHA256, &e.PackageSize, &e.Error)
+	if err != nil {
+		return nil, err
+	}
+	e.CreatedAt, e.UpdatedAt, e.postedAt = fromMS(created), fromMS(updated), fromMS(posted)
+	e.ActionCreatedAt, e.FinishedAt = fromMS(actionCreated), fromMS(finished)
+	e.DryRun = dry != 0
+	return &e, nil
+}
+
+// ErrNoEntry is returned for an unknown audit id.
+var ErrNoEntry = errors.New("no audit entry with that id")
+
+// Entry returns one audit entry.
+func (s *Store) Entry(ctx context.Context, id int64) (*Entry, error) {
+	e, err := scanEntry(s.DB.QueryRowContext(ctx, `SELECT `+entryColumns+` FROM responder_audit WHERE id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNoEntry
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading audit entry %d: %w", id, err)
+	}
+	return e, nil
+}
+
+func entryTx(ctx context.Context, tx *sql.Tx, id int64) (*Entry, error) {
+	e, err := scanEntry(tx.QueryRowContext(ctx, `SELECT `+entryColumns+` FROM responder_audit WHERE id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNoEntry
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading audit entry %d: %w", id, err)
+	}
+	return e, nil
+}
+
+// Filter selects audit entries. Status matches the decision, the outcome,
+// the action status or the work state, so that "cooldown", "created",
+// "Succeeded" and "tracking" all work.
+type Filter struct {
+	MachineID string
+	Status    string
+	Limit     int
+}
+
+// Entries lists audit entries, newest first.
+func (s *Store) Entries(ctx context.Context, f Filter) ([]*Entry, error) {
+	var where []string
+	var args []any
+	if f.MachineID != "" {
+		args = append(args, strings.ToLower(f.MachineID))
+		where = append(where, fmt.Sprintf("machine_id = $%d", len(args)))
+	}
+	if f.Status != "" {
+		args = append(args, f.Status)
+		n := len(args)
+		where = append(where, fmt.Sprintf("(decision = $%d OR outcome = $%d OR action_status = $%d OR state = $%d)", n, n, n, n))
+	}
+	q := `SELECT ` + entryColumns + ` FROM responder_audit`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	limit := f.Limit
+	if limit <= 0 || limit > 10000 {
+		limit = 100
+	}
+	q += fmt.Sprintf(` ORDER BY id DESC LIMIT %d`, limit)
+	rows, err := s.DB.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing the audit trail: %w", err)
+	}
+	defer rows.Close()
+	var out []*Entry
+	for rows.Next() {
+		e, err := scanEntry(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing the audit trail: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// entryUpdate changes the work fields of an audit entry.
+type entryUpdate struct {
+	state, outcome, actionID, actionStatus, errText *string
+	postedAt, actionCreatedAt, finishedAt           *time.Time
+	packagePath, packageSHA                         *string
+	packageSize                                     *int64
+}
+
+func str(s string) *string { return &s }
+
+func (s *Store) updateEntry(ctx context.Context, q interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, id int64, u entryUpdate, now time.Time) error {
+	sets := []string{"updated_at = $1"}
+	args := []any{ms(now)}
+	add := func(col string, v any) {
+		args = append(args, v)
+		sets = append(sets, fmt.Sprintf("%s = $%d", col, len(args)))
+	}
+	if u.state != nil {
+		add("state", *u.state)
+	}
+	if u.outcome != nil {
+		add("outcome", *u.outcome)
+	}
+	if u.actionID != nil {
+		add("action_id", *u.actionID)
+	}
+	if u.actionStatus != nil {
+		add("action_status", *u.actionStatus)
+	}
+	if u.errText != nil {
+		add("error", truncate(*u.errText, 2000))
+	}
+	if u.postedAt != nil {
+		add("posted_at", ms(*u.postedAt))
+	}
+	if u.actionCreatedAt != nil {
+		add("action_created_at", ms(*u.actionCreatedAt))
+	}
+	if u.finishedAt != nil {
+		add("finished_at", ms(*u.finishedAt))
+	}
+	if u.packagePath != nil {
+		add("package_path", *u.packagePath)
+	}
+	if u.packageSHA != nil {
+		add("package_sha256", *u.packageSHA)
+	}
+	if u.packageSize != nil {
+		add("package_size", *u.packageSize)
+	}
+	args = append(args, id)
+	_, err := q.ExecContext(ctx, fmt.Sprintf(`UPDATE responder_audit SET %s WHERE id = $%d`, strings.Join(sets, ", "), len(args)), args...)
+	if err != nil {
+		return fmt.Errorf("updating audit entry %d: %w", id, err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,390 @@
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/riverqueue/river"
+	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/defender"
+	"github.com/responder-dev/responder/rules"
+)
+
+type collectArgs struct {
+	AuditID int64 `json:"audit_id" river:"unique"`
+}
+
+func (collectArgs) Kind() string { return "responder.collect" }
+
+func (collectArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: 8, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+}
+
+type collectWorker struct {
+	river.WorkerDefaults[collectArgs]
+	p *Pipeline
+}
+
+// actionType maps a rule action to MDE's machine action type.
+func actionType(a rules.Action) string {
+	switch a {
+	case rules.ActionIsolate:
+		return defender.TypeIsolate
+	case rules.ActionAntivirusScan:
+		return defender.TypeRunAntiVirusScan
+	case rules.ActionRestrict:
+		return defender.TypeRestrictCodeExecution
+	}
+	return defender.TypeCollectInvestigationPackage
+}
+
+// send performs the MDE POST of an action.
+func (p *Pipeline) send(ctx context.Context, e *Entry) (defender.MachineAction, error) {
+	switch rules.Action(e.Action) {
+	case rules.ActionIsolate:
+		return p.api.Isolate(ctx, e.MachineID, e.Comment, defender.IsolationFull)
+	case rules.ActionAntivirusScan:
+		return p.api.RunAntivirusScan(ctx, e.MachineID, e.Comment, defender.ScanQuick)
+	case rules.ActionRestrict:
+		return p.api.RestrictCodeExecution(ctx, e.MachineID, e.Comment)
+	}
+	return p.api.CollectInvestigationPackage(ctx, e.MachineID, e.Comment)
+}
+
+// Work sends the action of one collect decision, at most once per decision:
+// the entry is marked "posting" before the POST, and a job that finds it so
+// (a crash or a timeout hid MDE's answer) first looks for the action MDE may
+// already have created.
+func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) error {
+	p := w.p
+	e, err := p.store.Entry(ctx, job.Args.AuditID)
+	if errors.Is(err, ErrNoEntry) {
+		return river.JobCancel(err)
+	}
+	if err != nil {
+		return err
+	}
+	if e.State != StateQueued && e.State != StatePosting {
+		return nil // done earlier
+	}
+	log := p.log.With(zap.String("alert_id", e.AlertID), zap.String("machine_id", e.MachineID),
+		zap.String("rule", e.Rule), zap.Int64("audit_id", e.ID), zap.Int("attempt", job.Attempt))
+	if p.api == nil {
+		return p.finishCollect(ctx, e, OutcomeFailed, "", "no Defender client is configured", log)
+	}
+	typ := actionType(rules.Action(e.Action))
+
+	if e.State == StatePosting {
+		a, found, err := p.findPosted(ctx, e, typ)
+		if err != nil {
+			log.Warn("looking for an earlier request failed", zap.Error(err))
+			return p.retryable(err)
+		}
+		if found {
+			log.Info("earlier request found in Defender; tracking it instead of posting again", zap.String("action_id", a.ID))
+			return p.adopt(ctx, e, a, OutcomeCreated, log)
+		}
+	}
+
+	if p.quota != nil {
+		wctx, cancel := context.WithTimeout(ctx, p.cfg.QuotaWait)
+		waited, err := p.quota.Wait(wctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Free the worker; the job keeps its place in the durable queue.
+			return river.JobSnooze(p.cfg.QuotaWait)
+		}
+		p.m.RateLimitWait.Observe(waited.Seconds())
+	}
+
+	now := p.cfg.Now()
+	if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{state: str(StatePosting), postedAt: &now}, now); err != nil {
+		return err
+	}
+	a, err := p.send(ctx, e)
+	if err == nil {
+		log.Info("machine action created", zap.String("action_id", a.ID), zap.String("outcome", OutcomeCreated))
+		return p.adopt(ctx, e, a, OutcomeCreated, log)
+	}
+	var de *defender.Error
+	if !errors.As(err, &de) {
+		de = &defender.Error{Outcome: defender.OutcomeRetryable, Err: err}
+	}
+	switch de.Outcome {
+	case defender.OutcomeAlreadyRunning:
+		pending, found, lerr := p.api.PendingAction(ctx, e.MachineID, typ)
+		if lerr != nil {
+			log.Warn("an action is already running, and looking it up failed", zap.Error(lerr))
+			return p.retryable(lerr)
+		}
+		if !found {
+			// It ended between MDE's answer and our look-up: nothing to track.
+			return p.finishCollect(ctx, e, OutcomeAlreadyRunning, "", "Defender reported an action already in progress; it had ended before it could be looked up", log)
+		}
+		log.Info("machine action already running; tracking it", zap.String("action_id", pending.ID), zap.String("outcome", OutcomeAlreadyRunning))
+		return p.adopt(ctx, e, pending, OutcomeAlreadyRunning, log)
+	case defender.OutcomeMachineNotFound:
+		return p.finishCollect(ctx, e, OutcomeMachineNotFound, "", err.Error(), log)
+	case defender.OutcomeForbidden:
+		return p.finishCollect(ctx, e, OutcomeForbidden, "", err.Error(), log)
+	case defender.OutcomeUnauthorized, defender.OutcomePermanent:
+		return p.finishCollect(ctx, e, OutcomeFailed, "", err.Error(), log)
+	case defender.OutcomeRateLimited:
+		// MDE refused it: nothing was created, so posting again is safe.
+		if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{state: str(StateQueued)}, p.cfg.Now()); err != nil {
+			return err
+		}
+		log.Warn("Defender rate limited the request; waiting as asked", zap.Duration("retry_after", de.RetryAfter))
+		return river.JobSnooze(max(de.RetryAfter, time.Second))
+	}
+	// Transient: the POST may or may not have reached MDE. The entry stays
+	// "posting", so the next attempt looks before posting again.
+	if job.Attempt >= job.MaxAttempts {
+		return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d attempts: %v", job.Attempt, err), log)
+	}
+	log.Warn("machine action request failed; will retry", zap.Error(err))
+	return err
+}
+
+// findPosted looks for the action an earlier, unanswered POST of this
+// decision may have created: same machine and type, our comment, created
+// after we started posting.
+func (p *Pipeline) findPosted(ctx context.Context, e *Entry, typ string) (defender.MachineAction, bool, error) {
+	actions, err := p.api.ListMachineActions(ctx, defender.ActionFilter{MachineID: e.MachineID, Type: typ, Top: 50})
+	if err != nil {
+		return defender.MachineAction{}, false, err
+	}
+	since := e.postedAt.Add(-2 * time.Minute) // clock skew between us and MDE
+	for _, a := range actions {
+		if a.RequestorComment == e.Comment && !a.CreationTime.Before(since) {
+			return a, true, nil
+		}
+	}
+	return defender.MachineAction{}, false, nil
+}
+
+// adopt records the action that now answers the decision and starts
+// tracking it, in one transaction.
+func (p *Pipeline) adopt(ctx context.Context, e *Entry, a defender.MachineAction, outcome string, log *zap.Logger) error {
+	now := p.cfg.Now()
+	created := a.CreationTime
+	if created.IsZero() {
+		created = now
+	}
+	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+		if err := p.store.updateEntry(ctx, tx, e.ID, entryUpdate{
+			state: str(StateTracking), outcome: str(outcome), actionID: str(a.ID), actionStatus: str(a.Status),
+			actionCreatedAt: &created, errText: str(""),
+		}, now); err != nil {
+			return err
+		}
+		_, err := p.client.InsertTx(ctx, tx, trackArgs{AuditID: e.ID}, &river.InsertOpts{ScheduledAt: now.Add(p.cfg.PollInterval)})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("recording machine action %s: %w", a.ID, err)
+	}
+	p.m.Collections.WithLabelValues(outcome).Inc()
+	return nil
+}
+
+// finishCollect records a collection that will not be tracked, releases the
+// cooldown it held (nothing was collected, so the next alert may try), and
+// ends the job.
+func (p *Pipeline) finishCollect(ctx context.Context, e *Entry, outcome, actionID, reason string, log *zap.Logger) error {
+	now := p.cfg.Now()
+	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+		if err := p.store.updateEntry(ctx, tx, e.ID, entryUpdate{state: str(StateDone), outcome: str(outcome), actionID: str(actionID), errText: str(reason), finishedAt: &now}, now); err != nil {
+			return err
+		}
+		if outcome != OutcomeAlreadyRunning {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM responder_cooldown WHERE audit_id = $1`, e.ID); err != nil {
+				return fmt.Errorf("releasing the cooldown: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.m.Collections.WithLabelValues(outcome).Inc()
+	switch outcome {
+	case OutcomeForbidden:
+		log.Error("Defender refused the collection: the application lacks the Machine.CollectForensics permission (or the action's permission) or RBAC access to the device group",
+			zap.String("outcome", outcome), zap.String("error", reason))
+	case OutcomeFailed:
+		log.Error("collection failed", zap.String("outcome", outcome), zap.String("error", reason))
+	default:
+		log.Warn("collection not possible", zap.String("outcome", outcome), zap.String("error", reason))
+	}
+	return nil
+}
+
+type trackArgs struct {
+	AuditID int64 `json:"audit_id" river:"unique"`
+}
+
+func (trackArgs) Kind() string { return "responder.track" }
+
+func (trackArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: 20, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+}
+
+type trackWorker struct {
+	river.WorkerDefaults[trackArgs]
+	p *Pipeline
+}
+
+// Work polls the machine action once; it snoozes until the next poll while
+// the action is live, and records its end.
+func (w *trackWorker) Work(ctx context.Context, job *river.Job[trackArgs]) error {
+	p := w.p
+	e, err := p.store.Entry(ctx, job.Args.AuditID)
+	if errors.Is(err, ErrNoEntry) {
+		return river.JobCancel(err)
+	}
+	if err != nil {
+		return err
+	}
+	if e.State != StateTracking {
+		return nil
+	}
+	log := p.log.With(zap.String("alert_id", e.AlertID), zap.String("machine_id", e.MachineID), zap.String("action_id", e.ActionID), zap.Int64("audit_id", e.ID))
+	now := p.cfg.Now()
+	if p.api == nil {
+		return p.finishTrack(ctx, e, "Untracked", now, "no Defender client is configured", log)
+	}
+	a, err := p.api.GetMachineAction(ctx, e.ActionID)
+	if err != nil {
+		switch outcomeOf(err) {
+		case defender.OutcomeRateLimited, defender.OutcomeRetryable, "":
+			if now.Sub(e.ActionCreatedAt) > p.cfg.ActionTimeout || job.Attempt >= job.MaxAttempts {
+				return p.finishTrack(ctx, e, "Untracked", now, err.Error(), log)
+			}
+			log.Warn("polling the machine action failed; will retry", zap.Int("attempt", job.Attempt), zap.Error(err))
+			return p.retryable(err)
+		}
+		return p.finishTrack(ctx, e, "Untracked", now, err.Error(), log)
+	}
+	if a.Terminal() {
+		return p.finishTrack(ctx, e, a.Status, finishTime(a, now), "", log)
+	}
+	if now.Sub(e.ActionCreatedAt) > p.cfg.ActionTimeout {
+		return p.finishTrack(ctx, e, "Untracked", now, fmt.Sprintf("still %s after defender.action_timeout (%s)", a.Status, p.cfg.ActionTimeout), log)
+	}
+	if a.Status != e.ActionStatus {
+		if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{actionStatus: str(a.Status)}, now); err != nil {
+			return err
+		}
+		log.Info("machine action status changed", zap.String("status", a.Status))
+	}
+	return river.JobSnooze(p.cfg.PollInterval)
+}
+
+func finishTime(a defender.MachineAction, now time.Time) time.Time {
+	if !a.LastUpdateTime.IsZero() {
+		return a.LastUpdateTime
+	}
+	return now
+}
+
+// finishTrack records the final status of a machine action.
+func (p *Pipeline) finishTrack(ctx context.Context, e *Entry, status string, at time.Time, reason string, log *zap.Logger) error {
+	now := p.cfg.Now()
+	download := status == defender.StatusSucceeded && p.cfg.DownloadDir != "" && rules.Action(e.Action) == rules.ActionCollect
+	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+		u := entryUpdate{state: str(StateDone), actionStatus: str(status), finishedAt: &at}
+		if reason != "" {
+			u.errText = str(reason)
+		}
+		if err := p.store.updateEntry(ctx, tx, e.ID, u, now); err != nil {
+			return err
+		}
+		if download {
+			if _, err := p.client.InsertTx(ctx, tx, downloadArgs{AuditID: e.ID}, nil); err != nil {
+				return fmt.Errorf("enqueueing the package download: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.m.ActionsFinished.WithLabelValues(status).Inc()
+	if !e.ActionCreatedAt.IsZero() {
+		p.m.ActionDuration.WithLabelValues(status).Observe(max(at.Sub(e.ActionCreatedAt).Seconds(), 0))
+	}
+	switch status {
+	case defender.StatusSucceeded:
+		log.Info("machine action finished", zap.String("status", status))
+	default:
+		log.Warn("machine action finished", zap.String("status", status), zap.String("error", reason))
+	}
+	return nil
+}
+
+type downloadArgs struct {
+	AuditID int64 `json:"audit_id" river:"unique"`
+}
+
+func (downloadArgs) Kind() string { return "responder.download" }
+
+func (downloadArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: 10, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+}
+
+type downloadWorker struct {
+	river.WorkerDefaults[downloadArgs]
+	p *Pipeline
+}
+
+func (w *downloadWorker) Timeout(*river.Job[downloadArgs]) time.Duration { return downloadTimeout }
+
+// Work fetches a finished package: ask for its short-lived URI (its own
+// 2/min quota; 404 until ready), download at once, record size and sha256.
+func (w *downloadWorker) Work(ctx context.Context, job *river.Job[downloadArgs]) error {
+	p := w.p
+	e, err := p.store.Entry(ctx, job.Args.AuditID)
+	if errors.Is(err, ErrNoEntry) {
+		return river.JobCancel(err)
+	}
+	if err != nil {
+		return err
+	}
+	if e.PackageSHA256 != "" || p.api == nil {
+		return nil
+	}
+	log := p.log.With(zap.String("machine_id", e.MachineID), zap.String("action_id", e.ActionID), zap.Int64("audit_id", e.ID))
+	uri, err := p.api.GetPackageURI(ctx, e.ActionID)
+	if err != nil {
+		if outcomeOf(err) == defender.OutcomeRetryable && job.Attempt < job.MaxAttempts {
+			return river.JobSnooze(time.Minute) // not ready yet, or a transient failure
+		}
+		log.Warn("package URI unavailable", zap.Int("attempt", job.Attempt), zap.Error(err))
+		return p.retryable(err)
+	}
+	dest := filepath.Join(p.cfg.DownloadDir, e.MachineID, e.ActionID+".zip")
+	if err := os.MkdirAll(filepath.Dir(dest), 0o750); err != nil {
+		return river.JobCancel(fmt.Errorf("creating the package directory: %w", err))
+	}
+	size, sum, err := p.api.DownloadPackage(ctx, uri, dest)
+	if err != nil {
+		log.Warn("package download failed", zap.Int("attempt", job.Attempt), zap.Error(err))
+		return p.retryable(err)
+	}
+	now := p.cfg.Now()
+	if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{packagePath: &dest, packageSHA: &sum, packageSize: &size}, now); err != nil {
+		return err
+	}
+	log.Info("investigation package downloaded", zap.String("path", dest), zap.Int64("size", size), zap.String("sha256", sum))
+	return nil
+}

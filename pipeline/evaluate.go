@@ -1,0 +1,401 @@
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/defender"
+	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/rules"
+)
+
+type evaluateArgs struct {
+	AlertRowID int64 `json:"alert_row_id" river:"unique"`
+}
+
+func (evaluateArgs) Kind() string { return "responder.evaluate" }
+
+func (evaluateArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: 10, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+}
+
+type evaluateWorker struct {
+	river.WorkerDefaults[evaluateArgs]
+	p *Pipeline
+}
+
+// Work decides one stored alert: resolve the machine, read its attributes
+// when a rule needs them, evaluate the rules, and record the decision.
+func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs]) error {
+	p := w.p
+	a, err := p.loadAlert(ctx, job.Args.AlertRowID)
+	if err != nil {
+		return err
+	}
+	log := p.log.With(zap.String("source", string(a.Source)), zap.String("alert_id", a.ID))
+
+	var notes []string
+	if a.MachineID == "" {
+		if p.api == nil {
+			return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
+		}
+		m, err := p.api.FindMachineByName(ctx, a.MachineName)
+		if err != nil {
+			if outcomeOf(err) == defender.OutcomeMachineNotFound {
+				return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
+			}
+			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", job.Attempt), zap.Error(err))
+			if finalAttempt(job.JobRow, err) {
+				return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil)
+			}
+			return p.retryable(err)
+		}
+		a.MachineID = strings.ToLower(m.ID)
+		p.machines.put(toMachine(m))
+		notes = append(notes, fmt.Sprintf("machine name %q resolved to %s", a.MachineName, a.MachineID))
+	}
+
+	set := p.rules.Current()
+	var machine *alert.Machine
+	if set.NeedsMachine() {
+		switch {
+		case p.api == nil:
+			notes = append(notes, "machine attributes unavailable without Defender credentials (dry run)")
+		default:
+			m, err := p.machine(ctx, a.MachineID)
+			switch {
+			case err == nil:
+				machine = m
+			case outcomeOf(err) == defender.OutcomeMachineNotFound:
+				notes = append(notes, "Defender does not know the machine; machine attributes are empty")
+			default:
+				log.Warn("machine attributes unavailable", zap.String("machine_id", a.MachineID), zap.Int("attempt", job.Attempt), zap.Error(err))
+				if finalAttempt(job.JobRow, err) {
+					// Fail safe: rules that exclude machines by their
+					// attributes cannot be trusted on empty attributes.
+					return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes)
+				}
+				return p.retryable(err)
+			}
+		}
+	}
+	if machine == nil {
+		machine = &alert.Machine{ID: a.MachineID, Name: a.MachineName}
+	}
+	d := set.Evaluate(a, machine)
+	return p.decide(ctx, job.Args.AlertRowID, a, d, notes)
+}
+
+func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, error) {
+	var payload string
+	err := p.store.DB.QueryRowContext(ctx, `SELECT payload FROM responder_alert WHERE id = $1`, rowID).Scan(&payload)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, river.JobCancel(fmt.Errorf("alert row %d does not exist", rowID))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading alert %d: %w", rowID, err)
+	}
+	var a alert.Alert
+	if err := json.Unmarshal([]byte(payload), &a); err != nil {
+		return nil, river.JobCancel(fmt.Errorf("decoding stored alert %d: %w", rowID, err))
+	}
+	return &a, nil
+}
+
+// decide records the decision for one alert row, applying cooldown, the kill
+// switch, the circuit breaker and dry run, all claimed in one transaction
+// (serialised across replicas), and enqueues the collection when due.
+func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d rules.Decision, notes []string) error {
+	now := p.cfg.Now()
+	rec := &Entry{
+		Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
+		Rule: d.Rule, Action: string(d.Action), Reason: d.Reason, Comment: d.Comment, State: StateDone,
+	}
+	if len(notes) > 0 {
+		rec.Reason = strings.Join(append(notes, d.Reason), "; ")
+	}
+	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+		if err := p.store.lockClaims(ctx, tx); err != nil {
+			return err
+		}
+		var exists int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE alert_row_id = $1`, rowID).Scan(&exists); err != nil {
+			return fmt.Errorf("checking for an earlier decision: %w", err)
+		}
+		if exists > 0 {
+			rec = nil // decided by an earlier attempt
+			return nil
+		}
+		if err := p.classify(ctx, tx, rec, d, now); err != nil {
+			return err
+		}
+		id, err := insertEntry(ctx, tx, rowID, rec, now)
+		if err != nil {
+			return err
+		}
+		rec.ID = id
+		if rec.Decision == DecisionCollect || rec.Decision == DecisionDryRun {
+			key := cooldownKey(d.Action, rec.Decision == DecisionDryRun)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO responder_cooldown (machine_id, action, last_at, audit_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit_id = excluded.audit_id`,
+				rec.MachineID, key, ms(now), id); err != nil {
+				return fmt.Errorf("claiming the cooldown: %w", err)
+			}
+		}
+		if rec.Decision == DecisionCollect {
+			if _, err := p.client.InsertTx(ctx, tx, collectArgs{AuditID: id}, nil); err != nil {
+				return fmt.Errorf("enqueueing the collection: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return nil
+	}
+	label := rec.Rule
+	if label == "" {
+		label = metrics.NoRule
+	}
+	p.m.Decisions.WithLabelValues(label, rec.Decision).Inc()
+	fields := []zap.Field{
+		zap.String("source", rec.Source), zap.String("alert_id", rec.AlertID), zap.String("machine_id", rec.MachineID),
+		zap.String("rule", label), zap.String("decision", rec.Decision), zap.String("reason", rec.Reason), zap.Int64("audit_id", rec.ID),
+	}
+	switch rec.Decision {
+	case DecisionCircuitOpen, DecisionPaused:
+		p.log.Warn("decision", fields...)
+	default:
+		p.log.Info("decision", fields...)
+	}
+	return nil
+}
+
+// classify turns a rule decision into the recorded decision.
+func (p *Pipeline) classify(ctx context.Context, tx *sql.Tx, rec *Entry, d rules.Decision, now time.Time) error {
+	switch {
+	case !d.Matched:
+		rec.Decision = DecisionNoMatch
+		if rec.Reason == "" {
+			rec.Reason = "no enabled rule matched"
+		}
+		return nil
+	case d.Action == rules.ActionIgnore:
+		rec.Decision = DecisionIgnore
+		return nil
+	}
+	dry := p.cfg.DryRun || d.DryRun
+	rec.DryRun = dry
+
+	var lastAt, lastAudit int64
+	err := tx.QueryRowContext(ctx, `SELECT last_at, audit_id FROM responder_cooldown WHERE machine_id = $1 AND action = $2`,
+		rec.MachineID, cooldownKey(d.Action, dry)).Scan(&lastAt, &lastAudit)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("reading the cooldown: %w", err)
+	}
+	if err == nil && d.Cooldown > 0 && fromMS(lastAt).After(now.Add(-d.Cooldown)) {
+		rec.Decision = DecisionCooldown
+		rec.Reason = fmt.Sprintf("rule %q matched, but the machine had a %s decision at %s (audit #%d), within the cooldown of %s",
+			d.Rule, d.Action, fromMS(lastAt).Format(time.RFC3339), lastAudit, d.Cooldown)
+		return nil
+	}
+	paused := p.cfg.Paused
+	if !paused {
+		if paused, err = pausedIn(ctx, tx); err != nil {
+			return err
+		}
+	}
+	if paused {
+		rec.Decision = DecisionPaused
+		rec.Reason = fmt.Sprintf("rule %q matched, but responder is paused (kill switch)", d.Rule)
+		return nil
+	}
+	if !dry {
+		open, why, err := p.circuitCheck(ctx, tx, rec.MachineID, now)
+		if err != nil {
+			return err
+		}
+		if open {
+			rec.Decision = DecisionCircuitOpen
+			rec.Reason = fmt.Sprintf("rule %q matched, but the circuit breaker is open: %s", d.Rule, why)
+			if !p.circuitOpen.Swap(true) {
+				p.m.CircuitOpen.Set(1)
+				p.log.Error("circuit breaker opened: collections are suppressed until the window clears", zap.String("reason", why))
+			}
+			return nil
+		}
+		rec.Decision = DecisionCollect
+		rec.State = StateQueued
+		return nil
+	}
+	rec.Decision = DecisionDryRun
+	return nil
+}
+
+// circuitCheck tells whether one more collection, for machineID, would pass
+// a safety limit.
+func (p *Pipeline) circuitCheck(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, machineID string, now time.Time) (bool, string, error) {
+	var lastHour int
+	if err := q.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
+		ms(now.Add(-time.Hour))).Scan(&lastHour); err != nil {
+		return false, "", fmt.Errorf("counting recent collections: %w", err)
+	}
+	if lastHour >= p.cfg.MaxCollectionsPerHour {
+		return true, fmt.Sprintf("%d collections in the last hour reach safety.max_collections_per_hour (%d)", lastHour, p.cfg.MaxCollectionsPerHour), nil
+	}
+	if machineID == "" {
+		return false, "", nil
+	}
+	var machines, known int
+	if err := q.QueryRowContext(ctx, `SELECT COUNT(DISTINCT machine_id), COUNT(DISTINCT CASE WHEN machine_id = $2 THEN machine_id END)
+FROM responder_audit WHERE decision = 'collect' AND created_at > $1`, ms(now.Add(-10*time.Minute)), machineID).Scan(&machines, &known); err != nil {
+		return false, "", fmt.Errorf("counting recent machines: %w", err)
+	}
+	if known == 0 && machines >= p.cfg.MaxMachinesPer10m {
+		return true, fmt.Sprintf("%d distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (%d)", machines, p.cfg.MaxMachinesPer10m), nil
+	}
+	return false, "", nil
+}
+
+func cooldownKey(action rules.Action, dry bool) string {
+	if dry {
+		// A dry run must not hold back a real collection later.
+		return "dry_run:" + string(action)
+	}
+	return string(action)
+}
+
+func insertEntry(ctx context.Context, tx *sql.Tx, rowID int64, e *Entry, now time.Time) (int64, error) {
+	dry := 0
+	if e.DryRun {
+		dry = 1
+	}
+	var id int64
+	err := tx.QueryRowContext(ctx, `INSERT INTO responder_audit (alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name,
+rule, action, decision, reason, comment, dry_run, state) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id`,
+		rowID, ms(now), e.Source, e.AlertID, e.MachineID, e.MachineName, e.Rule, e.Action, e.Decision, truncate(e.Reason, 2000),
+		e.Comment, dry, e.State).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("recording the decision: %w", err)
+	}
+	return id, nil
+}
+
+// machineCache keeps machine attributes for a while (SPEC 6.2: TTL 10m).
+type machineCache struct {
+	ttl time.Duration
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]cachedMachine
+}
+
+type cachedMachine struct {
+	machine alert.Machine
+	at      time.Time
+}
+
+func newMachineCache(ttl time.Duration, now func() time.Time) *machineCache {
+	return &machineCache{ttl: ttl, now: now, m: map[string]cachedMachine{}}
+}
+
+func (c *machineCache) get(id string) (*alert.Machine, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[id]
+	if !ok || c.now().Sub(e.at) > c.ttl {
+		return nil, false
+	}
+	m := e.machine
+	return &m, true
+}
+
+func (c *machineCache) put(m alert.Machine) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) > 50000 {
+		// Bound memory in a storm: drop expired entries, then everything.
+		for k, e := range c.m {
+			if c.now().Sub(e.at) > c.ttl {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) > 50000 {
+			c.m = map[string]cachedMachine{}
+		}
+	}
+	c.m[strings.ToLower(m.ID)] = cachedMachine{machine: m, at: c.now()}
+}
+
+func (p *Pipeline) machine(ctx context.Context, id string) (*alert.Machine, error) {
+	if m, ok := p.machines.get(id); ok {
+		return m, nil
+	}
+	dm, err := p.api.GetMachine(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	m := toMachine(dm)
+	p.machines.put(m)
+	return &m, nil
+}
+
+func toMachine(m defender.Machine) alert.Machine {
+	return alert.Machine{
+		ID: strings.ToLower(m.ID), Name: m.ComputerDNSName, OSPlatform: m.OSPlatform, HealthStatus: m.HealthStatus,
+		RiskScore: m.RiskScore, ExposureLevel: m.ExposureLevel, DeviceValue: m.DeviceValue, Tags: m.MachineTags,
+		Group: m.RBACGroupName, OnboardingStatus: m.OnboardingStatus, LastSeen: m.LastSeen,
+	}
+}
+
+// finalAttempt reports whether err ends the job: a permanent failure, or a
+// transient one on the last attempt. The caller then records a decision that
+// says so, so that no accepted alert is left without one.
+func finalAttempt(job *rivertype.JobRow, err error) bool {
+	switch outcomeOf(err) {
+	case defender.OutcomeForbidden, defender.OutcomeUnauthorized, defender.OutcomePermanent:
+		return true
+	case defender.OutcomeRateLimited:
+		return false
+	}
+	return job.Attempt >= job.MaxAttempts
+}
+
+// outcomeOf reads the outcome of a Defender error ("" for other errors).
+func outcomeOf(err error) defender.Outcome {
+	var de *defender.Error
+	if errors.As(err, &de) {
+		return de.Outcome
+	}
+	return ""
+}
+
+// retryable maps a failed read call to queue semantics: wait as MDE asks on
+// 429 (without using an attempt), give up on permanent failures, retry with
+// backoff otherwise.
+func (p *Pipeline) retryable(err error) error {
+	var de *defender.Error
+	if errors.As(err, &de) {
+		switch de.Outcome {
+		case defender.OutcomeRateLimited:
+			return river.JobSnooze(max(de.RetryAfter, time.Second))
+		case defender.OutcomeForbidden, defender.OutcomeUnauthorized, defender.OutcomePermanent:
+			return river.JobCancel(err)
+		}
+	}
+	return err
+}

@@ -1,0 +1,306 @@
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/defender"
+	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/rules"
+)
+
+// Config tunes the pipeline. Zero values take the defaults of SPEC section 4.
+type Config struct {
+	// DryRun decides and audits but never calls a Defender write endpoint.
+	DryRun bool
+	// PollInterval is the machine action polling period (default 30s).
+	PollInterval time.Duration
+	// ActionTimeout stops tracking an action after this long (default 72h).
+	ActionTimeout time.Duration
+	// DownloadDir, when set, receives each finished package.
+	DownloadDir string
+	// MaxCollectionsPerHour and MaxMachinesPer10m open the circuit breaker.
+	MaxCollectionsPerHour int
+	MaxMachinesPer10m     int
+	// Paused is the kill switch of the config file (safety.paused); the
+	// admin API pauses through the store, shared by every replica.
+	Paused bool
+	// Workers is the number of jobs run at once by this process (default 20).
+	Workers int
+	// RetryBase and RetryCap shape the retry backoff of transient failures
+	// (defaults 1s and 60s: about 1s, 2s, 4s, ... capped).
+	RetryBase, RetryCap time.Duration
+	// QuotaWait bounds how long a job waits for the quota before it snoozes
+	// and frees its worker (default 5s).
+	QuotaWait time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() Config {
+	if c.PollInterval <= 0 {
+		c.PollInterval = 30 * time.Second
+	}
+	if c.ActionTimeout <= 0 {
+		c.ActionTimeout = 72 * time.Hour
+	}
+	if c.MaxCollectionsPerHour <= 0 {
+		c.MaxCollectionsPerHour = 200
+	}
+	if c.MaxMachinesPer10m <= 0 {
+		c.MaxMachinesPer10m = 50
+	}
+	if c.Workers <= 0 {
+		c.Workers = 20
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = time.Second
+	}
+	if c.RetryCap <= 0 {
+		c.RetryCap = time.Minute
+	}
+	if c.QuotaWait <= 0 {
+		c.QuotaWait = 5 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Job timing. A job must finish well inside jobTimeout; RescueStuckJobsAfter
+// brings back the jobs of a dead replica (SQLite: see recoverSQLite).
+const (
+	jobTimeout      = 30 * time.Second
+	rescueAfter     = 40 * time.Second
+	downloadTimeout = 15 * time.Minute
+)
+
+// Pipeline accepts alerts durably and works them through evaluate, collect
+// and track jobs on River.
+type Pipeline struct {
+	store    *Store
+	api      defender.API // nil when no Defender client exists (dry run without credentials)
+	quota    defender.Limiter
+	rules    *rules.Manager
+	m        *metrics.Metrics
+	log      *zap.Logger
+	cfg      Config
+	client   *river.Client[*sql.Tx]
+	machines *machineCache
+
+	circuitOpen atomic.Bool
+	stopOnce    sync.Once
+	bgCancel    context.CancelFunc
+	bgDone      chan struct{}
+}
+
+// New builds the pipeline on an open store. api may be nil in dry-run mode;
+// quota is the action-POST limiter (nil: unlimited, for tests).
+func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manager, m *metrics.Metrics, logger *zap.Logger, cfg Config) (*Pipeline, error) {
+	cfg = cfg.withDefaults()
+	p := &Pipeline{
+		store: store, api: api, quota: quota, rules: rm, m: m,
+		log: logger.Named("pipeline"), cfg: cfg,
+		machines: newMachineCache(10*time.Minute, cfg.Now),
+	}
+	workers := river.NewWorkers()
+	if err := river.AddWorkerSafely(workers, &evaluateWorker{p: p}); err != nil {
+		return nil, err
+	}
+	if err := river.AddWorkerSafely(workers, &collectWorker{p: p}); err != nil {
+		return nil, err
+	}
+	if err := river.AddWorkerSafely(workers, &trackWorker{p: p}); err != nil {
+		return nil, err
+	}
+	if err := river.AddWorkerSafely(workers, &downloadWorker{p: p}); err != nil {
+		return nil, err
+	}
+	client, err := river.NewClient(store.river, &river.Config{
+		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
+		Workers:              workers,
+		JobTimeout:           jobTimeout,
+		RescueStuckJobsAfter: rescueAfter,
+		MaxAttempts:          10,
+		FetchCooldown:        20 * time.Millisecond,
+		FetchPollInterval:    200 * time.Millisecond,
+		RetryPolicy:          &backoff{base: cfg.RetryBase, cap: cfg.RetryCap},
+		Logger:               riverLogger(logger),
+		// The audit trail keeps the history; finished jobs need not stay.
+		CompletedJobRetentionPeriod: time.Hour,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the job queue client: %w", err)
+	}
+	p.client = client
+	return p, nil
+}
+
+// Start recovers work left in flight by a crash and starts the workers and
+// the background loops (queue gauges, circuit state). Stop ends them.
+func (p *Pipeline) Start(ctx context.Context) error {
+	if p.store.Driver == DriverSQLite {
+		if err := p.recoverSQLite(ctx); err != nil {
+			return err
+		}
+	}
+	if err := p.client.Start(ctx); err != nil {
+		return fmt.Errorf("starting the job queue: %w", err)
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	p.bgCancel = cancel
+	p.bgDone = make(chan struct{})
+	go func() {
+		defer close(p.bgDone)
+		p.backgroundLoop(bg)
+	}()
+	return nil
+}
+
+// Stop stops fetching new jobs, lets running jobs finish within ctx, and
+// stops the background loops.
+func (p *Pipeline) Stop(ctx context.Context) error {
+	var err error
+	p.stopOnce.Do(func() {
+		if p.bgCancel != nil {
+			p.bgCancel()
+			<-p.bgDone
+		}
+		err = p.client.Stop(ctx)
+		if err != nil {
+			// Jobs still running are cut short; they resume on restart.
+			err = p.client.StopAndCancel(context.Background())
+		}
+	})
+	return err
+}
+
+// recoverSQLite makes jobs that were running when the process died available
+// again at once. On SQLite this process is the only node (the store holds an
+// exclusive lock), so a job in state running belongs to a dead process. River's
+// own rescuer would wait for RescueStuckJobsAfter plus its interval.
+func (p *Pipeline) recoverSQLite(ctx context.Context) error {
+	res, err := p.store.DB.ExecContext(ctx,
+		`UPDATE river_job SET state = 'available', scheduled_at = datetime('now', 'subsec') WHERE state = 'running'`)
+	if err != nil {
+		return fmt.Errorf("recovering in-flight jobs: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		p.log.Warn("resuming jobs left in flight by a previous process", zap.Int64("jobs", n))
+	}
+	return nil
+}
+
+// Submit stores alerts and enqueues their evaluation in one transaction; it
+// implements alert.Sink. A duplicate (same DedupKey as a stored alert) is
+// reported, not stored.
+func (p *Pipeline) Submit(ctx context.Context, alerts []alert.Alert) (alert.Receipt, error) {
+	r := alert.Receipt{Duplicate: make([]bool, len(alerts))}
+	now := p.cfg.Now()
+	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+		var jobs []river.InsertManyParams
+		for i := range alerts {
+			a := &alerts[i]
+			payload, err := json.Marshal(a)
+			if err != nil {
+				return fmt.Errorf("encoding alert: %w", err)
+			}
+			var id int64
+			err = tx.QueryRowContext(ctx, `INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING RETURNING id`,
+				a.DedupKey(), string(a.Source), a.ID, a.MachineID, a.MachineName, string(payload), ms(now)).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				r.Duplicate[i] = true
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("storing alert: %w", err)
+			}
+			jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowID: id}})
+		}
+		if len(jobs) == 0 {
+			return nil
+		}
+		if _, err := p.client.InsertManyTx(ctx, tx, jobs); err != nil {
+			return fmt.Errorf("enqueueing evaluations: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return alert.Receipt{}, err
+	}
+	return r, nil
+}
+
+// Ready reports whether the store answers.
+func (p *Pipeline) Ready(ctx context.Context) error { return p.store.Ping(ctx) }
+
+// Pause turns the kill switch on for every replica sharing the store.
+func (p *Pipeline) Pause(ctx context.Context) error { return p.setPaused(ctx, true) }
+
+// Resume turns the kill switch off. It cannot override safety.paused.
+func (p *Pipeline) Resume(ctx context.Context) error {
+	if p.cfg.Paused {
+		return errors.New("paused by the configuration (safety.paused); change it and restart to resume")
+	}
+	return p.setPaused(ctx, false)
+}
+
+func (p *Pipeline) setPaused(ctx context.Context, on bool) error {
+	_, err := p.store.DB.ExecContext(ctx, `UPDATE responder_setting SET value = $1, updated_at = $2 WHERE name = 'paused'`,
+		strconv.FormatBool(on), ms(p.cfg.Now()))
+	if err != nil {
+		return fmt.Errorf("setting the kill switch: %w", err)
+	}
+	p.log.Warn("kill switch changed", zap.Bool("paused", on))
+	return nil
+}
+
+// Paused reports whether collections are suppressed.
+func (p *Pipeline) Paused(ctx context.Context) (bool, error) {
+	if p.cfg.Paused {
+		return true, nil
+	}
+	return pausedIn(ctx, p.store.DB)
+}
+
+func pausedIn(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) (bool, error) {
+	var v string
+	if err := q.QueryRowContext(ctx, `SELECT value FROM responder_setting WHERE name = 'paused'`).Scan(&v); err != nil {
+		return false, fmt.Errorf("reading the kill switch: %w", err)
+	}
+	return v == "true", nil
+}
+
+// Store returns the pipeline's store.
+func (p *Pipeline) Store() *Store { return p.store }
+
+// backoff is the retry policy of transient failures: base * 2^(n-1), capped,
+// with 10% jitter; not River's default attempt^4 seconds.
+type backoff struct{ base, cap time.Duration }
+
+func (b *backoff) NextRetry(job *rivertype.JobRow) time.Time {
+	n := max(len(job.Errors), 1)
+	d := b.base << min(n-1, 20)
+	if d > b.cap || d <= 0 {
+		d = b.cap
+	}
+	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
+	return time.Now().Add(d + jitter)
+}

@@ -1,0 +1,700 @@
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/defender"
+	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/rules"
+)
+
+const testRules = `
+rules:
+  - name: never-domain-controllers
+    when: '"domain-controller" in machine.tags'
+    action: ignore
+  - name: high-severity
+    when: 'alert.severity in ["high", "critical"]'
+    cooldown: 24h
+`
+
+// testEnv is one responder pipeline wired to a simulator.
+type testEnv struct {
+	t     *testing.T
+	sim   *defendertest.Simulator
+	store *Store
+	p     *Pipeline
+	m     *metrics.Metrics
+}
+
+type envOpts struct {
+	driver   string
+	dsn      string // postgres: an existing database
+	sim      *defendertest.Simulator
+	cfg      Config
+	quota    defender.Limiter
+	noStart  bool
+	simOpts  defendertest.Options
+	rulesSrc string
+}
+
+func newSim(t *testing.T, o defendertest.Options) *defendertest.Simulator {
+	t.Helper()
+	o.TenantID, o.ClientID, o.ClientSecret = defendertest.DevTenantID, defendertest.DevClientID, defendertest.DevClientSecret
+	if o.Machines == nil {
+		o.Machines = defendertest.DevMachines()
+	}
+	if o.PendingFor == 0 {
+		o.PendingFor = 50 * time.Millisecond
+	}
+	if o.InProgressFor == 0 {
+		o.InProgressFor = 50 * time.Millisecond
+	}
+	sim, _ := defendertest.NewServer(t, o)
+	return sim
+}
+
+func setup(t *testing.T, o envOpts) *testEnv {
+	t.Helper()
+	if o.sim == nil {
+		o.sim = newSim(t, o.simOpts)
+	}
+	if o.driver == "" {
+		o.driver = DriverSQLite
+		o.dsn = filepath.Join(t.TempDir(), "responder.db")
+	}
+	logger := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	m := metrics.New(prometheus.NewRegistry())
+	ctx := context.Background()
+	store, err := OpenStore(ctx, o.driver, o.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	api, err := defender.New(defender.Config{
+		APIURL: o.sim.URL(), TokenURL: o.sim.TokenURL(), TenantID: defendertest.DevTenantID,
+		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret,
+		UserAgent: "responder/test", Timeout: 5 * time.Second,
+	}, m, logger, defender.WithLimiter(defender.GroupActions, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := o.rulesSrc
+	if src == "" {
+		src = testRules
+	}
+	rulesPath := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rulesPath, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rm, err := rules.NewManager([]string{rulesPath}, m, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := o.cfg
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 50 * time.Millisecond
+	}
+	if cfg.RetryBase == 0 {
+		cfg.RetryBase, cfg.RetryCap = 10*time.Millisecond, 100*time.Millisecond
+	}
+	p, err := New(store, api, o.quota, rm, m, logger, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &testEnv{t: t, sim: o.sim, store: store, p: p, m: m}
+	if !o.noStart {
+		env.start()
+	}
+	return env
+}
+
+func (e *testEnv) start() {
+	e.t.Helper()
+	if err := e.p.Start(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = e.p.Stop(ctx)
+	})
+}
+
+func mdeAlert(id, machine, severity string) alert.Alert {
+	return alert.Alert{ID: id, Source: alert.SourceDefender, Severity: severity, Status: alert.StatusNew, MachineID: machine, Title: "test"}
+}
+
+func (e *testEnv) submit(alerts ...alert.Alert) alert.Receipt {
+	e.t.Helper()
+	r, err := e.p.Submit(context.Background(), alerts)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *testEnv) entries() []*Entry {
+	e.t.Helper()
+	es, err := e.store.Entries(context.Background(), Filter{Limit: 10000})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return es
+}
+
+func (e *testEnv) entryFor(alertID string) *Entry {
+	for _, en := range e.entries() {
+		if en.AlertID == alertID {
+			return en
+		}
+	}
+	return nil
+}
+
+func (e *testEnv) waitEntry(alertID string, cond func(*Entry) bool) *Entry {
+	e.t.Helper()
+	var got *Entry
+	waitFor(e.t, "audit entry of "+alertID, 20*time.Second, func() bool {
+		got = e.entryFor(alertID)
+		return got != nil && cond(got)
+	})
+	return got
+}
+
+// posts returns the collect POST requests the simulator answered, by path.
+func posts(sim *defendertest.Simulator, verb string) []defendertest.Request {
+	var out []defendertest.Request
+	for _, r := range sim.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/"+verb) && r.Status == 201 {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func TestCollectTrackedToSucceeded(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{})
+	id := "da637472900382838869_1364969609"
+	r := e.submit(mdeAlert(id, defendertest.DevWorkstationID, "high"))
+	if r.Duplicate[0] {
+		t.Fatal("first delivery is a duplicate")
+	}
+	got := e.waitEntry(id, func(en *Entry) bool { return en.State == StateDone && en.ActionStatus != "" })
+	if got.Decision != DecisionCollect || got.Outcome != OutcomeCreated || got.ActionStatus != "Succeeded" || got.Rule != "high-severity" {
+		t.Fatalf("entry = %+v", got)
+	}
+	ps := posts(e.sim, "collectInvestigationPackage")
+	if len(ps) != 1 {
+		t.Fatalf("%d POSTs, want 1", len(ps))
+	}
+	var body map[string]string
+	if err := json.Unmarshal(ps[0].Body, &body); err != nil || body["Comment"] != "Collect forensics due to alert "+id || len(body) != 1 {
+		t.Fatalf("POST body = %s", ps[0].Body)
+	}
+	if v := testutil.ToFloat64(e.m.Collections.WithLabelValues("created")); v != 1 {
+		t.Fatalf("collections created = %v", v)
+	}
+	if v := testutil.ToFloat64(e.m.ActionsFinished.WithLabelValues("Succeeded")); v != 1 {
+		t.Fatalf("actions finished = %v", v)
+	}
+	if v := testutil.ToFloat64(e.m.Decisions.WithLabelValues("high-severity", "collect")); v != 1 {
+		t.Fatalf("decisions = %v", v)
+	}
+
+	// The same alert again is a duplicate; another alert on the machine
+	// within the cooldown is decided "cooldown". Neither posts.
+	if r := e.submit(mdeAlert(id, defendertest.DevWorkstationID, "high")); !r.Duplicate[0] {
+		t.Fatal("redelivery not detected as duplicate")
+	}
+	e.submit(mdeAlert("da2", defendertest.DevWorkstationID, "critical"))
+	cd := e.waitEntry("da2", func(*Entry) bool { return true })
+	if cd.Decision != DecisionCooldown || !strings.Contains(cd.Reason, "cooldown of 24h0m0s") {
+		t.Fatalf("second alert: %+v", cd)
+	}
+	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 1 {
+		t.Fatalf("%d POSTs after duplicate and cooldown, want 1", n)
+	}
+}
+
+func TestDecisionsWithoutAction(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{})
+	e.submit(
+		mdeAlert("dc", defendertest.DevDomainControllerID, "high"),
+		mdeAlert("low", defendertest.DevServerID, "low"),
+	)
+	dc := e.waitEntry("dc", func(*Entry) bool { return true })
+	low := e.waitEntry("low", func(*Entry) bool { return true })
+	if dc.Decision != DecisionIgnore || dc.Rule != "never-domain-controllers" {
+		t.Fatalf("dc = %+v", dc)
+	}
+	if low.Decision != DecisionNoMatch || low.Reason == "" {
+		t.Fatalf("low = %+v", low)
+	}
+	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 0 {
+		t.Fatalf("%d POSTs", n)
+	}
+	if v := testutil.ToFloat64(e.m.Decisions.WithLabelValues(metrics.NoRule, "no_match")); v != 1 {
+		t.Fatalf("no_match = %v", v)
+	}
+}
+
+func TestAlreadyRunningIsTrackedNotRetried(t *testing.T) {
+	t.Parallel()
+	sim := newSim(t, defendertest.Options{PendingFor: time.Hour})
+	e := setup(t, envOpts{sim: sim})
+	// Someone else started a collection on the machine.
+	other, err := defender.New(defender.Config{APIURL: sim.URL(), TokenURL: sim.TokenURL(), TenantID: defendertest.DevTenantID,
+		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret, UserAgent: "analyst"}, metrics.New(nil), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := other.CollectInvestigationPackage(context.Background(), defendertest.DevWorkstationID, "manual collection")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.submit(mdeAlert("da-ar", defendertest.DevWorkstationID, "high"))
+	got := e.waitEntry("da-ar", func(en *Entry) bool { return en.Outcome != "" })
+	if got.Outcome != OutcomeAlreadyRunning || got.ActionID != first.ID || got.State != StateTracking {
+		t.Fatalf("entry = %+v", got)
+	}
+	var refused int
+	for _, r := range sim.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/collectInvestigationPackage") && r.Status == 400 {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("%d refused POSTs, want exactly 1 (never retried)", refused)
+	}
+}
+
+func TestRetriesOn429And5xx(t *testing.T) {
+	t.Parallel()
+	sim := newSim(t, defendertest.Options{})
+	sim.InjectFault(defendertest.Fault{Method: "POST", PathContains: "collectInvestigationPackage", Status: 429, RetryAfter: 1, Times: 1})
+	sim.InjectFault(defendertest.Fault{Method: "POST", PathContains: "collectInvestigationPackage", Status: 503, Times: 2})
+	e := setup(t, envOpts{sim: sim})
+	e.submit(mdeAlert("da-retry", defendertest.DevWorkstationID, "high"))
+	got := e.waitEntry("da-retry", func(en *Entry) bool { return en.Outcome != "" })
+	if got.Outcome != OutcomeCreated {
+		t.Fatalf("entry = %+v", got)
+	}
+	var statuses []int
+	for _, r := range sim.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/collectInvestigationPackage") {
+			statuses = append(statuses, r.Status)
+		}
+	}
+	// 429 (waited Retry-After), 503, then the look-up before re-posting
+	// (the 503 might have created the action), 503, then 201.
+	if fmt.Sprint(statuses) != "[429 503 503 201]" {
+		t.Fatalf("POST statuses = %v", statuses)
+	}
+}
+
+func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {
+	t.Parallel()
+	sim := newSim(t, defendertest.Options{PendingFor: time.Hour})
+	e := setup(t, envOpts{sim: sim, noStart: true})
+	// Decide while the workers are stopped, so the collect job waits.
+	a := mdeAlert("da-crash", defendertest.DevWorkstationID, "high")
+	e.submit(a)
+	ctx := context.Background()
+	var rowID int64
+	if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = 'da-crash'`).Scan(&rowID); err != nil {
+		t.Fatal(err)
+	}
+	set := e.p.rules.Current()
+	if err := e.p.decide(ctx, rowID, &a, set.Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
+		t.Fatal(err)
+	}
+	en := e.entryFor("da-crash")
+	// A previous process marked the POST in flight, MDE created the action,
+	// and the process died before it read the answer.
+	posted := time.Now()
+	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(StatePosting), postedAt: &posted}, posted); err != nil {
+		t.Fatal(err)
+	}
+	other, err := defender.New(defender.Config{APIURL: sim.URL(), TokenURL: sim.TokenURL(), TenantID: defendertest.DevTenantID,
+		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret, UserAgent: "responder/test"}, metrics.New(nil), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	created, err := other.CollectInvestigationPackage(ctx, a.MachineID, en.Comment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.ClearRequests()
+	e.start()
+	got := e.waitEntry("da-crash", func(en *Entry) bool { return en.Outcome != "" })
+	if got.Outcome != OutcomeCreated || got.ActionID != created.ID || got.State != StateTracking {
+		t.Fatalf("entry = %+v", got)
+	}
+	for _, r := range sim.Requests() {
+		if r.Method == "POST" && strings.HasPrefix(r.Path, "/api/") {
+			t.Fatalf("a POST was sent again: %s %s", r.Path, r.Body)
+		}
+	}
+}
+
+func TestPostingStateWithoutActionPostsAgain(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{noStart: true})
+	a := mdeAlert("da-lost", defendertest.DevWorkstationID, "high")
+	e.submit(a)
+	ctx := context.Background()
+	var rowID int64
+	if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = 'da-lost'`).Scan(&rowID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.p.decide(ctx, rowID, &a, e.p.rules.Current().Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
+		t.Fatal(err)
+	}
+	en := e.entryFor("da-lost")
+	// The POST never reached MDE: the look-up finds nothing, so it is sent.
+	posted := time.Now()
+	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(StatePosting), postedAt: &posted}, posted); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	if got := e.waitEntry("da-lost", func(en *Entry) bool { return en.Outcome != "" }); got.Outcome != OutcomeCreated {
+		t.Fatalf("entry = %+v", got)
+	}
+	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 1 {
+		t.Fatalf("%d POSTs, want 1", n)
+	}
+}
+
+func TestCircuitBreakerOpensAndRearms(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	machines := make([]defendertest.Machine, 7)
+	for i := range machines {
+		machines[i] = defendertest.Machine{ID: fmt.Sprintf("%040x", i+1), ComputerDNSName: fmt.Sprintf("ws-%d.example.com", i), HealthStatus: "Active"}
+	}
+	e := setup(t, envOpts{simOpts: defendertest.Options{Machines: machines}, cfg: Config{MaxMachinesPer10m: 3, Now: clock}})
+	for i := range machines[:6] {
+		e.submit(mdeAlert(fmt.Sprintf("storm-%d", i), machines[i].ID, "high"))
+	}
+	waitFor(t, "six decisions", 20*time.Second, func() bool { return len(e.entries()) == 6 })
+	counts := map[string]int{}
+	for _, en := range e.entries() {
+		counts[en.Decision]++
+	}
+	if counts[DecisionCollect] != 3 || counts[DecisionCircuitOpen] != 3 {
+		t.Fatalf("decisions = %v", counts)
+	}
+	if v := testutil.ToFloat64(e.m.CircuitOpen); v != 1 {
+		t.Fatalf("circuit_open = %v", v)
+	}
+	if v := testutil.ToFloat64(e.m.Decisions.WithLabelValues("high-severity", "circuit_open")); v != 3 {
+		t.Fatalf("suppressed decisions counted = %v", v)
+	}
+	waitFor(t, "three POSTs", 10*time.Second, func() bool { return len(posts(e.sim, "collectInvestigationPackage")) == 3 })
+	// Eleven minutes later the window has cleared: the breaker re-arms.
+	mu.Lock()
+	now = now.Add(11 * time.Minute)
+	mu.Unlock()
+	if err := e.p.refreshCircuit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v := testutil.ToFloat64(e.m.CircuitOpen); v != 0 {
+		t.Fatalf("circuit_open after the window = %v", v)
+	}
+	e.submit(mdeAlert("after-storm", machines[6].ID, "high"))
+	if got := e.waitEntry("after-storm", func(*Entry) bool { return true }); got.Decision != DecisionCollect {
+		t.Fatalf("after re-arm: %+v", got)
+	}
+}
+
+func TestPauseAndDryRun(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{})
+	if err := e.p.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.submit(mdeAlert("paused", defendertest.DevWorkstationID, "high"))
+	if got := e.waitEntry("paused", func(*Entry) bool { return true }); got.Decision != DecisionPaused {
+		t.Fatalf("paused: %+v", got)
+	}
+	if err := e.p.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	dry := setup(t, envOpts{cfg: Config{DryRun: true}})
+	dry.submit(mdeAlert("dry", defendertest.DevWorkstationID, "high"))
+	if got := dry.waitEntry("dry", func(*Entry) bool { return true }); got.Decision != DecisionDryRun || !got.DryRun {
+		t.Fatalf("dry run: %+v", got)
+	}
+	for _, env := range []*testEnv{e, dry} {
+		if n := len(posts(env.sim, "collectInvestigationPackage")); n != 0 {
+			t.Fatalf("%d POSTs while paused or in dry run", n)
+		}
+	}
+}
+
+func TestHostnameResolvedAndCollected(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{})
+	a := alert.Alert{ID: "c0ffee0123456789", Source: alert.SourceAlertmanager, Severity: "critical", Status: alert.StatusFiring,
+		MachineName: "ws-0142.corp.example.com", Occurrence: "2026-11-26T10:00:00Z"}
+	e.submit(a)
+	got := e.waitEntry(a.ID, func(en *Entry) bool { return en.Outcome != "" })
+	if got.MachineID != defendertest.DevWorkstationID || got.Outcome != OutcomeCreated || !strings.Contains(got.Reason, "resolved to") {
+		t.Fatalf("entry = %+v", got)
+	}
+}
+
+func TestMachineNotFoundAndForbidden(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{rulesSrc: "rules:\n  - name: all\n    when: 'true'\n"})
+	e.submit(mdeAlert("nf", strings.Repeat("ab", 20), "high"))
+	if got := e.waitEntry("nf", func(en *Entry) bool { return en.Outcome != "" }); got.Outcome != OutcomeMachineNotFound || got.State != StateDone {
+		t.Fatalf("unknown machine: %+v", got)
+	}
+	f := setup(t, envOpts{simOpts: defendertest.Options{DenyCollect: true}, rulesSrc: "rules:\n  - name: all\n    when: 'true'\n"})
+	f.submit(mdeAlert("fb", defendertest.DevWorkstationID, "high"))
+	if got := f.waitEntry("fb", func(en *Entry) bool { return en.Outcome != "" }); got.Outcome != OutcomeForbidden {
+		t.Fatalf("forbidden: %+v", got)
+	}
+	// Nothing was collected, so the cooldown is released.
+	var n int
+	if err := f.store.DB.QueryRow(`SELECT COUNT(*) FROM responder_cooldown`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("cooldown rows = %d (%v)", n, err)
+	}
+}
+
+func TestDownloadPackage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e := setup(t, envOpts{cfg: Config{DownloadDir: dir}})
+	e.submit(mdeAlert("dl", defendertest.DevWorkstationID, "high"))
+	got := e.waitEntry("dl", func(en *Entry) bool { return en.PackageSHA256 != "" })
+	if !strings.HasPrefix(got.PackagePath, filepath.Join(dir, defendertest.DevWorkstationID)) || got.PackageSize == 0 {
+		t.Fatalf("entry = %+v", got)
+	}
+	if _, err := os.Stat(got.PackagePath); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSharedLimiterWindows(t *testing.T) {
+	t.Parallel()
+	store, err := OpenStore(context.Background(), DriverSQLite, filepath.Join(t.TempDir(), "q.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	now := time.Unix(1_800_000_000, 0)
+	l := NewSharedLimiter(store, "actions", 3, 5)
+	l.now = func() time.Time { return now }
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		if w, err := l.try(ctx); err != nil || w != 0 {
+			t.Fatalf("call %d: wait %v err %v", i, w, err)
+		}
+		now = now.Add(time.Second)
+	}
+	w, err := l.try(ctx)
+	if err != nil || w != 57*time.Second+time.Millisecond {
+		t.Fatalf("4th call in the minute: wait %v err %v", w, err)
+	}
+	now = now.Add(w)
+	if w, err := l.try(ctx); err != nil || w != 0 {
+		t.Fatalf("after the wait: %v %v", w, err)
+	}
+	now = now.Add(61 * time.Second)
+	if w, _ := l.try(ctx); w != 0 {
+		t.Fatalf("5th call of the hour refused: %v", w)
+	}
+	now = now.Add(61 * time.Second)
+	if w, _ := l.try(ctx); w <= time.Minute {
+		t.Fatalf("6th call in the hour admitted or short wait: %v", w)
+	}
+}
+
+// postgresDSN creates a fresh database for one test and returns its DSN.
+func postgresDSN(t *testing.T) string {
+	t.Helper()
+	base := os.Getenv("RESPONDER_TEST_POSTGRES_DSN")
+	if base == "" {
+		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	name := fmt.Sprintf("responder_test_%d_%d", time.Now().UnixNano(), rand.IntN(1e6))
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("PostgreSQL is needed for this test (RESPONDER_TEST_POSTGRES_DSN=%s): %v", base, err)
+	}
+	t.Cleanup(func() {
+		admin, err := sql.Open("pgx", base)
+		if err != nil {
+			return
+		}
+		defer admin.Close()
+		_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+func TestPostgresCollect(t *testing.T) {
+	t.Parallel()
+	dsn := postgresDSN(t)
+	e := setup(t, envOpts{driver: DriverPostgres, dsn: dsn})
+	e.submit(mdeAlert("pg-1", defendertest.DevWorkstationID, "high"))
+	got := e.waitEntry("pg-1", func(en *Entry) bool { return en.ActionStatus == "Succeeded" })
+	if got.Outcome != OutcomeCreated {
+		t.Fatalf("entry = %+v", got)
+	}
+	// Migrations are idempotent: opening again changes nothing.
+	s2, err := OpenStore(context.Background(), DriverPostgres, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+}
+
+func TestPostgresReplicasShareWork(t *testing.T) {
+	t.Parallel()
+	dsn := postgresDSN(t)
+	const machines = 40
+	ms := make([]defendertest.Machine, machines)
+	for i := range ms {
+		ms[i] = defendertest.Machine{ID: fmt.Sprintf("%040x", 0xabc000+i), ComputerDNSName: fmt.Sprintf("host-%d.example.com", i), HealthStatus: "Active"}
+	}
+	sim := newSim(t, defendertest.Options{Machines: ms, PendingFor: time.Hour})
+	// Start one replica first so the schema exists, then two more.
+	var replicas []*testEnv
+	for i := 0; i < 3; i++ {
+		replicas = append(replicas, setup(t, envOpts{driver: DriverPostgres, dsn: dsn, sim: sim,
+			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000}}))
+	}
+	// Each replica gets the same alerts concurrently: two alerts per machine.
+	var alerts []alert.Alert
+	for i := range ms {
+		alerts = append(alerts, mdeAlert(fmt.Sprintf("a-%d", i), ms[i].ID, "high"), mdeAlert(fmt.Sprintf("b-%d", i), ms[i].ID, "high"))
+	}
+	var wg sync.WaitGroup
+	for _, r := range replicas {
+		for chunk := 0; chunk < len(alerts); chunk += 10 {
+			wg.Add(1)
+			go func(r *testEnv, batch []alert.Alert) {
+				defer wg.Done()
+				if _, err := r.p.Submit(context.Background(), batch); err != nil {
+					t.Error(err)
+				}
+			}(r, alerts[chunk:min(chunk+10, len(alerts))])
+		}
+	}
+	wg.Wait()
+	e := replicas[0]
+	waitFor(t, "every alert decided", 60*time.Second, func() bool { return len(e.entries()) == 2*machines })
+	waitFor(t, "every collection sent", 60*time.Second, func() bool {
+		for _, en := range e.entries() {
+			if en.Decision == DecisionCollect && en.Outcome == "" {
+				return false
+			}
+		}
+		return true
+	})
+	counts := map[string]int{}
+	for _, en := range e.entries() {
+		counts[en.Decision]++
+	}
+	if counts[DecisionCollect] != machines || counts[DecisionCooldown] != machines {
+		t.Fatalf("decisions = %v", counts)
+	}
+	perMachine := map[string]int{}
+	for _, r := range posts(sim, "collectInvestigationPackage") {
+		perMachine[r.Path]++
+	}
+	if len(perMachine) != machines {
+		t.Fatalf("%d machines collected, want %d", len(perMachine), machines)
+	}
+	for path, n := range perMachine {
+		if n != 1 {
+			t.Fatalf("%s collected %d times", path, n)
+		}
+	}
+}
+
+func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	dsn := postgresDSN(t)
+	const machines, quota = 12, 5
+	ms := make([]defendertest.Machine, machines)
+	for i := range ms {
+		ms[i] = defendertest.Machine{ID: fmt.Sprintf("%040x", 0xdef000+i), ComputerDNSName: fmt.Sprintf("q-%d.example.com", i), HealthStatus: "Active"}
+	}
+	sim := newSim(t, defendertest.Options{Machines: ms, PendingFor: time.Hour})
+	var replicas []*testEnv
+	for i := 0; i < 3; i++ {
+		env := setup(t, envOpts{driver: DriverPostgres, dsn: dsn, sim: sim, noStart: true,
+			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000, QuotaWait: 200 * time.Millisecond}})
+		env.p.quota = NewSharedLimiter(env.store, "actions", quota, 1500)
+		env.start()
+		replicas = append(replicas, env)
+	}
+	for i := range ms {
+		replicas[i%3].submit(mdeAlert(fmt.Sprintf("q-%d", i), ms[i].ID, "high"))
+	}
+	waitFor(t, "the quota spent", 30*time.Second, func() bool { return len(posts(sim, "collectInvestigationPackage")) == quota })
+	// The others wait in the queue, snoozed; none is sent within the minute
+	// and none is dropped.
+	waitFor(t, "every alert decided", 30*time.Second, func() bool { return len(replicas[0].entries()) == machines })
+	time.Sleep(2 * time.Second) // a window for a wrong extra POST to show; the assertion is that none does
+	if n := len(posts(sim, "collectInvestigationPackage")); n != quota {
+		t.Fatalf("%d POSTs within the minute across replicas, quota %d", n, quota)
+	}
+	var queued int
+	for _, en := range replicas[0].entries() {
+		if en.Decision == DecisionCollect && en.Outcome == "" {
+			queued++
+		}
+	}
+	if queued != machines-quota {
+		t.Fatalf("%d collections waiting, want %d", queued, machines-quota)
+	}
+}

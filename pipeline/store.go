@@ -1,0 +1,378 @@
+// Package pipeline is the durable heart of the responder: the store (SQLite
+// or PostgreSQL), the River queue on it, and the workers that evaluate an
+// alert, claim the cooldown and collect, and track the machine action to its
+// end. Every decision lands in the audit trail, which the queue never prunes.
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/riverdriver/riverdatabasesql"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
+	"github.com/riverqueue/river/rivermigrate"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+)
+
+// Driver names of store.driver.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
+)
+
+// Store is the database shared by the queue and the responder's own tables.
+// Both drivers go through database/sql so that one code path serves both.
+type Store struct {
+	DB     *sql.DB
+	Driver string
+	river  riverdriver.Driver[*sql.Tx]
+	lock   *os.File // SQLite: the exclusive lock of the one node
+}
+
+// OpenStore connects to the store, takes the SQLite single-node lock, and
+// runs River's and the responder's migrations (idempotent; safe to run from
+// several replicas at once on PostgreSQL).
+func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
+	s := &Store{Driver: driver}
+	switch driver {
+	case DriverSQLite:
+		if err := s.openSQLite(dsn); err != nil {
+			return nil, err
+		}
+	case DriverPostgres:
+		db, err := sql.Open("pgx", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("opening postgres store: %w", redactDSN(err, dsn))
+		}
+		db.SetMaxOpenConns(20)
+		db.SetMaxIdleConns(10)
+		db.SetConnMaxIdleTime(5 * time.Minute)
+		s.DB = db
+		s.river = riverdatabasesql.New(db)
+	default:
+		return nil, fmt.Errorf("unknown store driver %q", driver)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.DB.PingContext(pingCtx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store unreachable: %w", redactDSN(err, dsn))
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) openSQLite(path string) error {
+	if path == "" {
+		return errors.New("sqlite store: empty path")
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("creating the sqlite store directory: %w", err)
+		}
+	}
+	// SQLite serves one node: a second process on the same file would
+	// break the crash recovery, which assumes that no other process runs
+	// jobs. An advisory lock makes that explicit.
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening the sqlite lock file: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = lock.Close()
+		return fmt.Errorf("sqlite store %s is in use by another responder process (sqlite serves one node; use postgres for several replicas)", path)
+	}
+	s.lock = lock
+	// WAL for concurrent readers, synchronous=FULL so that an acknowledged
+	// alert survives a power loss, a busy timeout, and immediate write
+	// transactions so that claims serialise instead of failing.
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return fmt.Errorf("opening sqlite store: %w", err)
+	}
+	// One connection: SQLite allows one writer, and River's SQLite driver
+	// requires it to avoid SQLITE_BUSY.
+	db.SetMaxOpenConns(1)
+	s.DB = db
+	s.river = riversqlite.New(db)
+	return nil
+}
+
+// Close closes the database and releases the SQLite lock.
+func (s *Store) Close() {
+	if s.DB != nil {
+		_ = s.DB.Close()
+	}
+	if s.lock != nil {
+		_ = syscall.Flock(int(s.lock.Fd()), syscall.LOCK_UN)
+		_ = s.lock.Close()
+		s.lock = nil
+	}
+}
+
+// Ping checks that the store answers (readiness).
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.DB.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return fmt.Errorf("store does not answer: %w", err)
+	}
+	return nil
+}
+
+// redactDSN removes a DSN (which may hold a password) from an error text.
+func redactDSN(err error, dsn string) error {
+	if dsn == "" || !strings.Contains(err.Error(), dsn) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), dsn, "<dsn>"))
+}
+
+// migration is one schema step of the responder's own tables.
+type migration struct {
+	version int
+	sqlite  string
+	pg      string
+}
+
+// migrations are applied in order, each once (responder_schema records the
+// version). Times are unix milliseconds in BIGINT on both drivers, so that
+// window arithmetic is the same SQL everywhere.
+var migrations = []migration{{
+	version: 1,
+	sqlite: `
+CREATE TABLE responder_alert (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  dedup_key TEXT NOT NULL UNIQUE,
+  source TEXT NOT NULL,
+  alert_id TEXT NOT NULL,
+  machine_id TEXT NOT NULL DEFAULT '',
+  machine_name TEXT NOT NULL DEFAULT '',
+  payload TEXT NOT NULL,
+  received_at BIGINT NOT NULL
+);
+CREATE TABLE responder_audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  alert_row_id BIGINT NOT NULL UNIQUE,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  source TEXT NOT NULL,
+  alert_id TEXT NOT NULL,
+  machine_id TEXT NOT NULL DEFAULT '',
+  machine_name TEXT NOT NULL DEFAULT '',
+  rule TEXT NOT NULL DEFAULT '',
+  action TEXT NOT NULL DEFAULT '',
+  decision TEXT NOT NULL,
+  reason TEXT NOT NULL DEFAULT '',
+  comment TEXT NOT NULL DEFAULT '',
+  dry_run INTEGER NOT NULL DEFAULT 0,
+  state TEXT NOT NULL DEFAULT 'done',
+  posted_at BIGINT NOT NULL DEFAULT 0,
+  outcome TEXT NOT NULL DEFAULT '',
+  action_id TEXT NOT NULL DEFAULT '',
+  action_status TEXT NOT NULL DEFAULT '',
+  action_created_at BIGINT NOT NULL DEFAULT 0,
+  finished_at BIGINT NOT NULL DEFAULT 0,
+  package_path TEXT NOT NULL DEFAULT '',
+  package_sha256 TEXT NOT NULL DEFAULT '',
+  package_size BIGINT NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX responder_audit_machine ON responder_audit (machine_id, created_at);
+CREATE INDEX responder_audit_decision ON responder_audit (decision, created_at);
+CREATE TABLE responder_cooldown (
+  machine_id TEXT NOT NULL,
+  action TEXT NOT NULL,
+  last_at BIGINT NOT NULL,
+  audit_id BIGINT NOT NULL,
+  PRIMARY KEY (machine_id, action)
+);
+CREATE TABLE responder_setting (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+CREATE TABLE responder_quota (
+  grp TEXT NOT NULL,
+  at_ms BIGINT NOT NULL
+);
+CREATE INDEX responder_quota_grp_at ON responder_quota (grp, at_ms);
+INSERT INTO responder_setting (name, value, updated_at) VALUES ('paused', 'false', 0), ('claim_lock', '', 0);
+`,
+	pg: `
+CREATE TABLE responder_alert (
+  id BIGSERIAL PRIMARY KEY,
+  dedup_key TEXT NOT NULL UNIQUE,
+  source TEXT NOT NULL,
+  alert_id TEXT NOT NULL,
+  machine_id TEXT NOT NULL DEFAULT '',
+  machine_name TEXT NOT NULL DEFAULT '',
+  payload TEXT NOT NULL,
+  received_at BIGINT NOT NULL
+);
+CREATE TABLE responder_audit (
+  id BIGSERIAL PRIMARY KEY,
+  alert_row_id BIGINT NOT NULL UNIQUE,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  source TEXT NOT NULL,
+  alert_id TEXT NOT NULL,
+  machine_id TEXT NOT NULL DEFAULT '',
+  machine_name TEXT NOT NULL DEFAULT '',
+  rule TEXT NOT NULL DEFAULT '',
+  action TEXT NOT NULL DEFAULT '',
+  decision TEXT NOT NULL,
+  reason TEXT NOT NULL DEFAULT '',
+  comment TEXT NOT NULL DEFAULT '',
+  dry_run INTEGER NOT NULL DEFAULT 0,
+  state TEXT NOT NULL DEFAULT 'done',
+  posted_at BIGINT NOT NULL DEFAULT 0,
+  outcome TEXT NOT NULL DEFAULT '',
+  action_id TEXT NOT NULL DEFAULT '',
+  action_status TEXT NOT NULL DEFAULT '',
+  action_created_at BIGINT NOT NULL DEFAULT 0,
+  finished_at BIGINT NOT NULL DEFAULT 0,
+  package_path TEXT NOT NULL DEFAULT '',
+  package_sha256 TEXT NOT NULL DEFAULT '',
+  package_size BIGINT NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX responder_audit_machine ON responder_audit (machine_id, created_at);
+CREATE INDEX responder_audit_decision ON responder_audit (decision, created_at);
+CREATE TABLE responder_cooldown (
+  machine_id TEXT NOT NULL,
+  action TEXT NOT NULL,
+  last_at BIGINT NOT NULL,
+  audit_id BIGINT NOT NULL,
+  PRIMARY KEY (machine_id, action)
+);
+CREATE TABLE responder_setting (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+CREATE TABLE responder_quota (
+  grp TEXT NOT NULL,
+  at_ms BIGINT NOT NULL
+);
+CREATE INDEX responder_quota_grp_at ON responder_quota (grp, at_ms);
+INSERT INTO responder_setting (name, value, updated_at) VALUES ('paused', 'false', 0), ('claim_lock', '', 0);
+`,
+}}
+
+// migrate runs River's migrations, then the responder's.
+func (s *Store) migrate(ctx context.Context) error {
+	migrator, err := rivermigrate.New(s.river, nil)
+	if err != nil {
+		return fmt.Errorf("preparing queue migrations: %w", err)
+	}
+	if s.Driver == DriverPostgres {
+		// Replicas starting together must not migrate concurrently; River
+		// does not serialise itself, so hold a session advisory lock.
+		conn, err := s.DB.Conn(ctx)
+		if err != nil {
+			return fmt.Errorf("migrating: %w", err)
+		}
+		defer conn.Close()
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock(7406211)"); err != nil {
+			return fmt.Errorf("migrating: taking the migration lock: %w", err)
+		}
+		defer func() { _, _ = conn.ExecContext(context.Background(), "SELECT pg_advisory_unlock(7406211)") }()
+	}
+	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("migrating the queue tables: %w", err)
+	}
+	if _, err := s.DB.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS responder_schema (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	var current int
+	if err := s.DB.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM responder_schema`).Scan(&current); err != nil {
+		return fmt.Errorf("migrating: reading the schema version: %w", err)
+	}
+	for _, m := range migrations {
+		if m.version <= current {
+			continue
+		}
+		stmts := m.sqlite
+		if s.Driver == DriverPostgres {
+			stmts = m.pg
+		}
+		tx, err := s.DB.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migrating to version %d: %w", m.version, err)
+		}
+		for _, stmt := range strings.Split(stmts, ";\n") {
+			if strings.TrimSpace(stmt) == "" {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				_ = tx.Rollback()
+				return fmt.Errorf("migrating to version %d: %w", m.version, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO responder_schema (version) VALUES ($1)`, m.version); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("migrating to version %d: %w", m.version, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrating to version %d: %w", m.version, err)
+		}
+	}
+	return nil
+}
+
+// inTx runs fn in a transaction, committing on nil.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.DB.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("beginning a transaction: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("committing: %w", err)
+	}
+	return nil
+}
+
+// lockClaims serialises decision claims across replicas (PostgreSQL row
+// lock; SQLite write transactions are already serial).
+func (s *Store) lockClaims(ctx context.Context, tx *sql.Tx) error {
+	if s.Driver != DriverPostgres {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, `SELECT value FROM responder_setting WHERE name = 'claim_lock' FOR UPDATE`)
+	if err != nil {
+		return fmt.Errorf("locking claims: %w", err)
+	}
+	return nil
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
