@@ -1,20 +1,35 @@
 package app
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"os"
+
+	"github.com/responder-dev/responder/internal/yamlx"
+	"github.com/responder-dev/responder/rules"
 )
 
-// checkRules validates rule files; the rules package replaces this
-// existence check when it lands.
+// checkRules loads rule files as serve would and prints every problem as
+// file:line:col: message.
 func checkRules(stdout io.Writer, files []string) bool {
-	ok := true
-	for _, f := range files {
-		if _, err := os.Stat(f); err != nil {
-			fmt.Fprintf(stdout, "%s: %v\n", f, err)
-			ok = false
-		}
+	if len(files) == 0 {
+		return true
 	}
-	return ok
+	set, err := rules.LoadFiles(files...)
+	if err != nil {
+		var ye yamlx.Errors
+		if errors.As(err, &ye) {
+			for _, e := range ye {
+				fmt.Fprintln(stdout, e.Error())
+			}
+		} else {
+			fmt.Fprintln(stdout, err)
+		}
+		return false
+	}
+	for _, f := range set.Files() {
+		fmt.Fprintf(stdout, "%s: OK (sha256 %s)\n", f.Path, f.SHA256[:12])
+	}
+	fmt.Fprintf(stdout, "%d rules\n", set.Len())
+	return true
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,13 +16,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/config"
+	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/handlers"
 	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/pipeline"
+	"github.com/responder-dev/responder/rules"
 )
 
 // submitTimeout bounds how long a webhook waits for the store before 503.
 const submitTimeout = 10 * time.Second
+
+// requestTimeout bounds each Defender request; jobs must finish well within
+// the queue's job timeout.
+const requestTimeout = 15 * time.Second
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", stderr)
@@ -33,13 +43,24 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "responder serve: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
 	path := *configPath
 	if path == "" && !*dev {
 		path = defaultConfigPath()
 	}
 	var base *config.Config
+	var devEnv *devEnvironment
 	if *dev {
-		base = devConfig()
+		var err error
+		devEnv, err = startDev(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "responder serve: --dev: %s\n", oneLine(err))
+			return 1
+		}
+		defer devEnv.Close()
+		base = devEnv.config()
 	}
 	cfg, err := config.Load(path, base, os.LookupEnv)
 	if err != nil {
@@ -53,9 +74,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	defer func() { _ = logger.Sync() }()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := serve(ctx, cfg, *dev, logger, stdout); err != nil {
+	if err := serve(ctx, cfg, devEnv, logger, stdout); err != nil {
 		logger.Error("responder stopped", zap.Error(err))
 		fmt.Fprintf(stderr, "responder serve: %s\n", oneLine(err))
 		return 1
@@ -64,26 +83,46 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// devConfig is the base configuration of serve --dev: loopback listeners
-// without webhook auth. RESPONDER_* variables still apply on top.
-func devConfig() *config.Config {
-	c := config.Default()
-	c.Server.Listen = "127.0.0.1:8080"
-	c.Server.AdminListen = "127.0.0.1:9090"
-	c.Webhooks.AllowUnauthenticated = true
-	c.Defender.DryRun = true
-	return c
-}
-
 // serve runs the service until ctx ends.
-func serve(ctx context.Context, cfg *config.Config, dev bool, logger *zap.Logger, stdout io.Writer) error {
-	if dev && !loopbackOnly(cfg.Server.Listen) {
+func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger *zap.Logger, stdout io.Writer) error {
+	if dev != nil && !loopbackOnly(cfg.Server.Listen) && !cfg.WebhookAuthConfigured() {
 		return errors.New("--dev serves webhooks without authentication, so server.listen must be a loopback address (e.g. 127.0.0.1:8080)")
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
 	m.SetBuildInfo(Version)
+
+	rm, err := rules.NewManager(cfg.Rules.Files, m, logger)
+	if err != nil {
+		return fmt.Errorf("rules: %w", err)
+	}
+	store, err := pipeline.OpenStore(ctx, cfg.Store.Driver, cfg.Store.DSN)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	api, err := newDefender(cfg, store, m, logger)
+	if err != nil {
+		return err
+	}
+	var quota defender.Limiter
+	if api != nil {
+		quota = actionQuota(cfg, store)
+	}
+	p, err := pipeline.New(store, api, quota, rm, m, logger, pipeline.Config{
+		DryRun:                cfg.Defender.DryRun,
+		PollInterval:          cfg.Defender.PollInterval,
+		ActionTimeout:         cfg.Defender.ActionTimeout,
+		DownloadDir:           cfg.Defender.DownloadDir,
+		MaxCollectionsPerHour: cfg.Safety.MaxCollectionsPerHour,
+		MaxMachinesPer10m:     cfg.Safety.MaxMachinesPer10m,
+		Paused:                cfg.Safety.Paused,
+	})
+	if err != nil {
+		return err
+	}
 
 	auth, err := handlers.NewWebhookAuth(cfg)
 	if err != nil {
@@ -92,20 +131,30 @@ func serve(ctx context.Context, cfg *config.Config, dev bool, logger *zap.Logger
 	if !cfg.WebhookAuthConfigured() {
 		logger.Warn("webhook authentication is off (webhooks.allow_unauthenticated)")
 	}
-	sink := newMemSink()
+	if cfg.Defender.DryRun {
+		logger.Warn("dry run: decisions are recorded, Defender is never asked to act (defender.dry_run)")
+	}
 	hooks := &handlers.Webhooks{
-		Auth:          auth,
-		Sink:          sink,
-		MaxBodyBytes:  cfg.Server.MaxBodyBytes,
-		SubmitTimeout: submitTimeout,
-		Metrics:       m,
-		Logger:        logger.Named("webhooks"),
+		Auth:           auth,
+		Sink:           p,
+		MaxBodyBytes:   cfg.Server.MaxBodyBytes,
+		AcceptResolved: func() bool { return rm.Current().AcceptsResolved() },
+		SubmitTimeout:  submitTimeout,
+		Metrics:        m,
+		Logger:         logger.Named("webhooks"),
 	}
 	srv, err := handlers.New(handlers.Options{
 		Config:   cfg,
 		Webhooks: hooks,
 		Gatherer: reg,
-		Logger:   logger,
+		Ready: func(ctx context.Context) error {
+			if rm.Current() == nil {
+				return errors.New("rules not loaded")
+			}
+			return p.Ready(ctx)
+		},
+		Admin:  adminAPI(p, rm),
+		Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -113,10 +162,135 @@ func serve(ctx context.Context, cfg *config.Config, dev bool, logger *zap.Logger
 	if err := srv.Listen(); err != nil {
 		return err
 	}
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+		defer cancel()
+		if err := p.Stop(stopCtx); err != nil {
+			logger.Warn("stopping the workers", zap.Error(err))
+		}
+	}()
+
+	// The rule watcher and SIGHUP share the reload path of POST /api/v1/reload.
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if err := rm.Run(ctx); err != nil {
+			logger.Error("rule watcher stopped", zap.Error(err))
+		}
+	}()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := rm.Reload(); err != nil {
+					logger.Warn("rules reload on SIGHUP failed; the previous rules stay in force", zap.Error(err))
+				}
+			}
+		}
+	}()
+
 	logger.Info("responder starting", zap.String("version", Version), zap.String("store", cfg.Store.Driver),
-		zap.Bool("dry_run", cfg.Defender.DryRun), zap.Bool("dev", dev))
-	if dev {
+		zap.Int("rules", rm.Current().Len()), zap.Bool("dry_run", cfg.Defender.DryRun), zap.Bool("dev", dev != nil))
+	if dev != nil {
 		printDevHelp(stdout, srv.Addrs())
 	}
-	return srv.Serve(ctx)
+	err = srv.Serve(ctx)
+	<-watchDone
+	return err
+}
+
+// newDefender builds the Defender client, or returns nil in dry-run mode
+// without credentials (decisions are then recorded, nothing is looked up).
+func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, logger *zap.Logger) (*defender.Client, error) {
+	d := cfg.Defender
+	if cfg.Secrets.DefenderClientSecret == "" && d.CertificateFile == "" && d.FederatedTokenFile == "" {
+		if d.DryRun {
+			return nil, nil
+		}
+		return nil, errors.New("no Defender credential configured")
+	}
+	dc := defender.Config{
+		Cloud: d.Cloud, APIURL: d.APIURL, TokenURL: d.TokenURL, TenantID: d.TenantID, ClientID: d.ClientID,
+		ClientSecret: cfg.Secrets.DefenderClientSecret, FederatedTokenFile: d.FederatedTokenFile,
+		RateLimit: defender.RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
+		UserAgent: UserAgent(), Timeout: requestTimeout,
+	}
+	if d.CertificateFile != "" {
+		pem, err := os.ReadFile(d.CertificateFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading defender.certificate_file: %w", err)
+		}
+		dc.CertificatePEM = pem
+	}
+	// The pipeline takes the action quota itself, so that a job waiting for
+	// it frees its worker. On PostgreSQL every group's quota is shared by
+	// the replicas through the store.
+	opts := []defender.Option{defender.WithLimiter(defender.GroupActions, nil)}
+	if store.Driver == pipeline.DriverPostgres {
+		opts = append(opts,
+			defender.WithLimiter(defender.GroupMachineActions, pipeline.NewSharedLimiter(store, string(defender.GroupMachineActions), d.RateLimit.PerMinute, d.RateLimit.PerHour)),
+			defender.WithLimiter(defender.GroupMachines, pipeline.NewSharedLimiter(store, string(defender.GroupMachines), d.RateLimit.PerMinute, d.RateLimit.PerHour)),
+			defender.WithLimiter(defender.GroupPackageURI, pipeline.NewSharedLimiter(store, string(defender.GroupPackageURI), defender.PackageURIPerMinute, defender.PackageURIPerHour)),
+		)
+	}
+	c, err := defender.New(dc, m, logger, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("defender: %w", err)
+	}
+	return c, nil
+}
+
+// actionQuota is the limiter of action POSTs: in process on SQLite (one
+// node), shared through the store on PostgreSQL.
+func actionQuota(cfg *config.Config, store *pipeline.Store) defender.Limiter {
+	rl := cfg.Defender.RateLimit
+	if store.Driver == pipeline.DriverPostgres {
+		return pipeline.NewSharedLimiter(store, string(defender.GroupActions), rl.PerMinute, rl.PerHour)
+	}
+	return defender.NewWindowLimiter(rl.PerMinute, rl.PerHour, nil)
+}
+
+// adminAPI binds the admin endpoints to the pipeline and the rules.
+func adminAPI(p *pipeline.Pipeline, rm *rules.Manager) handlers.AdminAPI {
+	return handlers.AdminAPI{
+		Rules: func() any {
+			set := rm.Current()
+			return map[string]any{"rules": set.Rules(), "files": set.Files()}
+		},
+		Reload: func(context.Context) error { return rm.Reload() },
+		Evaluate: func(ctx context.Context, format alert.Format, body []byte) (any, error) {
+			return p.Explain(ctx, format, body)
+		},
+		Pause:  p.Pause,
+		Resume: p.Resume,
+		Actions: func(ctx context.Context, machine, status string, limit int) (any, error) {
+			es, err := p.Store().Entries(ctx, pipeline.Filter{MachineID: machine, Status: status, Limit: limit})
+			if err != nil {
+				return nil, err
+			}
+			if es == nil {
+				es = []*pipeline.Entry{}
+			}
+			return map[string]any{"actions": es}, nil
+		},
+		Action: func(ctx context.Context, id string) (any, error) {
+			n, err := strconv.ParseInt(strings.TrimSpace(id), 10, 64)
+			if err != nil {
+				return nil, handlers.ErrNotFound
+			}
+			e, err := p.Store().Entry(ctx, n)
+			if errors.Is(err, pipeline.ErrNoEntry) {
+				return nil, handlers.ErrNotFound
+			}
+			return e, err
+		},
+	}
 }

@@ -1,11 +1,83 @@
 package app
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/responder-dev/responder/config"
+	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/examples"
 )
+
+// devEnvironment is what serve --dev runs beside the responder: a temporary
+// directory with the SQLite store and the example rules, and the built-in
+// Defender simulator on a loopback port.
+type devEnvironment struct {
+	dir  string
+	sim  *defendertest.Simulator
+	done chan error
+	stop context.CancelFunc
+}
+
+// startDev starts the simulator and prepares the temporary directory.
+func startDev(ctx context.Context) (*devEnvironment, error) {
+	dir, err := os.MkdirTemp("", "responder-dev-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), examples.Rules, 0o600); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("starting the Defender simulator: %w", err)
+	}
+	opts := defendertest.DevOptions()
+	opts.PendingFor, opts.InProgressFor = 3*time.Second, 7*time.Second
+	sim := defendertest.New(opts)
+	sim.SetURL("http://" + ln.Addr().String())
+	simCtx, cancel := context.WithCancel(ctx)
+	d := &devEnvironment{dir: dir, sim: sim, done: make(chan error, 1), stop: cancel}
+	go func() { d.done <- sim.Serve(simCtx, ln) }()
+	return d, nil
+}
+
+// config is the base configuration of --dev; RESPONDER_* variables and a
+// --config file still apply on top.
+func (d *devEnvironment) config() *config.Config {
+	c := config.Default()
+	c.Server.Listen = "127.0.0.1:8080"
+	c.Server.AdminListen = "127.0.0.1:9090"
+	c.Webhooks.AllowUnauthenticated = true
+	c.Store.DSN = filepath.Join(d.dir, "responder.db")
+	c.Rules.Files = []string{filepath.Join(d.dir, "rules.yaml")}
+	c.Defender.APIURL = d.sim.URL()
+	c.Defender.TokenURL = d.sim.TokenURL()
+	c.Defender.TenantID = defendertest.DevTenantID
+	c.Defender.ClientID = defendertest.DevClientID
+	c.Secrets.DefenderClientSecret = defendertest.DevClientSecret
+	c.Defender.PollInterval = 2 * time.Second
+	c.Defender.DownloadDir = filepath.Join(d.dir, "packages")
+	return c
+}
+
+// Close stops the simulator and removes the temporary directory.
+func (d *devEnvironment) Close() {
+	d.stop()
+	if err := <-d.done; err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "responder: Defender simulator:", err)
+	}
+	_ = os.RemoveAll(d.dir)
+}
 
 // loopbackOnly reports whether a listen address binds only loopback.
 func loopbackOnly(listen string) bool {
@@ -20,8 +92,9 @@ func loopbackOnly(listen string) bool {
 	return err == nil && addr.IsLoopback()
 }
 
-// devSampleAlert is the MDE alert that the printed curl line posts.
-const devSampleAlert = `{"id":"da637472900382838869_1364969609","machineId":"1e5bc9d7e413ddd7902c2932e418702b84d0cc07","computerDnsName":"ws-0142.corp.example.com","severity":"High","status":"New","category":"Ransomware","title":"Ransomware behavior detected","detectionSource":"WindowsDefenderAtp","alertCreationTime":"2026-11-26T10:00:00Z"}`
+// devSampleAlert is the MDE alert that the printed curl line posts: a
+// ransomware alert on the simulator's workstation.
+const devSampleAlert = `{"id":"da637472900382838869_1364969609","machineId":"` + defendertest.DevWorkstationID + `","computerDnsName":"ws-0142.corp.example.com","severity":"High","status":"New","category":"Ransomware","title":"Ransomware behavior detected","detectionSource":"WindowsDefenderAtp","alertCreationTime":"2026-11-26T10:00:00Z"}`
 
 // printDevHelp tells a newcomer how to send the dev server an alert.
 func printDevHelp(w io.Writer, addrs map[string]string) {
@@ -31,12 +104,16 @@ func printDevHelp(w io.Writer, addrs map[string]string) {
 		admin = hook
 	}
 	fmt.Fprintf(w, `
-responder is running in --dev mode.
+responder is running in --dev mode with the built-in Defender simulator.
 Send it a sample Microsoft Defender alert:
 
   curl -sS -H 'Content-Type: application/json' -d '%s' http://%s/webhooks/defender
 
-Metrics: http://%s/metrics
+Then watch the collection in this log, in the audit trail:
 
-`, devSampleAlert, hook, admin)
+  curl -sS http://%s/api/v1/actions
+
+and in the metrics at http://%s/metrics
+
+`, devSampleAlert, hook, admin, admin)
 }

@@ -175,6 +175,10 @@ ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit
 		zap.String("source", rec.Source), zap.String("alert_id", rec.AlertID), zap.String("machine_id", rec.MachineID),
 		zap.String("rule", label), zap.String("decision", rec.Decision), zap.String("reason", rec.Reason), zap.Int64("audit_id", rec.ID),
 	}
+	if rec.Decision == DecisionCircuitOpen && !p.circuitOpen.Swap(true) {
+		p.m.CircuitOpen.Set(1)
+		p.log.Error("circuit breaker opened: collections are suppressed until the window clears", zap.String("reason", rec.Reason))
+	}
 	switch rec.Decision {
 	case DecisionCircuitOpen, DecisionPaused:
 		p.log.Warn("decision", fields...)
@@ -231,10 +235,6 @@ func (p *Pipeline) classify(ctx context.Context, tx *sql.Tx, rec *Entry, d rules
 		if open {
 			rec.Decision = DecisionCircuitOpen
 			rec.Reason = fmt.Sprintf("rule %q matched, but the circuit breaker is open: %s", d.Rule, why)
-			if !p.circuitOpen.Swap(true) {
-				p.m.CircuitOpen.Set(1)
-				p.log.Error("circuit breaker opened: collections are suppressed until the window clears", zap.String("reason", why))
-			}
 			return nil
 		}
 		rec.Decision = DecisionCollect

@@ -75,6 +75,43 @@ func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
 	return s, nil
 }
 
+// OpenStoreReadOnly opens the store for reading the audit trail while a
+// server may be running: no lock, no migrations, no writes.
+func OpenStoreReadOnly(ctx context.Context, driver, dsn string) (*Store, error) {
+	s := &Store{Driver: driver}
+	switch driver {
+	case DriverSQLite:
+		if _, err := os.Stat(dsn); err != nil {
+			return nil, fmt.Errorf("sqlite store: %w", err)
+		}
+		q := url.Values{}
+		q.Add("_pragma", "busy_timeout(10000)")
+		q.Add("_pragma", "query_only(1)")
+		db, err := sql.Open("sqlite", "file:"+dsn+"?"+q.Encode())
+		if err != nil {
+			return nil, fmt.Errorf("opening sqlite store: %w", err)
+		}
+		db.SetMaxOpenConns(1)
+		s.DB = db
+	case DriverPostgres:
+		db, err := sql.Open("pgx", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("opening postgres store: %w", redactDSN(err, dsn))
+		}
+		db.SetMaxOpenConns(2)
+		s.DB = db
+	default:
+		return nil, fmt.Errorf("unknown store driver %q", driver)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.DB.PingContext(pingCtx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store unreachable: %w", redactDSN(err, dsn))
+	}
+	return s, nil
+}
+
 func (s *Store) openSQLite(path string) error {
 	if path == "" {
 		return errors.New("sqlite store: empty path")
