@@ -338,6 +338,9 @@ func (c *Client) ListMachineActions(ctx context.Context, f ActionFilter) ([]Mach
 // OutcomeAlreadyRunning, and after a restart, to track the action instead of
 // sending another.
 func (c *Client) PendingAction(ctx context.Context, machineID, actionType string) (MachineAction, bool, error) {
+	if !alert.ValidMachineID(machineID) {
+		return MachineAction{}, false, invalid(opListMachineActions, "machine id is not 40 hexadecimal characters", ErrInvalidID)
+	}
 	if actionType == "" {
 		return MachineAction{}, false, invalid(opListMachineActions, "action type is required", ErrInvalidArgument)
 	}

@@ -293,7 +293,10 @@ func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 			c.logger.Info("defender refused the token, fetching a new one", r.fields(zap.Int("http_status", status))...)
 			continue
 		}
-		e := classify(r.op, r.kind, status, header, body, c.clock.Now())
+		// A server that echoes the request must not make the token appear:
+		// scrub before the message is parsed and shortened.
+		e := classify(r.op, r.kind, status, header, []byte(c.tokens.scrub(string(body))), c.clock.Now())
+		e.Code, e.Message, e.Target = c.tokens.scrub(e.Code), c.tokens.scrub(e.Message), c.tokens.scrub(e.Target)
 		c.logFailure(&r, e)
 		return nil, e
 	}

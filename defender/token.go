@@ -388,8 +388,8 @@ func (ts *tokenSource) classify(err error, parent context.Context) *Error {
 			Message: clean(ts.scrub(firstLine(re.ErrorDescription)))}
 		if e.Code == "" {
 			// No OAuth error body: perhaps a gateway page. Do not copy it.
-			e.Code, e.Message, e.Target = parseErrorBody(re.Body)
-			e.Message = clean(ts.scrub(e.Message))
+			e.Code, e.Message, e.Target = parseErrorBody([]byte(ts.scrub(string(re.Body))))
+			e.Message = ts.scrub(e.Message)
 		}
 		switch {
 		case status == http.StatusTooManyRequests:
