@@ -119,6 +119,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		MaxCollectionsPerHour: cfg.Safety.MaxCollectionsPerHour,
 		MaxMachinesPer10m:     cfg.Safety.MaxMachinesPer10m,
 		Paused:                cfg.Safety.Paused,
+		RequestTimeout:        requestTimeout,
 	})
 	if err != nil {
 		return err
@@ -200,7 +201,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	logger.Info("responder starting", zap.String("version", Version), zap.String("store", cfg.Store.Driver),
 		zap.Int("rules", rm.Current().Len()), zap.Bool("dry_run", cfg.Defender.DryRun), zap.Bool("dev", dev != nil))
 	if dev != nil {
-		printDevHelp(stdout, srv.Addrs())
+		printDevHelp(stdout, srv.Addrs(), cfg.Store.DSN)
 	}
 	err = srv.Serve(ctx)
 	<-watchDone

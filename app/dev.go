@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/responder-dev/responder/config"
@@ -79,6 +80,15 @@ func (d *devEnvironment) Close() {
 	_ = os.RemoveAll(d.dir)
 }
 
+// selfName is how to run this binary again from a shell.
+func selfName() string {
+	exe, err := os.Executable()
+	if err != nil || strings.Contains(exe, "go-build") {
+		return "go run ." // started with go run
+	}
+	return exe
+}
+
 // loopbackOnly reports whether a listen address binds only loopback.
 func loopbackOnly(listen string) bool {
 	host, _, err := net.SplitHostPort(listen)
@@ -97,7 +107,7 @@ func loopbackOnly(listen string) bool {
 const devSampleAlert = `{"id":"da637472900382838869_1364969609","machineId":"` + defendertest.DevWorkstationID + `","computerDnsName":"ws-0142.corp.example.com","severity":"High","status":"New","category":"Ransomware","title":"Ransomware behavior detected","detectionSource":"WindowsDefenderAtp","alertCreationTime":"2026-11-26T10:00:00Z"}`
 
 // printDevHelp tells a newcomer how to send the dev server an alert.
-func printDevHelp(w io.Writer, addrs map[string]string) {
+func printDevHelp(w io.Writer, addrs map[string]string, dsn string) {
 	hook := addrs["webhooks"]
 	admin := addrs["admin"]
 	if admin == "" {
@@ -112,8 +122,9 @@ Send it a sample Microsoft Defender alert:
 Then watch the collection in this log, in the audit trail:
 
   curl -sS http://%s/api/v1/actions
+  RESPONDER_STORE_DSN=%s %s actions
 
 and in the metrics at http://%s/metrics
 
-`, devSampleAlert, hook, admin, admin)
+`, devSampleAlert, hook, admin, dsn, selfName(), admin)
 }

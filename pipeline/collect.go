@@ -81,6 +81,12 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 	typ := actionType(rules.Action(e.Action))
 
 	if e.State == StatePosting {
+		// An earlier POST may still be on its way to MDE, or being
+		// processed there: wait until it has certainly timed out on our
+		// side before looking, or a late action would go unseen.
+		if settle := e.postedAt.Add(p.cfg.RequestTimeout + time.Second); p.cfg.Now().Before(settle) {
+			return river.JobSnooze(settle.Sub(p.cfg.Now()))
+		}
 		a, found, err := p.findPosted(ctx, e, typ)
 		if err != nil {
 			log.Warn("looking for an earlier request failed", zap.Error(err))
@@ -146,8 +152,16 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 		log.Warn("Defender rate limited the request; waiting as asked", zap.Duration("retry_after", de.RetryAfter))
 		return river.JobSnooze(max(de.RetryAfter, time.Second))
 	}
-	// Transient: the POST may or may not have reached MDE. The entry stays
-	// "posting", so the next attempt looks before posting again.
+	// Transient: the POST may or may not have created the action. The entry
+	// stays "posting", so the next attempt looks before posting again. When
+	// MDE did answer (a 5xx), nothing of the request is still in flight and
+	// the look-up need not wait for it to settle.
+	if de.StatusCode != 0 {
+		settled := p.cfg.Now().Add(-p.cfg.RequestTimeout - time.Second)
+		if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{postedAt: &settled}, p.cfg.Now()); err != nil {
+			return err
+		}
+	}
 	if job.Attempt >= job.MaxAttempts {
 		return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d attempts: %v", job.Attempt, err), log)
 	}

@@ -46,6 +46,10 @@ type Config struct {
 	// QuotaWait bounds how long a job waits for the quota before it snoozes
 	// and frees its worker (default 5s).
 	QuotaWait time.Duration
+	// RequestTimeout is the Defender client's request timeout (default
+	// 15s): a POST whose answer was lost is looked for only once it has
+	// certainly ended.
+	RequestTimeout time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -74,6 +78,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.QuotaWait <= 0 {
 		c.QuotaWait = 5 * time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 15 * time.Second
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -113,6 +113,9 @@ func setup(t *testing.T, o envOpts) *testEnv {
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 50 * time.Millisecond
 	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 100 * time.Millisecond
+	}
 	if cfg.RetryBase == 0 {
 		cfg.RetryBase, cfg.RetryCap = 10*time.Millisecond, 100*time.Millisecond
 	}
@@ -344,7 +347,7 @@ func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {
 	en := e.entryFor("da-crash")
 	// A previous process marked the POST in flight, MDE created the action,
 	// and the process died before it read the answer.
-	posted := time.Now()
+	posted := time.Now().Add(-time.Second)
 	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(StatePosting), postedAt: &posted}, posted); err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +388,7 @@ func TestPostingStateWithoutActionPostsAgain(t *testing.T) {
 	}
 	en := e.entryFor("da-lost")
 	// The POST never reached MDE: the look-up finds nothing, so it is sent.
-	posted := time.Now()
+	posted := time.Now().Add(-time.Second)
 	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(StatePosting), postedAt: &posted}, posted); err != nil {
 		t.Fatal(err)
 	}
