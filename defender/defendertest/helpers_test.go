@@ -74,18 +74,21 @@ type bundle struct {
 	t0    time.Time
 }
 
+// testMachines returns the registry of most tests. Index 0 is the stale duplicate of
+// ws-0142 (listed first so that "first match" and "most recently seen" differ), 1 the current
+// ws-0142, 2 the server, 3 the domain controller.
 func testMachines(now time.Time) []defendertest.Machine {
 	return []defendertest.Machine{
+		{
+			ID: machineWSOld, ComputerDNSName: "ws-0142.corp.example.com", OSPlatform: "Windows11",
+			HealthStatus: "Inactive", MachineTags: []string{"workstation"},
+			LastSeen: now.Add(-20 * 24 * time.Hour), IsPotentialDuplication: true,
+		},
 		{
 			ID: machineWS, ComputerDNSName: "ws-0142.corp.example.com", OSPlatform: "Windows11",
 			HealthStatus: "Active", RiskScore: "Medium", ExposureLevel: "Medium", DeviceValue: "Normal",
 			RBACGroupName: "Workstations", RBACGroupID: 41, MachineTags: []string{"workstation"},
 			LastSeen: now.Add(-time.Hour), LastIPAddress: "10.20.14.42",
-		},
-		{
-			ID: machineWSOld, ComputerDNSName: "ws-0142.corp.example.com", OSPlatform: "Windows11",
-			HealthStatus: "Inactive", MachineTags: []string{"workstation"},
-			LastSeen: now.Add(-20 * 24 * time.Hour), IsPotentialDuplication: true,
 		},
 		{
 			ID: machineSrv, ComputerDNSName: "srv-app-07.corp.example.com", OSPlatform: "WindowsServer2022",

@@ -295,7 +295,9 @@ func TestAPIAuth(t *testing.T) {
 
 	// A token for another audience is valid but refused with 403 (M365#9246).
 	graph := b.tokenFor(t, "https://graph.microsoft.com/.default")
-	wantAPIError(t, b.api(t, graph, http.MethodGet, path, ""), http.StatusForbidden, "Forbidden")
+	if msg := wantAPIError(t, b.api(t, graph, http.MethodGet, path, ""), http.StatusForbidden, "Forbidden"); !strings.Contains(msg, "audience") {
+		t.Errorf("403 message %q does not name the audience", msg)
+	}
 	wantAPIError(t, b.collect(t, graph, machineWS, "x"), http.StatusForbidden, "Forbidden")
 	other := b.tokenFor(t, "https://api.security.microsoft.com/.default")
 	wantAPIError(t, b.api(t, other, http.MethodGet, path, ""), http.StatusForbidden, "Forbidden")
@@ -322,7 +324,9 @@ func TestGovAPIHost(t *testing.T) {
 	wantStatus(t, b.api(t, tok, http.MethodGet, "/api/machines/"+machineWS, ""), http.StatusOK)
 	// The commercial audience is another resource there, and so is windowsatpservice.
 	com := b.tokenFor(t, apiScope)
-	wantAPIError(t, b.api(t, com, http.MethodGet, "/api/machines/"+machineWS, ""), http.StatusForbidden, "Forbidden")
+	if msg := wantAPIError(t, b.api(t, com, http.MethodGet, "/api/machines/"+machineWS, ""), http.StatusForbidden, "Forbidden"); !strings.Contains(msg, "audience") {
+		t.Errorf("403 message %q does not name the audience", msg)
+	}
 	wantTokenError(t, b.postForm(t, v2Path(), secretForm(defendertest.CommercialAlternateResource+"/.default")),
 		http.StatusBadRequest, "invalid_scope", 70011)
 }
@@ -495,7 +499,7 @@ func TestStatusProgression(t *testing.T) {
 				t.Parallel()
 				b := setup(t, func(o *defendertest.Options) {
 					if how == "Machine.FinalStatus" {
-						o.Machines[0].FinalStatus = final
+						o.Machines[1].FinalStatus = final
 					}
 				})
 				if how == "SetFinalStatus" {
@@ -1166,7 +1170,16 @@ func TestFaultDelayHonoursContext(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
 		rec := httptest.NewRecorder()
-		sim.ServeHTTP(rec, httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/machines", nil))
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sim.ServeHTTP(rec, httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/machines", nil))
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("ServeHTTP still waits on a one-hour delay after its context ended")
+		}
 		if rec.Body.Len() != 0 {
 			t.Errorf("answered %d %s after the context ended", rec.Code, rec.Body)
 		}
