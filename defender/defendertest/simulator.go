@@ -119,7 +119,7 @@ type Options struct {
 	// app's display name there); default: the client id.
 	AppName string
 	// Roles are the application permissions consented for the app, written into each token
-	// when issued. nil means DefaultRoles.
+	// when issued. nil means DefaultRoles; an empty non-nil slice grants none.
 	Roles []string
 	// DenyCollect removes Machine.CollectForensics from Roles, so collect answers 403.
 	DenyCollect bool
@@ -169,7 +169,9 @@ type Request struct {
 	// Status is the answered HTTP status; 0 when the connection was dropped or the client
 	// went away before an answer.
 	Status int
-	// Authorized reports whether the request carried a known, unexpired bearer token.
+	// Authorized reports whether the request passed API authentication: a known, unexpired
+	// bearer token issued for the API audience. Token requests and downloads are never
+	// Authorized.
 	Authorized bool
 }
 
@@ -191,7 +193,9 @@ type Fault struct {
 	// Delay is waited (real time) before answering; the wait ends early when the request
 	// context ends. A fault with only a Delay then handles the request normally.
 	Delay time.Duration
-	// Drop hijacks the connection and closes it without answering.
+	// Drop hijacks the connection and closes it without answering. Where hijacking is not
+	// possible (HTTP/2, a ResponseRecorder) the handler panics with http.ErrAbortHandler,
+	// which net/http turns into a reset stream.
 	Drop bool
 	// Times is how many requests the fault applies to; 0 means forever.
 	Times int
