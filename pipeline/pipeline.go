@@ -111,6 +111,10 @@ type Pipeline struct {
 
 	circuitOpen atomic.Bool
 	stopOnce    sync.Once
+
+	submits       chan *submitRequest
+	closing       chan struct{}
+	committerDone chan struct{}
 	bgCancel    context.CancelFunc
 	bgDone      chan struct{}
 }
@@ -154,11 +158,16 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 		return nil, fmt.Errorf("creating the job queue client: %w", err)
 	}
 	p.client = client
+	p.submits = make(chan *submitRequest, 256)
+	p.closing = make(chan struct{})
+	p.committerDone = make(chan struct{})
+	go p.committer()
 	return p, nil
 }
 
 // Start recovers work left in flight by a crash and starts the workers and
-// the background loops (queue gauges, circuit state). Stop ends them.
+// the background loops (queue gauges, circuit state). Stop ends them, and
+// the group committer that New started.
 func (p *Pipeline) Start(ctx context.Context) error {
 	if p.store.Driver == DriverSQLite {
 		if err := p.recoverSQLite(ctx); err != nil {
@@ -178,11 +187,14 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops fetching new jobs, lets running jobs finish within ctx, and
-// stops the background loops.
+// Stop stops taking alerts, stops fetching new jobs, lets running jobs
+// finish within ctx, and stops the background loops. Call it once the HTTP
+// servers no longer take webhooks.
 func (p *Pipeline) Stop(ctx context.Context) error {
 	var err error
 	p.stopOnce.Do(func() {
+		close(p.closing)
+		<-p.committerDone
 		if p.bgCancel != nil {
 			p.bgCancel()
 			<-p.bgDone
@@ -212,32 +224,115 @@ func (p *Pipeline) recoverSQLite(ctx context.Context) error {
 	return nil
 }
 
-// Submit stores alerts and enqueues their evaluation in one transaction; it
-// implements alert.Sink. A duplicate (same DedupKey as a stored alert) is
-// reported, not stored.
+// Submit stores alerts and enqueues their evaluation; it implements
+// alert.Sink and returns once they are committed. A duplicate (same
+// DedupKey as a stored alert) is reported, not stored.
+//
+// Concurrent submissions are committed together (group commit): one
+// transaction, so one fsync, serves every webhook request waiting at that
+// moment. Nothing waits to fill a batch, so a lone request is not delayed.
 func (p *Pipeline) Submit(ctx context.Context, alerts []alert.Alert) (alert.Receipt, error) {
-	r := alert.Receipt{Duplicate: make([]bool, len(alerts))}
+	req := &submitRequest{ctx: ctx, alerts: alerts, done: make(chan submitResult, 1)}
+	select {
+	case p.submits <- req:
+	case <-ctx.Done():
+		return alert.Receipt{}, ctx.Err()
+	case <-p.closing:
+		return alert.Receipt{}, errClosed
+	}
+	select {
+	case res := <-req.done:
+		return res.receipt, res.err
+	case <-ctx.Done():
+		// The batch may still commit; a retry by the sender is then a
+		// duplicate, which is harmless.
+		return alert.Receipt{}, ctx.Err()
+	}
+}
+
+var errClosed = errors.New("the pipeline is stopped")
+
+type submitRequest struct {
+	ctx    context.Context
+	alerts []alert.Alert
+	done   chan submitResult
+}
+
+type submitResult struct {
+	receipt alert.Receipt
+	err     error
+}
+
+// maxBatchAlerts bounds one group commit.
+const maxBatchAlerts = 2000
+
+// committer runs group commits until closing is closed.
+func (p *Pipeline) committer() {
+	defer close(p.committerDone)
+	for {
+		var first *submitRequest
+		select {
+		case first = <-p.submits:
+		case <-p.closing:
+			return
+		}
+		batch, n := []*submitRequest{first}, len(first.alerts)
+	fill:
+		for n < maxBatchAlerts {
+			select {
+			case r := <-p.submits:
+				batch = append(batch, r)
+				n += len(r.alerts)
+			default:
+				break fill
+			}
+		}
+		p.commitBatch(batch)
+	}
+}
+
+// commitBatch stores the alerts of every live request in one transaction
+// and answers each request.
+func (p *Pipeline) commitBatch(batch []*submitRequest) {
+	live := batch[:0]
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- submitResult{err: err}
+			continue
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return
+	}
+	receipts := make([]alert.Receipt, len(live))
 	now := p.cfg.Now()
+	// The batch outlives any one request's context: it serves them all.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
 		var jobs []river.InsertManyParams
-		for i := range alerts {
-			a := &alerts[i]
-			payload, err := json.Marshal(a)
-			if err != nil {
-				return fmt.Errorf("encoding alert: %w", err)
-			}
-			var id int64
-			err = tx.QueryRowContext(ctx, `INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at)
+		for ri, r := range live {
+			receipts[ri] = alert.Receipt{Duplicate: make([]bool, len(r.alerts))}
+			for i := range r.alerts {
+				a := &r.alerts[i]
+				payload, err := json.Marshal(a)
+				if err != nil {
+					return fmt.Errorf("encoding alert: %w", err)
+				}
+				var id int64
+				err = tx.QueryRowContext(ctx, `INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING RETURNING id`,
-				a.DedupKey(), string(a.Source), a.ID, a.MachineID, a.MachineName, string(payload), ms(now)).Scan(&id)
-			if errors.Is(err, sql.ErrNoRows) {
-				r.Duplicate[i] = true
-				continue
+					a.DedupKey(), string(a.Source), a.ID, a.MachineID, a.MachineName, string(payload), ms(now)).Scan(&id)
+				if errors.Is(err, sql.ErrNoRows) {
+					receipts[ri].Duplicate[i] = true
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("storing alert: %w", err)
+				}
+				jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowID: id}})
 			}
-			if err != nil {
-				return fmt.Errorf("storing alert: %w", err)
-			}
-			jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowID: id}})
 		}
 		if len(jobs) == 0 {
 			return nil
@@ -247,10 +342,13 @@ VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING RETURNING
 		}
 		return nil
 	})
-	if err != nil {
-		return alert.Receipt{}, err
+	for ri, r := range live {
+		if err != nil {
+			r.done <- submitResult{err: err}
+			continue
+		}
+		r.done <- submitResult{receipt: receipts[ri]}
 	}
-	return r, nil
 }
 
 // Ready reports whether the store answers.
