@@ -115,8 +115,8 @@ type Pipeline struct {
 	submits       chan *submitRequest
 	closing       chan struct{}
 	committerDone chan struct{}
-	bgCancel    context.CancelFunc
-	bgDone      chan struct{}
+	bgCancel      context.CancelFunc
+	bgDone        chan struct{}
 }
 
 // New builds the pipeline on an open store. api may be nil in dry-run mode;
