@@ -80,10 +80,13 @@ func pathErrorText(err error) string {
 }
 
 // env is what a `when` condition sees: alert.* and machine.*, by the expr
-// names of alert.Alert and alert.Machine (SPEC 5.1 and 6.2).
+// names of alert.Alert and alert.Machine (SPEC 5.1 and 6.2). Conditions are
+// checked against it and run on it.
 type env struct {
 	Alert   alert.Alert   `expr:"alert"`
 	Machine alert.Machine `expr:"machine"`
+
+	cache fieldCache // of the accelerated programs (fast.go)
 }
 
 // CommentData is what a comment template sees: {{ .Alert.ID }},
@@ -192,14 +195,21 @@ func compileSources(srcs []source, now time.Time) (*Set, error) {
 	if err := c.err(); err != nil {
 		return nil, err
 	}
+	var resolved []*rule
 	for _, r := range set.rules {
 		if !r.enabled {
 			continue
 		}
 		set.active = append(set.active, r)
 		set.needsMachine = set.needsMachine || r.readsMachine
-		set.acceptsResolved = set.acceptsResolved || r.onResolved
+		if r.onResolved {
+			resolved = append(resolved, r)
+		}
 	}
+	set.onResolved = len(resolved)
+	set.acceptsResolved = len(resolved) > 0
+	set.activeChunks = compileChunks(set.active)
+	set.resolvedChunks = compileChunks(resolved)
 	return set, nil
 }
 
@@ -334,7 +344,8 @@ func (c *compiler) rule(lines [][]rune, pos yamlx.Positions, fname, path string,
 		}
 		return nil
 	}
-	r.program = program
+	r.reference = program
+	r.program = compileFast(rc.When, program)
 	r.readsMachine = readsMachine(program.Node())
 	if !ok {
 		return nil

@@ -31,7 +31,10 @@ import (
 type Set struct {
 	rules           []*rule // all rules, in order
 	active          []*rule // enabled rules, in order
+	activeChunks    []chunk // active, compiled in chunks
+	resolvedChunks  []chunk // the active rules with on_resolved, in chunks
 	files           []FileInfo
+	onResolved      int // active rules with on_resolved
 	needsMachine    bool
 	acceptsResolved bool
 }
@@ -42,9 +45,10 @@ type rule struct {
 	description string
 	file        string
 	line        int
-	when        string // as written
-	whenText    string // on one line, for reasons
-	program     *vm.Program
+	when        string      // as written
+	whenText    string      // on one line, for reasons
+	program     *vm.Program // accelerated (fast.go)
+	reference   *vm.Program // as written; for tests
 	action      Action
 	cooldown    time.Duration
 	comment     *template.Template
@@ -205,26 +209,37 @@ func (s *Set) Evaluate(a *alert.Alert, m *alert.Machine) Decision {
 	}
 	machine := vmPool.Get().(*vm.VM)
 	defer func() {
-		*e = env{}
+		e.reset()
 		envPool.Put(e)
 		vmPool.Put(machine)
 	}()
 
-	resolved := e.Alert.Status == alert.StatusResolved
-	skipped := 0
+	chunks, skipped := s.activeChunks, 0
+	if e.Alert.Status == alert.StatusResolved {
+		chunks, skipped = s.resolvedChunks, len(s.active)-s.onResolved
+	}
 	var errs []EvalError
-	for _, r := range s.active {
-		if resolved && !r.onResolved {
-			skipped++
-			continue
+	for _, c := range chunks {
+		if c.program != nil {
+			out, err := machine.Run(c.program, e)
+			if i, ok := out.(int); err == nil && ok {
+				if i >= 0 {
+					return c.rules[i].decide(e, errs)
+				}
+				continue
+			}
+			// A condition failed at run time: run the rules one by one to
+			// know which, and to go on past it.
 		}
-		out, err := machine.Run(r.program, e)
-		if err != nil {
-			errs = append(errs, EvalError{Rule: r.name, Err: runtimeError(err)})
-			continue
-		}
-		if ok, _ := out.(bool); ok {
-			return r.decide(e, errs)
+		for _, r := range c.rules {
+			out, err := machine.Run(r.program, e)
+			if err != nil {
+				errs = append(errs, EvalError{Rule: r.name, Err: runtimeError(err)})
+				continue
+			}
+			if ok, _ := out.(bool); ok {
+				return r.decide(e, errs)
+			}
 		}
 	}
 	reason := "no enabled rule matched"
