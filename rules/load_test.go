@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -285,4 +286,17 @@ func mustSet(t testing.TB, content string) *Set {
 		t.Fatal(err)
 	}
 	return set
+}
+
+func TestRuleInfoJSON(t *testing.T) {
+	t.Parallel()
+	set := mustSet(t, "rules:\n  - name: a\n    when: 'true'\n    cooldown: 90m\n")
+	b, err := json.Marshal(set.Rules())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `[{"name":"a","file":"rules.yaml","line":2,"action":"collect_investigation_package","dry_run":false,"enabled":true,"on_resolved":false,"when":"true","cooldown":"1h30m0s"}]`
+	if string(b) != want {
+		t.Fatalf("JSON\n got: %s\nwant: %s", b, want)
+	}
 }
