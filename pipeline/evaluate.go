@@ -94,6 +94,10 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 		machine = &alert.Machine{ID: a.MachineID, Name: a.MachineName}
 	}
 	d := set.Evaluate(a, machine)
+	for _, e := range d.Errors {
+		// A condition that fails at run time counts as not matching; say so.
+		log.Warn("rule evaluation error", zap.String("machine_id", a.MachineID), zap.String("rule", e.Rule), zap.Error(e.Err))
+	}
 	return p.decide(ctx, job.Args.AlertRowID, a, d, notes)
 }
 
