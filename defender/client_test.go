@@ -293,6 +293,11 @@ func TestOutcomeMapping(t *testing.T) {
 			w.WriteHeader(503)
 			_, _ = w.Write([]byte("<html><body>Service Unavailable</body></html>"))
 		}, OutcomeRetryable, 503, "", 0, "503"},
+		{"201 unreadable", func(w http.ResponseWriter) {
+			// Created, but the id is lost: look it up, never POST again.
+			w.WriteHeader(201)
+			_, _ = w.Write([]byte("<html>"))
+		}, OutcomeAlreadyRunning, 201, "", 0, "201"},
 		{"405", func(w http.ResponseWriter) {
 			w.WriteHeader(405)
 		}, OutcomePermanent, 405, "", 0, "405"},

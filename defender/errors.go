@@ -202,7 +202,6 @@ const (
 	kindActionGet                   // GET machineactions/{id}, list: 404 permanent
 	kindPackageURI                  // getPackageUri: 404 not ready yet, retryable
 	kindDownload                    // package download: an expired link (401/403/404/410) is retryable
-	kindToken                       // login endpoint
 	kindMachineSearch               // GET machines?$filter: 404 means no machine
 )
 
