@@ -129,7 +129,10 @@ func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d ru
 	if len(notes) > 0 {
 		rec.Reason = strings.Join(append(notes, d.Reason), "; ")
 	}
-	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+	base := *rec
+	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
+		rec = &Entry{}
+		*rec = base // a retried attempt starts afresh
 		if err := p.store.lockClaims(ctx, tx); err != nil {
 			return err
 		}

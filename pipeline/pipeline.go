@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -306,33 +308,46 @@ func (p *Pipeline) commitBatch(batch []*submitRequest) {
 		return
 	}
 	receipts := make([]alert.Receipt, len(live))
+	// Insert in dedup-key order: concurrent batches on PostgreSQL (other
+	// replicas) then take the unique-index locks in one global order and
+	// cannot deadlock on each other.
+	type item struct {
+		req, idx int
+		key      string
+	}
+	var items []item
+	for ri, r := range live {
+		receipts[ri] = alert.Receipt{Duplicate: make([]bool, len(r.alerts))}
+		for i := range r.alerts {
+			items = append(items, item{ri, i, r.alerts[i].DedupKey()})
+		}
+	}
+	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
 	now := p.cfg.Now()
 	// The batch outlives any one request's context: it serves them all.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
 		var jobs []river.InsertManyParams
-		for ri, r := range live {
-			receipts[ri] = alert.Receipt{Duplicate: make([]bool, len(r.alerts))}
-			for i := range r.alerts {
-				a := &r.alerts[i]
-				payload, err := json.Marshal(a)
-				if err != nil {
-					return fmt.Errorf("encoding alert: %w", err)
-				}
-				var id int64
-				err = tx.QueryRowContext(ctx, `INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING RETURNING id`,
-					a.DedupKey(), string(a.Source), a.ID, a.MachineID, a.MachineName, string(payload), ms(now)).Scan(&id)
-				if errors.Is(err, sql.ErrNoRows) {
-					receipts[ri].Duplicate[i] = true
-					continue
-				}
-				if err != nil {
-					return fmt.Errorf("storing alert: %w", err)
-				}
-				jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowID: id}})
+		for _, it := range items {
+			a := &live[it.req].alerts[it.idx]
+			payload, err := json.Marshal(a)
+			if err != nil {
+				return fmt.Errorf("encoding alert: %w", err)
 			}
+			var id int64
+			err = tx.QueryRowContext(ctx, `INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING RETURNING id`,
+				it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, string(payload), ms(now)).Scan(&id)
+			dup := errors.Is(err, sql.ErrNoRows)
+			receipts[it.req].Duplicate[it.idx] = dup
+			if dup {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("storing alert: %w", err)
+			}
+			jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowID: id}})
 		}
 		if len(jobs) == 0 {
 			return nil
