@@ -150,12 +150,20 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 				ans.Accepted++
 			}
 			h.Metrics.AlertsReceived.WithLabelValues(string(a.Source), outcome).Inc()
-			log.Info("alert received", zap.String("alert_id", a.ID), zap.String("machine_id", a.MachineID),
-				zap.String("machine_name", a.MachineName), zap.String("outcome", outcome))
+			// One line per alert is too much in a storm; the request line
+			// below names the alert when there is only one.
+			if ce := log.Check(zap.DebugLevel, "alert received"); ce != nil {
+				ce.Write(zap.String("alert_id", a.ID), zap.String("machine_id", a.MachineID),
+					zap.String("machine_name", a.MachineName), zap.String("outcome", outcome))
+			}
 		}
 	}
-	log.Info("webhook received", zap.Int("received", ans.Received), zap.Int("accepted", ans.Accepted),
-		zap.Int("duplicates", ans.Duplicates), zap.Int("ignored", ans.Ignored), zap.Int("invalid", ans.Invalid))
+	fields := []zap.Field{zap.Int("received", ans.Received), zap.Int("accepted", ans.Accepted),
+		zap.Int("duplicates", ans.Duplicates), zap.Int("ignored", ans.Ignored), zap.Int("invalid", ans.Invalid)}
+	if len(keep) == 1 {
+		fields = append(fields, zap.String("alert_id", keep[0].ID), zap.String("machine_id", keep[0].MachineID))
+	}
+	log.Info("webhook received", fields...)
 	return http.StatusAccepted, ans
 }
 

@@ -20,46 +20,154 @@ import (
 	"github.com/responder-dev/responder/rules"
 )
 
+// evaluateArgs names the alerts of one group commit: one job decides them
+// all, so that the queue's per-job cost is paid once per batch.
 type evaluateArgs struct {
-	AlertRowID int64 `json:"alert_row_id" river:"unique"`
+	AlertRowIDs []int64 `json:"alert_row_ids"`
 }
 
 func (evaluateArgs) Kind() string { return "responder.evaluate" }
 
-func (evaluateArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 10, UniqueOpts: river.UniqueOpts{ByArgs: true}}
-}
+func (evaluateArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{MaxAttempts: 10} }
+
+// maxEvaluateBatch bounds the alerts of one evaluate job.
+const maxEvaluateBatch = 100
+
+// evaluateParallel is how many alerts of a job are decided at once.
+const evaluateParallel = 8
+
+// evaluateBudget bounds one evaluate job's work; alerts left undecided when
+// it runs out (the machine-read quota is spent) wait in the queue.
+const evaluateBudget = 20 * time.Second
 
 type evaluateWorker struct {
 	river.WorkerDefaults[evaluateArgs]
 	p *Pipeline
 }
 
-// Work decides one stored alert: resolve the machine, read its attributes
-// when a rule needs them, evaluate the rules, and record the decision.
+// errBudget marks an alert left for later because the job's time ran out.
+var errBudget = errors.New("evaluation budget spent")
+
+// Work decides the alerts of the job that have no decision yet. Each alert
+// is decided on its own (an alert that is decided stays decided), so a retry
+// only redoes the rest.
 func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs]) error {
 	p := w.p
-	a, err := p.loadAlert(ctx, job.Args.AlertRowID)
+	todo, err := p.undecided(ctx, job.Args.AlertRowIDs)
+	if err != nil {
+		return err
+	}
+	budget, cancel := context.WithTimeout(ctx, evaluateBudget)
+	defer cancel()
+	errs := make([]error, len(todo))
+	sem := make(chan struct{}, evaluateParallel)
+	var wg sync.WaitGroup
+	for i, id := range todo {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if budget.Err() != nil {
+				errs[i] = errBudget
+				return
+			}
+			err := p.evaluateOne(budget, job.JobRow, id)
+			if err != nil && budget.Err() != nil && ctx.Err() == nil {
+				err = errBudget
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var snooze time.Duration
+	var first error
+	for _, err := range errs {
+		var de *defender.Error
+		switch {
+		case err == nil:
+		case errors.Is(err, errBudget):
+			snooze = max(snooze, time.Second)
+		case errors.As(err, &de) && de.Outcome == defender.OutcomeRateLimited:
+			snooze = max(snooze, de.RetryAfter, time.Second)
+		case first == nil:
+			first = err
+		}
+	}
+	switch {
+	case first != nil:
+		return first // transient: retried with backoff
+	case snooze > 0:
+		return river.JobSnooze(snooze) // waiting for quota uses no attempt
+	}
+	return nil
+}
+
+// undecided returns the ids among rowIDs that have no audit entry yet.
+func (p *Pipeline) undecided(ctx context.Context, rowIDs []int64) ([]int64, error) {
+	if len(rowIDs) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(rowIDs))
+	marks := make([]string, len(rowIDs))
+	for i, id := range rowIDs {
+		args[i] = id
+		marks[i] = fmt.Sprintf("$%d", i+1)
+	}
+	rows, err := p.store.DB.QueryContext(ctx, `SELECT alert_row_id FROM responder_audit WHERE alert_row_id IN (`+strings.Join(marks, ", ")+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("finding undecided alerts: %w", err)
+	}
+	defer rows.Close()
+	done := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		done[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var out []int64
+	for _, id := range rowIDs {
+		if !done[id] {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// evaluateOne decides one stored alert: resolve the machine, read its
+// attributes when a rule needs them, evaluate the rules, and record the
+// decision. It returns an error only when the alert is left undecided.
+func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID int64) error {
+	a, err := p.loadAlert(ctx, rowID)
 	if err != nil {
 		return err
 	}
 	log := p.log.With(zap.String("source", string(a.Source)), zap.String("alert_id", a.ID))
+	attempt := job.Attempt
 
 	var notes []string
 	if a.MachineID == "" {
 		if p.api == nil {
-			return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
+			return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
 		}
 		m, err := p.api.FindMachineByName(ctx, a.MachineName)
 		if err != nil {
 			if outcomeOf(err) == defender.OutcomeMachineNotFound {
-				return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
+				return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
 			}
-			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", job.Attempt), zap.Error(err))
-			if finalAttempt(job.JobRow, err) {
-				return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil)
+			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", attempt), zap.Error(err))
+			if finalAttempt(job, err) {
+				return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil)
 			}
-			return p.retryable(err)
+			return err
 		}
 		a.MachineID = strings.ToLower(m.ID)
 		p.machines.put(toMachine(m))
@@ -80,13 +188,13 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 			case outcomeOf(err) == defender.OutcomeMachineNotFound:
 				notes = append(notes, "Defender does not know the machine; machine attributes are empty")
 			default:
-				log.Warn("machine attributes unavailable", zap.String("machine_id", a.MachineID), zap.Int("attempt", job.Attempt), zap.Error(err))
-				if finalAttempt(job.JobRow, err) {
+				log.Warn("machine attributes unavailable", zap.String("machine_id", a.MachineID), zap.Int("attempt", attempt), zap.Error(err))
+				if finalAttempt(job, err) {
 					// Fail safe: rules that exclude machines by their
 					// attributes cannot be trusted on empty attributes.
-					return p.decide(ctx, job.Args.AlertRowID, a, rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes)
+					return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes)
 				}
-				return p.retryable(err)
+				return err
 			}
 		}
 	}
@@ -98,21 +206,21 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 		// A condition that fails at run time counts as not matching; say so.
 		log.Warn("rule evaluation error", zap.String("machine_id", a.MachineID), zap.String("rule", e.Rule), zap.Error(e.Err))
 	}
-	return p.decide(ctx, job.Args.AlertRowID, a, d, notes)
+	return p.decide(ctx, rowID, a, d, notes)
 }
 
 func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, error) {
 	var payload string
 	err := p.store.DB.QueryRowContext(ctx, `SELECT payload FROM responder_alert WHERE id = $1`, rowID).Scan(&payload)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, river.JobCancel(fmt.Errorf("alert row %d does not exist", rowID))
+		return nil, fmt.Errorf("alert row %d does not exist", rowID)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading alert %d: %w", rowID, err)
 	}
 	var a alert.Alert
 	if err := json.Unmarshal([]byte(payload), &a); err != nil {
-		return nil, river.JobCancel(fmt.Errorf("decoding stored alert %d: %w", rowID, err))
+		return nil, fmt.Errorf("decoding stored alert %d: %w", rowID, err)
 	}
 	return &a, nil
 }

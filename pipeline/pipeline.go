@@ -114,6 +114,8 @@ type Pipeline struct {
 	circuitOpen atomic.Bool
 	stopOnce    sync.Once
 
+	dispatchNow   chan struct{}
+	dispatchDone  chan struct{}
 	submits       chan *submitRequest
 	closing       chan struct{}
 	committerDone chan struct{}
@@ -161,6 +163,7 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 	}
 	p.client = client
 	p.submits = make(chan *submitRequest, 256)
+	p.dispatchNow = make(chan struct{}, 1)
 	p.closing = make(chan struct{})
 	p.committerDone = make(chan struct{})
 	go p.committer()
@@ -182,9 +185,14 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.Background())
 	p.bgCancel = cancel
 	p.bgDone = make(chan struct{})
+	p.dispatchDone = make(chan struct{})
 	go func() {
 		defer close(p.bgDone)
 		p.backgroundLoop(bg)
+	}()
+	go func() {
+		defer close(p.dispatchDone)
+		p.dispatcher(bg)
 	}()
 	return nil
 }
@@ -200,6 +208,7 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 		if p.bgCancel != nil {
 			p.bgCancel()
 			<-p.bgDone
+			<-p.dispatchDone
 		}
 		err = p.client.Stop(ctx)
 		if err != nil {
@@ -328,7 +337,13 @@ func (p *Pipeline) commitBatch(batch []*submitRequest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
-		var jobs []river.InsertManyParams
+		// One statement for the batch: parsing the SQL once, not per alert.
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at, dispatched)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 0) ON CONFLICT (dedup_key) DO NOTHING RETURNING id`)
+		if err != nil {
+			return fmt.Errorf("storing alerts: %w", err)
+		}
+		defer stmt.Close()
 		for _, it := range items {
 			a := &live[it.req].alerts[it.idx]
 			payload, err := json.Marshal(a)
@@ -336,27 +351,18 @@ func (p *Pipeline) commitBatch(batch []*submitRequest) {
 				return fmt.Errorf("encoding alert: %w", err)
 			}
 			var id int64
-			err = tx.QueryRowContext(ctx, `INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING RETURNING id`,
-				it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, string(payload), ms(now)).Scan(&id)
+			err = stmt.QueryRowContext(ctx, it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, string(payload), ms(now)).Scan(&id)
 			dup := errors.Is(err, sql.ErrNoRows)
 			receipts[it.req].Duplicate[it.idx] = dup
-			if dup {
-				continue
-			}
-			if err != nil {
+			if err != nil && !dup {
 				return fmt.Errorf("storing alert: %w", err)
 			}
-			jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowID: id}})
-		}
-		if len(jobs) == 0 {
-			return nil
-		}
-		if _, err := p.client.InsertManyTx(ctx, tx, jobs); err != nil {
-			return fmt.Errorf("enqueueing evaluations: %w", err)
 		}
 		return nil
 	})
+	if err == nil {
+		p.wakeDispatcher()
+	}
 	for ri, r := range live {
 		if err != nil {
 			r.done <- submitResult{err: err}

@@ -314,6 +314,18 @@ CREATE TABLE responder_quota (
 CREATE INDEX responder_quota_grp_at ON responder_quota (grp, at_ms);
 INSERT INTO responder_setting (name, value, updated_at) VALUES ('paused', 'false', 0), ('claim_lock', '', 0);
 `,
+}, {
+	// Intake commits alert rows only; a dispatcher turns them into queue
+	// jobs in large batches (an outbox), off the webhook's critical path.
+	version: 2,
+	sqlite: `
+ALTER TABLE responder_alert ADD COLUMN dispatched INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX responder_alert_undispatched ON responder_alert (id) WHERE dispatched = 0;
+`,
+	pg: `
+ALTER TABLE responder_alert ADD COLUMN dispatched INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX responder_alert_undispatched ON responder_alert (id) WHERE dispatched = 0;
+`,
 }}
 
 // migrate runs River's migrations, then the responder's.

@@ -51,6 +51,7 @@ func main() {
 	stormAlerts := flag.Int("storm-alerts", 100_000, "alerts of the storm")
 	stormMachines := flag.Int("storm-machines", 20_000, "machines of the storm")
 	stormObserve := flag.Duration("storm-observe", 3*time.Minute, "how long to watch the storm drain")
+	flag.StringVar(&profileDir, "profile", "", "directory to write CPU profiles of the responder to (intake runs)")
 	flag.Parse()
 
 	b, err := newBench()
@@ -72,6 +73,35 @@ func main() {
 	if run("idle") {
 		b.idle()
 	}
+}
+
+// profileDir, when set, receives a CPU profile of each intake run.
+var profileDir string
+
+// profile fetches a CPU profile of d seconds from the responder's admin
+// listener into profileDir/name.pprof, concurrently with the load.
+func profile(admin, name string, d time.Duration) func() {
+	if profileDir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", admin, int(d.Seconds())))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "profile:", err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(profileDir, name+".pprof"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "profile:", err)
+			return
+		}
+		defer f.Close()
+		_, _ = io.Copy(f, resp.Body)
+	}()
+	return func() { <-done }
 }
 
 func fatal(err error) {
@@ -433,7 +463,9 @@ func (b *bench) intake(d time.Duration, conns int, pgDSN string) {
 		r := b.start(sim, env...)
 		p := newPayloads(machines)
 		closedLoop("warm-up", r.hook, conns, time.Second, p.next)
+		wait := profile(r.admin, "intake-"+st.driver, d-time.Second)
 		res := closedLoop(st.name, r.hook, conns, d, p.next)
+		wait()
 		fmt.Println(res)
 		fmt.Printf("%-34s %.1f%% of the reference's throughput\n", "", 100*res.rate()/ref.rate())
 		open := openLoop(st.name+" @1000/s", r.hook, 1000, d, p.next)
