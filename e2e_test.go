@@ -160,7 +160,7 @@ func post(t *testing.T, url string, body []byte, headers map[string]string) answ
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("posting %d bytes: %v", len(body), err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
@@ -238,6 +238,16 @@ func TestIntakeEndToEnd(t *testing.T) {
 	if a := post(t, hook+"/webhooks/defender", []byte(`{"id": 12`), bearer); a.Code != 400 || a.Body["error"] == "" {
 		t.Fatalf("not JSON: %v", a)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("stderr: " + p.stderr.String())
+			for _, l := range p.output() {
+				if !strings.Contains(l, `"level":"info"`) {
+					t.Log(l)
+				}
+			}
+		}
+	})
 	if a := post(t, hook+"/webhooks/defender", bytes.Repeat([]byte(" "), 2<<20), bearer); a.Code != 413 {
 		t.Fatalf("oversized: %v", a)
 	}

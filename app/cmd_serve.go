@@ -103,12 +103,15 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	}
 	defer store.Close()
 
-	api, err := newDefender(cfg, store, m, logger)
+	client, err := newDefender(cfg, store, m, logger)
 	if err != nil {
 		return err
 	}
+	// A nil *Client must become a nil interface, not a typed nil.
+	var api defender.API
 	var quota defender.Limiter
-	if api != nil {
+	if client != nil {
+		api = client
 		quota = actionQuota(cfg, store)
 	}
 	p, err := pipeline.New(store, api, quota, rm, m, logger, pipeline.Config{

@@ -76,15 +76,17 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 	if !isJSON(r.Header.Get("Content-Type")) {
 		return http.StatusUnsupportedMediaType, ErrorAnswer{Error: "content type must be application/json, got " + strconv.Quote(r.Header.Get("Content-Type"))}
 	}
+	tooLarge := ErrorAnswer{Error: "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"}
 	if r.ContentLength > h.MaxBodyBytes {
-		return http.StatusRequestEntityTooLarge, ErrorAnswer{Error: "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"}
+		drain(r.Body, h.MaxBodyBytes)
+		return http.StatusRequestEntityTooLarge, tooLarge
 	}
-	raw, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.MaxBodyBytes))
+	raw, err := io.ReadAll(io.LimitReader(r.Body, h.MaxBodyBytes+1))
+	if err == nil && int64(len(raw)) > h.MaxBodyBytes {
+		drain(r.Body, h.MaxBodyBytes)
+		return http.StatusRequestEntityTooLarge, tooLarge
+	}
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return http.StatusRequestEntityTooLarge, ErrorAnswer{Error: "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"}
-		}
 		return http.StatusBadRequest, ErrorAnswer{Error: "reading body: " + err.Error()}
 	}
 	if err := h.Auth.checkSignature(r, raw); err != nil {
@@ -172,6 +174,13 @@ func defaultSource(f alert.Format) alert.Source {
 		return alert.SourceAlertmanager
 	}
 	return alert.SourceDefender
+}
+
+// drain reads and discards what is left of an oversized body, up to a few
+// times the limit, so that a sender still writing gets the 413 rather than
+// a connection reset; a larger body is cut off.
+func drain(body io.Reader, limit int64) {
+	_, _ = io.CopyN(io.Discard, body, 4*limit)
 }
 
 // isJSON accepts application/json and any application/*+json type.

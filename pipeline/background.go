@@ -28,12 +28,18 @@ func (p *Pipeline) backgroundLoop(ctx context.Context) {
 	}
 	t := time.NewTicker(backgroundInterval)
 	defer t.Stop()
+	tick := 0
 	for {
 		if err := p.refreshQueueGauges(ctx); err != nil && ctx.Err() == nil {
 			p.log.Warn("reading queue depth failed", zap.Error(err))
 		}
 		if err := p.refreshCircuit(ctx); err != nil && ctx.Err() == nil {
 			p.log.Warn("reading the circuit state failed", zap.Error(err))
+		}
+		if tick++; tick%6 == 0 {
+			if err := p.sweepCollections(ctx, sweepAge); err != nil && ctx.Err() == nil {
+				p.log.Warn("sweeping unfinished collections failed", zap.Error(err))
+			}
 		}
 		select {
 		case <-ctx.Done():

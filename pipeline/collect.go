@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 	"go.uber.org/zap"
 
 	"github.com/responder-dev/responder/defender"
@@ -23,7 +24,7 @@ type collectArgs struct {
 func (collectArgs) Kind() string { return "responder.collect" }
 
 func (collectArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 8, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+	return river.InsertOpts{MaxAttempts: collectMaxAttempts, UniqueOpts: river.UniqueOpts{ByArgs: true}}
 }
 
 type collectWorker struct {
@@ -57,10 +58,8 @@ func (p *Pipeline) send(ctx context.Context, e *Entry) (defender.MachineAction, 
 	return p.api.CollectInvestigationPackage(ctx, e.MachineID, e.Comment)
 }
 
-// Work sends the action of one collect decision, at most once per decision:
-// the entry is marked "posting" before the POST, and a job that finds it so
-// (a crash or a timeout hid MDE's answer) first looks for the action MDE may
-// already have created.
+// Work sends the action of one collect decision that was not completed
+// inline by the evaluator (quota spent, a transient failure, a crash).
 func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) error {
 	p := w.p
 	e, err := p.store.Entry(ctx, job.Args.AuditID)
@@ -70,11 +69,86 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 	if err != nil {
 		return err
 	}
+	return p.collect(ctx, e, job.Attempt, job.MaxAttempts, p.cfg.QuotaWait)
+}
+
+// collectMaxAttempts is the attempt budget of a collection.
+const collectMaxAttempts = 8
+
+// inlineQuotaWait is how long the evaluator waits for the quota before it
+// hands the collection to the queue: it must not hold up evaluations.
+const inlineQuotaWait = 50 * time.Millisecond
+
+// collectInline sends the action of a collect decision right after it is
+// recorded, in the evaluator's goroutine: no queue round trip on the way to
+// Defender. Whatever it cannot finish now (quota spent, a transient failure)
+// goes to a durable collect job; a crash in between is caught by the sweep
+// of entries left queued or posting.
+func (p *Pipeline) collectInline(ctx context.Context, e *Entry) {
+	err := p.collect(ctx, e, 1, collectMaxAttempts, inlineQuotaWait)
+	if err == nil {
+		return
+	}
+	at := p.cfg.Now().Add(p.cfg.RetryBase)
+	var snooze *rivertype.JobSnoozeError
+	if errors.As(err, &snooze) {
+		at = p.cfg.Now().Add(snooze.Duration)
+	}
+	if _, ierr := p.client.Insert(ctx, collectArgs{AuditID: e.ID}, &river.InsertOpts{ScheduledAt: at}); ierr != nil {
+		p.log.Warn("handing the collection to the queue failed; the sweep will", zap.Int64("audit_id", e.ID), zap.Error(ierr))
+	}
+}
+
+// sweepCollections enqueues a collect job for every entry left queued or
+// posting for a while (a crash between a decision and its hand-over).
+// Collect jobs are unique per entry, so one that exists is not doubled.
+func (p *Pipeline) sweepCollections(ctx context.Context, age time.Duration) error {
+	rows, err := p.store.DB.QueryContext(ctx, `SELECT id FROM responder_audit WHERE state IN ('queued', 'posting') AND updated_at <= $1`,
+		ms(p.cfg.Now().Add(-age)))
+	if err != nil {
+		return fmt.Errorf("finding unfinished collections: %w", err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		res, err := p.client.Insert(ctx, collectArgs{AuditID: id}, nil)
+		if err != nil {
+			return fmt.Errorf("re-enqueueing collection %d: %w", id, err)
+		}
+		if !res.UniqueSkippedAsDuplicate {
+			p.log.Warn("unfinished collection re-enqueued", zap.Int64("audit_id", id))
+		}
+	}
+	return nil
+}
+
+// sweepAge is how long an entry may stay queued or posting before the
+// periodic sweep enqueues a job for it. On start every such entry is swept:
+// whatever was collecting it died with the previous process.
+const sweepAge = 30 * time.Second
+
+// collect sends the action of one collect decision, at most once per
+// decision: the entry is claimed "posting" before the POST, and whoever
+// finds it so (a crash or a timeout hid MDE's answer) first looks for the
+// action MDE may already have created. It returns nil when the decision
+// needs nothing more, else a River error (snooze, or one to retry).
+func (p *Pipeline) collect(ctx context.Context, e *Entry, attempt, maxAttempts int, quotaWait time.Duration) error {
 	if e.State != StateQueued && e.State != StatePosting {
 		return nil // done earlier
 	}
 	log := p.log.With(zap.String("alert_id", e.AlertID), zap.String("machine_id", e.MachineID),
-		zap.String("rule", e.Rule), zap.Int64("audit_id", e.ID), zap.Int("attempt", job.Attempt))
+		zap.String("rule", e.Rule), zap.Int64("audit_id", e.ID), zap.Int("attempt", attempt))
 	if p.api == nil {
 		return p.finishCollect(ctx, e, OutcomeFailed, "", "no Defender client is configured", log)
 	}
@@ -99,7 +173,7 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 	}
 
 	if p.quota != nil {
-		wctx, cancel := context.WithTimeout(ctx, p.cfg.QuotaWait)
+		wctx, cancel := context.WithTimeout(ctx, quotaWait)
 		waited, err := p.quota.Wait(wctx)
 		cancel()
 		if err != nil {
@@ -112,9 +186,15 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 		p.m.RateLimitWait.Observe(waited.Seconds())
 	}
 
+	// Claim the POST: only one of the evaluator and a collect job may send
+	// it. Whoever loses finds the entry posting and waits for it to settle.
 	now := p.cfg.Now()
-	if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{state: str(StatePosting), postedAt: &now}, now); err != nil {
+	claimed, err := p.claimPosting(ctx, e, now)
+	if err != nil {
 		return err
+	}
+	if !claimed {
+		return river.JobSnooze(p.cfg.RequestTimeout + time.Second)
 	}
 	a, err := p.send(ctx, e)
 	if err == nil {
@@ -162,11 +242,29 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 			return err
 		}
 	}
-	if job.Attempt >= job.MaxAttempts {
-		return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d attempts: %v", job.Attempt, err), log)
+	if attempt >= maxAttempts {
+		return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d attempts: %v", attempt, err), log)
 	}
 	log.Warn("machine action request failed; will retry", zap.Error(err))
 	return err
+}
+
+// claimPosting moves the entry from the state it was read in to posting,
+// if nobody changed it since; it reports whether this caller owns the POST.
+func (p *Pipeline) claimPosting(ctx context.Context, e *Entry, now time.Time) (bool, error) {
+	res, err := p.store.DB.ExecContext(ctx, `UPDATE responder_audit SET state = 'posting', posted_at = $1, updated_at = $1
+WHERE id = $2 AND state = $3 AND posted_at = $4`, ms(now), e.ID, e.State, ms(e.postedAt))
+	if err != nil {
+		return false, fmt.Errorf("claiming the collection: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("claiming the collection: %w", err)
+	}
+	if n == 1 {
+		e.State, e.postedAt = StatePosting, time.UnixMilli(ms(now)).UTC()
+	}
+	return n == 1, nil
 }
 
 // findPosted looks for the action an earlier, unanswered POST of this

@@ -18,7 +18,7 @@ const dispatchBatch = 1000
 const dispatchFallback = time.Second
 
 // dispatchGather is how long the dispatcher lets commits gather once woken.
-const dispatchGather = 10 * time.Millisecond
+const dispatchGather = 5 * time.Millisecond
 
 // wakeDispatcher tells the dispatcher that alert rows were committed.
 func (p *Pipeline) wakeDispatcher() {

@@ -68,6 +68,14 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer func() {
+				// River recovers a panicking job, but not its goroutines:
+				// one bad alert must not take the process down.
+				if r := recover(); r != nil {
+					p.log.Error("panic evaluating an alert", zap.Int64("alert_row_id", id), zap.Any("panic", r), zap.Stack("stack"))
+					errs[i] = fmt.Errorf("panic evaluating alert row %d: %v", id, r)
+				}
+			}()
 			if budget.Err() != nil {
 				errs[i] = errBudget
 				return
@@ -156,16 +164,16 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 	var notes []string
 	if a.MachineID == "" {
 		if p.api == nil {
-			return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
+			return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
 		}
 		m, err := p.api.FindMachineByName(ctx, a.MachineName)
 		if err != nil {
 			if outcomeOf(err) == defender.OutcomeMachineNotFound {
-				return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
+				return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
 			}
 			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", attempt), zap.Error(err))
 			if finalAttempt(job, err) {
-				return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil)
+				return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil)
 			}
 			return err
 		}
@@ -192,7 +200,7 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 				if finalAttempt(job, err) {
 					// Fail safe: rules that exclude machines by their
 					// attributes cannot be trusted on empty attributes.
-					return p.decide(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes)
+					return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes)
 				}
 				return err
 			}
@@ -206,7 +214,7 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 		// A condition that fails at run time counts as not matching; say so.
 		log.Warn("rule evaluation error", zap.String("machine_id", a.MachineID), zap.String("rule", e.Rule), zap.Error(e.Err))
 	}
-	return p.decide(ctx, rowID, a, d, notes)
+	return p.decideAndSettle(ctx, rowID, a, d, notes)
 }
 
 func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, error) {
@@ -225,10 +233,24 @@ func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, er
 	return &a, nil
 }
 
+// decideAndSettle records the decision and finishes what it started: a
+// collection is sent at once, in this goroutine, rather than after a queue
+// round trip.
+func (p *Pipeline) decideAndSettle(ctx context.Context, rowID int64, a *alert.Alert, d rules.Decision, notes []string) error {
+	e, err := p.decide(ctx, rowID, a, d, notes)
+	if err != nil || e == nil {
+		return err
+	}
+	if e.Decision == DecisionCollect {
+		p.collectInline(ctx, e)
+	}
+	return nil
+}
+
 // decide records the decision for one alert row, applying cooldown, the kill
 // switch, the circuit breaker and dry run, all claimed in one transaction
 // (serialised across replicas), and enqueues the collection when due.
-func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d rules.Decision, notes []string) error {
+func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d rules.Decision, notes []string) (*Entry, error) {
 	now := p.cfg.Now()
 	rec := &Entry{
 		Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
@@ -268,18 +290,13 @@ ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit
 				return fmt.Errorf("claiming the cooldown: %w", err)
 			}
 		}
-		if rec.Decision == DecisionCollect {
-			if _, err := p.client.InsertTx(ctx, tx, collectArgs{AuditID: id}, nil); err != nil {
-				return fmt.Errorf("enqueueing the collection: %w", err)
-			}
-		}
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if rec == nil {
-		return nil
+		return nil, nil
 	}
 	label := rec.Rule
 	if label == "" {
@@ -300,7 +317,7 @@ ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit
 	default:
 		p.log.Info("decision", fields...)
 	}
-	return nil
+	return rec, nil
 }
 
 // classify turns a rule decision into the recorded decision.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,6 +99,13 @@ const (
 	downloadTimeout = 15 * time.Minute
 )
 
+// fetchPoll is how often idle workers look for jobs. SQLite has no
+// LISTEN/NOTIFY and River is not told of jobs inserted inside our own
+// transactions, so workers find new work by polling; the query is an
+// indexed look-up that costs about 0.1 ms, so 10 ms keeps dispatch fast for
+// about 1% of a core.
+const fetchPoll = 10 * time.Millisecond
+
 // Pipeline accepts alerts durably and works them through evaluate, collect
 // and track jobs on River.
 type Pipeline struct {
@@ -127,6 +135,9 @@ type Pipeline struct {
 // quota is the action-POST limiter (nil: unlimited, for tests).
 func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manager, m *metrics.Metrics, logger *zap.Logger, cfg Config) (*Pipeline, error) {
 	cfg = cfg.withDefaults()
+	if v := reflect.ValueOf(api); api != nil && v.Kind() == reflect.Pointer && v.IsNil() {
+		api = nil // a typed nil client is no client
+	}
 	p := &Pipeline{
 		store: store, api: api, quota: quota, rules: rm, m: m,
 		log: logger.Named("pipeline"), cfg: cfg,
@@ -151,8 +162,8 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 		JobTimeout:           jobTimeout,
 		RescueStuckJobsAfter: rescueAfter,
 		MaxAttempts:          10,
-		FetchCooldown:        20 * time.Millisecond,
-		FetchPollInterval:    200 * time.Millisecond,
+		FetchCooldown:        10 * time.Millisecond,
+		FetchPollInterval:    fetchPoll,
 		RetryPolicy:          &backoff{base: cfg.RetryBase, cap: cfg.RetryCap},
 		Logger:               riverLogger(logger),
 		// The audit trail keeps the history; finished jobs need not stay.
@@ -181,6 +192,9 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	}
 	if err := p.client.Start(ctx); err != nil {
 		return fmt.Errorf("starting the job queue: %w", err)
+	}
+	if err := p.sweepCollections(ctx, 0); err != nil {
+		return err
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	p.bgCancel = cancel

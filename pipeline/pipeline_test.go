@@ -341,7 +341,7 @@ func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {
 		t.Fatal(err)
 	}
 	set := e.p.rules.Current()
-	if err := e.p.decide(ctx, rowID, &a, set.Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
+	if _, err := e.p.decide(ctx, rowID, &a, set.Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
 		t.Fatal(err)
 	}
 	en := e.entryFor("da-crash")
@@ -383,7 +383,7 @@ func TestPostingStateWithoutActionPostsAgain(t *testing.T) {
 	if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = 'da-lost'`).Scan(&rowID); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.p.decide(ctx, rowID, &a, e.p.rules.Current().Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
+	if _, err := e.p.decide(ctx, rowID, &a, e.p.rules.Current().Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
 		t.Fatal(err)
 	}
 	en := e.entryFor("da-lost")

@@ -443,7 +443,13 @@ func (s *Store) lockClaims(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
-func ms(t time.Time) int64 { return t.UnixMilli() }
+// ms stores a time as unix milliseconds; the zero time is 0.
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
 
 func fromMS(v int64) time.Time {
 	if v == 0 {

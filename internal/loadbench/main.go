@@ -39,6 +39,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/labstack/echo/v4"
+	_ "modernc.org/sqlite"
 
 	"github.com/responder-dev/responder/defender/defendertest"
 )
@@ -297,6 +298,7 @@ func reference() (string, func()) {
 
 // responder is a running responder binary.
 type responder struct {
+	db    string
 	cmd   *exec.Cmd
 	hook  string
 	admin string
@@ -364,7 +366,7 @@ func (b *bench) start(sim *defendertest.Simulator, env ...string) *responder {
 	if err := cmd.Start(); err != nil {
 		fatal(err)
 	}
-	r := &responder{cmd: cmd, out: out}
+	r := &responder{cmd: cmd, out: out, db: db}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, l := range out.find(`"msg":"listening"`) {
@@ -476,6 +478,35 @@ func (b *bench) intake(d time.Duration, conns int, pgDSN string) {
 	}
 }
 
+// stages prints where the time between acceptance and the POST went, from
+// the store's own timestamps (milliseconds).
+func stages(dbPath string) {
+	db, err := sql.Open("sqlite", "file:"+dbPath+"?_pragma=query_only(1)")
+	if err != nil {
+		return
+	}
+	defer db.Close()
+	rows, err := db.Query(`SELECT a.created_at - r.received_at, u.posted_at - a.created_at FROM responder_audit a
+JOIN responder_alert r ON r.id = a.alert_row_id JOIN responder_audit u ON u.id = a.id WHERE a.posted_at > 0`)
+	if err != nil {
+		fmt.Println("stages:", err)
+		return
+	}
+	defer rows.Close()
+	var decide, post []time.Duration
+	for rows.Next() {
+		var d, p int64
+		if rows.Scan(&d, &p) == nil {
+			decide = append(decide, time.Duration(d)*time.Millisecond)
+			post = append(post, time.Duration(p)*time.Millisecond)
+		}
+	}
+	dr := &result{latencies: decide}
+	pr := &result{latencies: post}
+	fmt.Printf("%-34s accepted -> decided p50 %.0f ms p99 %.0f ms; decided -> POST started p50 %.0f ms p99 %.0f ms\n", "",
+		ms(dr.pct(0.5)), ms(dr.pct(0.99)), ms(pr.pct(0.5)), ms(pr.pct(0.99)))
+}
+
 func createDatabase(base string) string {
 	admin, err := sql.Open("pgx", base)
 	if err != nil {
@@ -509,6 +540,7 @@ func (b *bench) dispatch() {
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		interval := time.Second / time.Duration(rate)
+		wait := profile(r.admin, fmt.Sprintf("dispatch-%d", rate), 9*time.Second)
 		start := time.Now()
 		for i := range n {
 			if w := time.Until(start.Add(time.Duration(i) * interval)); w > 0 {
@@ -528,6 +560,7 @@ func (b *bench) dispatch() {
 			}(i)
 		}
 		wg.Wait()
+		wait()
 		deadline := time.Now().Add(60 * time.Second)
 		var lat []time.Duration
 		for time.Now().Before(deadline) {
@@ -550,6 +583,7 @@ func (b *bench) dispatch() {
 		fmt.Printf("%-34s %d of %d accepted alerts reached Defender  p50 %.2f ms  p99 %.2f ms  max %.2f ms\n",
 			res.name, len(lat), len(accepted), ms(res.pct(0.5)), ms(res.pct(0.99)), ms(res.pct(1)))
 		r.stop()
+		stages(r.db)
 	}
 }
 
