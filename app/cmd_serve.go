@@ -225,7 +225,7 @@ func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, 
 		Cloud: d.Cloud, APIURL: d.APIURL, TokenURL: d.TokenURL, TenantID: d.TenantID, ClientID: d.ClientID,
 		ClientSecret: cfg.Secrets.DefenderClientSecret, FederatedTokenFile: d.FederatedTokenFile,
 		RateLimit: defender.RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
-		UserAgent: UserAgent(), Timeout: requestTimeout,
+		UserAgent: UserAgent(), Timeout: requestTimeout, LimiterSlack: defender.DefaultLimiterSlack,
 	}
 	if d.CertificateFile != "" {
 		pem, err := os.ReadFile(d.CertificateFile)
@@ -259,7 +259,7 @@ func actionQuota(cfg *config.Config, store *pipeline.Store) defender.Limiter {
 	if store.Driver == pipeline.DriverPostgres {
 		return pipeline.NewSharedLimiter(store, string(defender.GroupActions), rl.PerMinute, rl.PerHour)
 	}
-	return defender.NewWindowLimiter(rl.PerMinute, rl.PerHour, nil)
+	return defender.NewWindowLimiter(rl.PerMinute, rl.PerHour, nil).WithSlack(defender.DefaultLimiterSlack)
 }
 
 // adminAPI binds the admin endpoints to the pipeline and the rules.

@@ -174,9 +174,9 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 			continue
 		}
 		if g == GroupPackageURI {
-			c.limiters[g] = NewWindowLimiter(PackageURIPerMinute, PackageURIPerHour, o.clock)
+			c.limiters[g] = NewWindowLimiter(PackageURIPerMinute, PackageURIPerHour, o.clock).WithSlack(r.LimiterSlack)
 		} else {
-			c.limiters[g] = NewWindowLimiter(r.RateLimit.PerMinute, r.RateLimit.PerHour, o.clock)
+			c.limiters[g] = NewWindowLimiter(r.RateLimit.PerMinute, r.RateLimit.PerHour, o.clock).WithSlack(r.LimiterSlack)
 		}
 	}
 	var cred credential
@@ -310,7 +310,7 @@ func (c *Client) wait(ctx context.Context, r *request) error {
 	}
 	waited, err := l.Wait(ctx)
 	if err != nil {
-		return &Error{Op: r.op, Outcome: OutcomeRetryable, Message: "waiting for the quota", Err: err}
+		return &Error{Op: r.op, Outcome: OutcomeRetryable, Message: "waiting for the quota", Err: fmt.Errorf("%w: %w", ErrQuotaWait, err)}
 	}
 	c.m.RateLimitWait.Observe(waited.Seconds())
 	if waited > 0 {

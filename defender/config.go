@@ -69,6 +69,9 @@ type Config struct {
 	// RateLimit is the quota per API group. Zero fields take the defaults
 	// 100/min and 1500/h.
 	RateLimit RateLimit
+	// LimiterSlack lengthens the quota windows of the default limiters (0:
+	// exact windows; the service uses DefaultLimiterSlack).
+	LimiterSlack time.Duration
 	// UserAgent is sent on every request: "responder/<version>". Default
 	// "responder".
 	UserAgent string

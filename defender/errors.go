@@ -58,6 +58,11 @@ var Outcomes = []Outcome{
 // because a machine id, action id or other argument is malformed.
 var ErrInvalidID = errors.New("invalid id")
 
+// ErrQuotaWait is wrapped by the error of a call that gave up waiting for
+// the quota (its context ended first): nothing was sent, and retrying later
+// is the answer, without counting it as a failed attempt.
+var ErrQuotaWait = errors.New("gave up waiting for the quota")
+
 // ErrInvalidArgument is wrapped by the errors of calls refused before any
 // request because an argument other than an id is invalid.
 var ErrInvalidArgument = errors.New("invalid argument")

@@ -348,8 +348,13 @@ type trackArgs struct {
 func (trackArgs) Kind() string { return "responder.track" }
 
 func (trackArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 20, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+	return river.InsertOpts{MaxAttempts: 20, Queue: queueTrack, UniqueOpts: river.UniqueOpts{ByArgs: true}}
 }
+
+// queueTrack is the queue of track and download jobs, apart from the
+// collections so that many actions polled under the read quota never hold
+// up a collection.
+const queueTrack = "track"
 
 type trackWorker struct {
 	river.WorkerDefaults[trackArgs]
@@ -377,6 +382,11 @@ func (w *trackWorker) Work(ctx context.Context, job *river.Job[trackArgs]) error
 	}
 	a, err := p.api.GetMachineAction(ctx, e.ActionID)
 	if err != nil {
+		if errors.Is(err, defender.ErrQuotaWait) {
+			// Many actions share the read quota: their polls stretch out,
+			// which is not a failure of this one.
+			return p.retryable(err)
+		}
 		switch outcomeOf(err) {
 		case defender.OutcomeRateLimited, defender.OutcomeRetryable, "":
 			if now.Sub(e.ActionCreatedAt) > p.cfg.ActionTimeout || job.Attempt >= job.MaxAttempts {
@@ -451,7 +461,7 @@ type downloadArgs struct {
 func (downloadArgs) Kind() string { return "responder.download" }
 
 func (downloadArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 10, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+	return river.InsertOpts{MaxAttempts: 10, Queue: queueTrack, UniqueOpts: river.UniqueOpts{ByArgs: true}}
 }
 
 type downloadWorker struct {

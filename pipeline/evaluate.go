@@ -28,7 +28,19 @@ type evaluateArgs struct {
 
 func (evaluateArgs) Kind() string { return "responder.evaluate" }
 
-func (evaluateArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{MaxAttempts: 10} }
+func (evaluateArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: 10, Queue: queueEvaluate}
+}
+
+// queueEvaluate is the queue of evaluate jobs. It is separate from the
+// default queue (collect, track, download) so that a backlog of evaluations
+// waiting for the machine-read quota never starves the tracking of actions.
+const queueEvaluate = "evaluate"
+
+// maxLookups bounds the machine reads in flight. The read quota admits
+// callers in arrival order; more waiters than can be served within a job's
+// budget would each give up in turn and none would ever be served.
+const maxLookups = 8
 
 // maxEvaluateBatch bounds the alerts of one evaluate job.
 const maxEvaluateBatch = 100
@@ -97,7 +109,7 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 		var de *defender.Error
 		switch {
 		case err == nil:
-		case errors.Is(err, errBudget):
+		case errors.Is(err, errBudget), errors.Is(err, defender.ErrQuotaWait):
 			snooze = max(snooze, time.Second)
 		case errors.As(err, &de) && de.Outcome == defender.OutcomeRateLimited:
 			snooze = max(snooze, de.RetryAfter, time.Second)
@@ -166,7 +178,12 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 		if p.api == nil {
 			return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
 		}
+		release, err := p.lookupSlot(ctx)
+		if err != nil {
+			return err
+		}
 		m, err := p.api.FindMachineByName(ctx, a.MachineName)
+		release()
 		if err != nil {
 			if outcomeOf(err) == defender.OutcomeMachineNotFound {
 				return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
@@ -477,6 +494,14 @@ func (p *Pipeline) machine(ctx context.Context, id string) (*alert.Machine, erro
 	if m, ok := p.machines.get(id); ok {
 		return m, nil
 	}
+	release, err := p.lookupSlot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if m, ok := p.machines.get(id); ok {
+		return m, nil // read by another goroutine meanwhile
+	}
 	dm, err := p.api.GetMachine(ctx, id)
 	if err != nil {
 		return nil, err
@@ -484,6 +509,16 @@ func (p *Pipeline) machine(ctx context.Context, id string) (*alert.Machine, erro
 	m := toMachine(dm)
 	p.machines.put(m)
 	return &m, nil
+}
+
+// lookupSlot waits for one of the maxLookups machine-read slots.
+func (p *Pipeline) lookupSlot(ctx context.Context) (func(), error) {
+	select {
+	case p.lookups <- struct{}{}:
+		return func() { <-p.lookups }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func toMachine(m defender.Machine) alert.Machine {
@@ -498,6 +533,9 @@ func toMachine(m defender.Machine) alert.Machine {
 // transient one on the last attempt. The caller then records a decision that
 // says so, so that no accepted alert is left without one.
 func finalAttempt(job *rivertype.JobRow, err error) bool {
+	if errors.Is(err, defender.ErrQuotaWait) {
+		return false // nothing was sent: waiting is not failing
+	}
 	switch outcomeOf(err) {
 	case defender.OutcomeForbidden, defender.OutcomeUnauthorized, defender.OutcomePermanent:
 		return true
@@ -520,6 +558,9 @@ func outcomeOf(err error) defender.Outcome {
 // 429 (without using an attempt), give up on permanent failures, retry with
 // backoff otherwise.
 func (p *Pipeline) retryable(err error) error {
+	if errors.Is(err, defender.ErrQuotaWait) {
+		return river.JobSnooze(5 * time.Second) // nothing was sent; no attempt used
+	}
 	var de *defender.Error
 	if errors.As(err, &de) {
 		switch de.Outcome {

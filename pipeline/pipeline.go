@@ -41,7 +41,8 @@ type Config struct {
 	// Paused is the kill switch of the config file (safety.paused); the
 	// admin API pauses through the store, shared by every replica.
 	Paused bool
-	// Workers is the number of jobs run at once by this process (default 20).
+	// Workers is the number of jobs run at once by this process in each of
+	// its queues: evaluate, default (collect) and track (default 20).
 	Workers int
 	// RetryBase and RetryCap shape the retry backoff of transient failures
 	// (defaults 1s and 60s: about 1s, 2s, 4s, ... capped).
@@ -118,6 +119,7 @@ type Pipeline struct {
 	cfg      Config
 	client   *river.Client[*sql.Tx]
 	machines *machineCache
+	lookups  chan struct{} // machine reads in flight
 
 	circuitOpen atomic.Bool
 	stopOnce    sync.Once
@@ -142,6 +144,7 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 		store: store, api: api, quota: quota, rules: rm, m: m,
 		log: logger.Named("pipeline"), cfg: cfg,
 		machines: newMachineCache(10*time.Minute, cfg.Now),
+		lookups:  make(chan struct{}, maxLookups),
 	}
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, &evaluateWorker{p: p}); err != nil {
@@ -157,7 +160,11 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 		return nil, err
 	}
 	client, err := river.NewClient(store.river, &river.Config{
-		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
+		Queues: map[string]river.QueueConfig{
+			river.QueueDefault: {MaxWorkers: cfg.Workers},
+			queueEvaluate:      {MaxWorkers: cfg.Workers},
+			queueTrack:         {MaxWorkers: cfg.Workers},
+		},
 		Workers:              workers,
 		JobTimeout:           jobTimeout,
 		RescueStuckJobsAfter: rescueAfter,

@@ -25,6 +25,10 @@ type SharedLimiter struct {
 	now                func() time.Time
 }
 
+// slackMS lengthens both windows by a second: a call admitted here reaches
+// MDE a little later, on MDE's clock.
+const slackMS = 1000
+
 // NewSharedLimiter returns the limiter of one API group.
 func NewSharedLimiter(store *Store, group string, perMinute, perHour int) *SharedLimiter {
 	return &SharedLimiter{store: store, group: group, perMinute: perMinute, perHour: perHour, now: time.Now}
@@ -65,14 +69,14 @@ func (l *SharedLimiter) try(ctx context.Context) (time.Duration, error) {
 			}
 		}
 		now := ms(l.now())
-		if _, err := tx.ExecContext(ctx, `DELETE FROM responder_quota WHERE grp = $1 AND at_ms <= $2`, l.group, now-3_600_000); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM responder_quota WHERE grp = $1 AND at_ms <= $2`, l.group, now-3_600_000-slackMS); err != nil {
 			return fmt.Errorf("quota: pruning: %w", err)
 		}
 		wait = 0
 		for _, w := range []struct {
 			span  int64
 			limit int
-		}{{60_000, l.perMinute}, {3_600_000, l.perHour}} {
+		}{{60_000 + slackMS, l.perMinute}, {3_600_000 + slackMS, l.perHour}} {
 			var n int
 			var oldest sql.NullInt64
 			// The call that must leave the window before a new one fits is

@@ -478,6 +478,36 @@ func (b *bench) intake(d time.Duration, conns int, pgDSN string) {
 	}
 }
 
+// summarise prints the decisions and the queue of a run.
+func summarise(dbPath string) {
+	db, err := sql.Open("sqlite", "file:"+dbPath+"?_pragma=query_only(1)&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return
+	}
+	defer db.Close()
+	for _, q := range []string{
+		`SELECT decision || '/' || state || '/' || outcome, COUNT(*) FROM responder_audit GROUP BY 1 ORDER BY 2 DESC`,
+		`SELECT kind || '/' || state, COUNT(*) FROM river_job GROUP BY 1 ORDER BY 2 DESC`,
+		`SELECT 'undispatched', COUNT(*) FROM responder_alert WHERE dispatched = 0`,
+	} {
+		rows, err := db.Query(q)
+		if err != nil {
+			fmt.Println("summary:", err)
+			continue
+		}
+		var parts []string
+		for rows.Next() {
+			var k string
+			var n int
+			if rows.Scan(&k, &n) == nil {
+				parts = append(parts, fmt.Sprintf("%s=%d", k, n))
+			}
+		}
+		rows.Close()
+		fmt.Println("  ", strings.Join(parts, " "))
+	}
+}
+
 // stages prints where the time between acceptance and the POST went, from
 // the store's own timestamps (milliseconds).
 func stages(dbPath string) {
@@ -631,9 +661,11 @@ func (b *bench) storm(alerts, machinesN int, observe time.Duration) {
 	for time.Now().Before(deadline) {
 		time.Sleep(5 * time.Second)
 	}
+	// MDE counts the calls it served against the quota, not those it
+	// refused with 429.
 	var times []time.Time
 	for _, req := range sim.Requests() {
-		if req.Method == "POST" && strings.HasSuffix(req.Path, "/collectInvestigationPackage") {
+		if req.Method == "POST" && strings.HasSuffix(req.Path, "/collectInvestigationPackage") && req.Status != 429 {
 			times = append(times, req.Time)
 		}
 	}
@@ -653,6 +685,14 @@ func (b *bench) storm(alerts, machinesN int, observe time.Duration) {
 		}
 	}
 	_, peak = rss(r.cmd.Process.Pid)
+	summarise(r.db)
+	if profileDir != "" {
+		if resp, err := http.Get(r.admin + "/debug/pprof/goroutine?debug=1"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_ = os.WriteFile(filepath.Join(profileDir, "storm-goroutines.txt"), b, 0o644)
+		}
+	}
 	if len(times) > 1 {
 		span := times[len(times)-1].Sub(times[0])
 		// Full minutes of backlog observed: calls made in them / quota.
