@@ -79,7 +79,7 @@ type WindowLimiter struct {
 	// little later, and MDE's clock is not ours, so windows exactly 60 s
 	// apart here may overlap there.
 	slack time.Duration
-	clock              Clock
+	clock Clock
 
 	mu sync.Mutex
 	// log holds admitted and reserved call times in ascending order, none
