@@ -62,14 +62,21 @@ func (p *Pipeline) send(ctx context.Context, e *Entry) (defender.MachineAction, 
 // inline by the evaluator (quota spent, a transient failure, a crash).
 func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) error {
 	p := w.p
-	e, err := p.store.Entry(ctx, job.Args.AuditID)
-	if errors.Is(err, ErrNoEntry) {
-		return river.JobCancel(err)
-	}
+	e, err := p.jobEntry(ctx, job.Args.AuditID)
 	if err != nil {
 		return err
 	}
 	return p.collect(ctx, e, job.Attempt, job.MaxAttempts, p.cfg.QuotaWait)
+}
+
+// jobEntry loads the audit entry a job works on; a job whose entry does not
+// exist can never succeed and is cancelled.
+func (p *Pipeline) jobEntry(ctx context.Context, id int64) (*Entry, error) {
+	e, err := p.store.Entry(ctx, id)
+	if errors.Is(err, ErrNoEntry) {
+		return nil, river.JobCancel(err)
+	}
+	return e, err
 }
 
 // collectMaxAttempts is the attempt budget of a collection.
@@ -365,10 +372,7 @@ type trackWorker struct {
 // the action is live, and records its end.
 func (w *trackWorker) Work(ctx context.Context, job *river.Job[trackArgs]) error {
 	p := w.p
-	e, err := p.store.Entry(ctx, job.Args.AuditID)
-	if errors.Is(err, ErrNoEntry) {
-		return river.JobCancel(err)
-	}
+	e, err := p.jobEntry(ctx, job.Args.AuditID)
 	if err != nil {
 		return err
 	}
@@ -475,10 +479,7 @@ func (w *downloadWorker) Timeout(*river.Job[downloadArgs]) time.Duration { retur
 // 2/min quota; 404 until ready), download at once, record size and sha256.
 func (w *downloadWorker) Work(ctx context.Context, job *river.Job[downloadArgs]) error {
 	p := w.p
-	e, err := p.store.Entry(ctx, job.Args.AuditID)
-	if errors.Is(err, ErrNoEntry) {
-		return river.JobCancel(err)
-	}
+	e, err := p.jobEntry(ctx, job.Args.AuditID)
 	if err != nil {
 		return err
 	}

@@ -184,11 +184,11 @@ func redactDSN(err error, dsn string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), dsn, "<dsn>"))
 }
 
-// migration is one schema step of the responder's own tables.
+// migration is one schema step of the responder's own tables, written in
+// the SQL both drivers share (see forDriver).
 type migration struct {
 	version int
-	sqlite  string
-	pg      string
+	sql     string
 }
 
 // migrations are applied in order, each once (responder_schema records the
@@ -196,7 +196,7 @@ type migration struct {
 // window arithmetic is the same SQL everywhere.
 var migrations = []migration{{
 	version: 1,
-	sqlite: `
+	sql: `
 CREATE TABLE responder_alert (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   dedup_key TEXT NOT NULL UNIQUE,
@@ -209,65 +209,6 @@ CREATE TABLE responder_alert (
 );
 CREATE TABLE responder_audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
-  alert_row_id BIGINT NOT NULL UNIQUE,
-  created_at BIGINT NOT NULL,
-  updated_at BIGINT NOT NULL,
-  source TEXT NOT NULL,
-  alert_id TEXT NOT NULL,
-  machine_id TEXT NOT NULL DEFAULT '',
-  machine_name TEXT NOT NULL DEFAULT '',
-  rule TEXT NOT NULL DEFAULT '',
-  action TEXT NOT NULL DEFAULT '',
-  decision TEXT NOT NULL,
-  reason TEXT NOT NULL DEFAULT '',
-  comment TEXT NOT NULL DEFAULT '',
-  dry_run INTEGER NOT NULL DEFAULT 0,
-  state TEXT NOT NULL DEFAULT 'done',
-  posted_at BIGINT NOT NULL DEFAULT 0,
-  outcome TEXT NOT NULL DEFAULT '',
-  action_id TEXT NOT NULL DEFAULT '',
-  action_status TEXT NOT NULL DEFAULT '',
-  action_created_at BIGINT NOT NULL DEFAULT 0,
-  finished_at BIGINT NOT NULL DEFAULT 0,
-  package_path TEXT NOT NULL DEFAULT '',
-  package_sha256 TEXT NOT NULL DEFAULT '',
-  package_size BIGINT NOT NULL DEFAULT 0,
-  error TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX responder_audit_machine ON responder_audit (machine_id, created_at);
-CREATE INDEX responder_audit_decision ON responder_audit (decision, created_at);
-CREATE TABLE responder_cooldown (
-  machine_id TEXT NOT NULL,
-  action TEXT NOT NULL,
-  last_at BIGINT NOT NULL,
-  audit_id BIGINT NOT NULL,
-  PRIMARY KEY (machine_id, action)
-);
-CREATE TABLE responder_setting (
-  name TEXT PRIMARY KEY,
-  value TEXT NOT NULL,
-  updated_at BIGINT NOT NULL
-);
-CREATE TABLE responder_quota (
-  grp TEXT NOT NULL,
-  at_ms BIGINT NOT NULL
-);
-CREATE INDEX responder_quota_grp_at ON responder_quota (grp, at_ms);
-INSERT INTO responder_setting (name, value, updated_at) VALUES ('paused', 'false', 0), ('claim_lock', '', 0);
-`,
-	pg: `
-CREATE TABLE responder_alert (
-  id BIGSERIAL PRIMARY KEY,
-  dedup_key TEXT NOT NULL UNIQUE,
-  source TEXT NOT NULL,
-  alert_id TEXT NOT NULL,
-  machine_id TEXT NOT NULL DEFAULT '',
-  machine_name TEXT NOT NULL DEFAULT '',
-  payload TEXT NOT NULL,
-  received_at BIGINT NOT NULL
-);
-CREATE TABLE responder_audit (
-  id BIGSERIAL PRIMARY KEY,
   alert_row_id BIGINT NOT NULL UNIQUE,
   created_at BIGINT NOT NULL,
   updated_at BIGINT NOT NULL,
@@ -318,15 +259,20 @@ INSERT INTO responder_setting (name, value, updated_at) VALUES ('paused', 'false
 	// Intake commits alert rows only; a dispatcher turns them into queue
 	// jobs in large batches (an outbox), off the webhook's critical path.
 	version: 2,
-	sqlite: `
-ALTER TABLE responder_alert ADD COLUMN dispatched INTEGER NOT NULL DEFAULT 1;
-CREATE INDEX responder_alert_undispatched ON responder_alert (id) WHERE dispatched = 0;
-`,
-	pg: `
+	sql: `
 ALTER TABLE responder_alert ADD COLUMN dispatched INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX responder_alert_undispatched ON responder_alert (id) WHERE dispatched = 0;
 `,
 }}
+
+// forDriver adapts a migration written for SQLite to the driver: the only
+// difference the schema needs is the type of generated keys.
+func forDriver(stmts, driver string) string {
+	if driver == DriverPostgres {
+		return strings.ReplaceAll(stmts, "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+	}
+	return stmts
+}
 
 // migrate runs River's migrations, then the responder's.
 func (s *Store) migrate(ctx context.Context) error {
@@ -361,10 +307,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		if m.version <= current {
 			continue
 		}
-		stmts := m.sqlite
-		if s.Driver == DriverPostgres {
-			stmts = m.pg
-		}
+		stmts := forDriver(m.sql, s.Driver)
 		tx, err := s.DB.BeginTx(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("migrating to version %d: %w", m.version, err)
