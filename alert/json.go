@@ -243,11 +243,34 @@ func decodeString(raw json.RawMessage, path string) (string, error) {
 	if kindOf(raw) != "string" {
 		return "", typeError(path, "string", raw)
 	}
+	if s, ok := plainString(raw); ok {
+		return s, nil
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return "", jsonError(path, err)
 	}
 	return s, nil
+}
+
+// plainString returns the text of a JSON string literal that has no escape,
+// no control character and valid UTF-8 — nearly every string of an alert —
+// without encoding/json's reflection; json.Unmarshal would return the same.
+func plainString(raw json.RawMessage) (string, bool) {
+	raw = trimJSONSpace(raw)
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	inner := raw[1 : len(raw)-1]
+	for _, c := range inner {
+		if c < 0x20 || c == '\\' || c == '"' {
+			return "", false
+		}
+	}
+	if !utf8.Valid(inner) {
+		return "", false
+	}
+	return string(inner), true
 }
 
 // strList returns the array of strings under key, nil when absent or empty.
