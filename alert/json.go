@@ -204,11 +204,124 @@ func decodeObject(raw json.RawMessage, path string) (object, error) {
 	if k := kindOf(raw); k != "object" {
 		return object{}, typeError(path, "object", raw)
 	}
+	if members, ok := splitObject(raw); ok {
+		return object{path: path, members: members}, nil
+	}
 	var members map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &members); err != nil {
 		return object{}, jsonError(path, err)
 	}
 	return object{path: path, members: members}, nil
+}
+
+// splitObject splits a JSON object into its members without a second
+// validation pass: every object the decoders meet comes from a body that
+// parseBody already validated. It gives up (false) on anything it does not
+// expect, and the caller then uses encoding/json, which also reports the
+// error; FuzzSplitObject checks that both agree whenever it does not.
+func splitObject(raw json.RawMessage) (map[string]json.RawMessage, bool) {
+	b := trimJSONSpace(raw)
+	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
+		return nil, false
+	}
+	members := make(map[string]json.RawMessage, 16)
+	i := skipSpace(b, 1)
+	if b[i] == '}' {
+		return members, i == len(b)-1
+	}
+	for {
+		end, ok := stringEnd(b, i)
+		if !ok {
+			return nil, false
+		}
+		key, ok := plainString(b[i:end])
+		if !ok {
+			if err := json.Unmarshal(b[i:end], &key); err != nil {
+				return nil, false
+			}
+		}
+		i = skipSpace(b, end)
+		if i >= len(b) || b[i] != ':' {
+			return nil, false
+		}
+		i = skipSpace(b, i+1)
+		vend, ok := valueEnd(b, i)
+		if !ok {
+			return nil, false
+		}
+		members[key] = json.RawMessage(b[i:vend])
+		i = skipSpace(b, vend)
+		if i >= len(b) {
+			return nil, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case '}':
+			return members, i == len(b)-1
+		default:
+			return nil, false
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index just past the JSON string starting at b[i].
+func stringEnd(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return 0, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, true
+		}
+	}
+	return 0, false
+}
+
+// valueEnd returns the index just past the JSON value starting at b[i].
+func valueEnd(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return 0, false
+	}
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				end, ok := stringEnd(b, j)
+				if !ok {
+					return 0, false
+				}
+				j = end - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1, true
+				}
+			}
+		}
+		return 0, false
+	}
+	j := i
+	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+		j++
+	}
+	return j, j > i
 }
 
 // has reports whether the object has the key, even with a null value.

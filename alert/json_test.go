@@ -25,3 +25,37 @@ func FuzzPlainString(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSplitObject checks that splitting a valid JSON object gives exactly
+// the members encoding/json gives (keys unescaped, later duplicates winning,
+// values as their raw bytes).
+func FuzzSplitObject(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"da1","machineId":"1e5b","n":-12.5e3,"t":true,"x":null,"a":[1,{"b":"]}"}],"o":{"k":"v\"}"}}`,
+		`{}`, ` { "a" : 1 , "a" : 2 } `, `{"k\u00e9y":"v","k\\":"\\"}`, `{"":""}`, "{\"\xff\":1}",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if !json.Valid(raw) {
+			return // callers only pass validated JSON
+		}
+		var want map[string]json.RawMessage
+		wantErr := json.Unmarshal(raw, &want)
+		got, ok := splitObject(raw)
+		if !ok {
+			return
+		}
+		if wantErr != nil {
+			t.Fatalf("splitObject took %q, which encoding/json refuses: %v", raw, wantErr)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%q: %d members, encoding/json %d", raw, len(got), len(want))
+		}
+		for k, v := range want {
+			if string(got[k]) != string(v) {
+				t.Fatalf("%q: member %q = %s, encoding/json %s", raw, k, got[k], v)
+			}
+		}
+	})
+}
