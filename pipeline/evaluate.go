@@ -178,12 +178,7 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 		if p.api == nil {
 			return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
 		}
-		release, err := p.lookupSlot(ctx)
-		if err != nil {
-			return err
-		}
-		m, err := p.api.FindMachineByName(ctx, a.MachineName)
-		release()
+		note, err := p.resolveName(ctx, a)
 		if err != nil {
 			if outcomeOf(err) == defender.OutcomeMachineNotFound {
 				return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
@@ -194,9 +189,7 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 			}
 			return err
 		}
-		a.MachineID = strings.ToLower(m.ID)
-		p.machines.put(toMachine(m))
-		notes = append(notes, fmt.Sprintf("machine name %q resolved to %s", a.MachineName, a.MachineID))
+		notes = append(notes, note)
 	}
 
 	set := p.rules.Current()
@@ -509,6 +502,24 @@ func (p *Pipeline) machine(ctx context.Context, id string) (*alert.Machine, erro
 	m := toMachine(dm)
 	p.machines.put(m)
 	return &m, nil
+}
+
+// resolveName sets a.MachineID from a.MachineName through Defender (several
+// matches: the most recently seen active machine), within a lookup slot, and
+// caches the machine's attributes. It returns a note for the decision.
+func (p *Pipeline) resolveName(ctx context.Context, a *alert.Alert) (string, error) {
+	release, err := p.lookupSlot(ctx)
+	if err != nil {
+		return "", err
+	}
+	m, err := p.api.FindMachineByName(ctx, a.MachineName)
+	release()
+	if err != nil {
+		return "", err
+	}
+	a.MachineID = strings.ToLower(m.ID)
+	p.machines.put(toMachine(m))
+	return fmt.Sprintf("machine name %q resolved to %s", a.MachineName, a.MachineID), nil
 }
 
 // lookupSlot waits for one of the maxLookups machine-read slots.

@@ -68,15 +68,14 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 				out.Decisions = append(out.Decisions, ex)
 				continue
 			}
-			m, err := p.api.FindMachineByName(ctx, a.MachineName)
+			note, err := p.resolveName(ctx, &a)
 			if err != nil {
 				ex.Decision, ex.Reason = DecisionNoMatch, fmt.Sprintf("machine name %q not resolved: %v", a.MachineName, err)
 				out.Decisions = append(out.Decisions, ex)
 				continue
 			}
-			a.MachineID = strings.ToLower(m.ID)
 			ex.MachineID = a.MachineID
-			notes = append(notes, fmt.Sprintf("machine name %q resolved to %s", a.MachineName, a.MachineID))
+			notes = append(notes, note)
 		}
 		machine := &alert.Machine{ID: a.MachineID, Name: a.MachineName}
 		if set.NeedsMachine() && p.api != nil {
