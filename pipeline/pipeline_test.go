@@ -612,7 +612,8 @@ func TestPostgresReplicasShareWork(t *testing.T) {
 	var replicas []*testEnv
 	for i := 0; i < 3; i++ {
 		replicas = append(replicas, setup(t, envOpts{driver: DriverPostgres, dsn: dsn, sim: sim,
-			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000}}))
+			// Slow polling keeps the simulator's 100 calls/min quota for the POSTs.
+			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000, PollInterval: 10 * time.Second}}))
 	}
 	// Each replica gets the same alerts concurrently: two alerts per machine.
 	var alerts []alert.Alert
@@ -675,15 +676,25 @@ func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
 	var replicas []*testEnv
 	for i := 0; i < 3; i++ {
 		env := setup(t, envOpts{driver: DriverPostgres, dsn: dsn, sim: sim, noStart: true,
-			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000, QuotaWait: 200 * time.Millisecond}})
+			// Slow polling: the simulator's own 100 calls/min quota counts the
+			// polls too, and fast polls of the first actions could spend it
+			// before the later POSTs on a slow machine.
+			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000, QuotaWait: 200 * time.Millisecond, PollInterval: 10 * time.Second}})
 		env.p.quota = NewSharedLimiter(env.store, "actions", quota, 1500)
 		env.start()
 		replicas = append(replicas, env)
 	}
+	t.Cleanup(func() { dumpOnFailure(t, sim, replicas[0]) })
 	for i := range ms {
 		replicas[i%3].submit(mdeAlert(fmt.Sprintf("q-%d", i), ms[i].ID, "high"))
 	}
-	waitFor(t, "the quota spent", 30*time.Second, func() bool { return len(posts(sim, "collectInvestigationPackage")) == quota })
+	waitFor(t, "the quota spent", 30*time.Second, func() bool {
+		n := len(posts(sim, "collectInvestigationPackage"))
+		if n > quota {
+			t.Fatalf("%d POSTs, quota %d", n, quota)
+		}
+		return n == quota
+	})
 	// The others wait in the queue, snoozed; none is sent within the minute
 	// and none is dropped.
 	waitFor(t, "every alert decided", 30*time.Second, func() bool { return len(replicas[0].entries()) == machines })
@@ -700,4 +711,36 @@ func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
 	if queued != machines-quota {
 		t.Fatalf("%d collections waiting, want %d", queued, machines-quota)
 	}
+}
+
+// dumpOnFailure logs what the simulator received, the audit trail, the
+// shared quota log and the queue, so a failure on CI can be read.
+func dumpOnFailure(t *testing.T, sim *defendertest.Simulator, e *testEnv) {
+	if !t.Failed() {
+		return
+	}
+	for _, r := range sim.Requests() {
+		t.Logf("simulator: %s %s %d", r.Method, r.Path, r.Status)
+	}
+	for _, en := range e.entries() {
+		t.Logf("entry %d: alert %s decision %s state %s outcome %s", en.ID, en.AlertID, en.Decision, en.State, en.Outcome)
+	}
+	dump := func(what, query string) {
+		rows, err := e.store.DB.Query(query)
+		if err != nil {
+			t.Logf("%s: %v", what, err)
+			return
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				t.Logf("%s: %v", what, err)
+				return
+			}
+			t.Logf("%s: %s", what, line)
+		}
+	}
+	dump("quota", `SELECT grp || ' ' || at_ms FROM responder_quota ORDER BY at_ms`)
+	dump("job", `SELECT id || ' ' || kind || ' ' || state || ' attempt ' || attempt || ' ' || args::text || ' ' || coalesce(errors::text, '') FROM river_job ORDER BY id`)
 }

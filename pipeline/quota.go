@@ -29,6 +29,9 @@ type SharedLimiter struct {
 // MDE a little later, on MDE's clock.
 const slackMS = 1000
 
+// quotaTxTimeout bounds one admission transaction.
+const quotaTxTimeout = 10 * time.Second
+
 // NewSharedLimiter returns the limiter of one API group.
 func NewSharedLimiter(store *Store, group string, perMinute, perHour int) *SharedLimiter {
 	return &SharedLimiter{store: store, group: group, perMinute: perMinute, perHour: perHour, now: time.Now}
@@ -38,7 +41,16 @@ func NewSharedLimiter(store *Store, group string, perMinute, perHour int) *Share
 func (l *SharedLimiter) Wait(ctx context.Context) (time.Duration, error) {
 	start := l.now()
 	for {
-		wait, err := l.try(ctx)
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		// The caller's deadline bounds the waiting, not the transaction: a
+		// deadline that fell during COMMIT would leave it unknown whether
+		// the call was recorded, and a recorded call that is not made
+		// wastes a slot of the quota for a minute.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), quotaTxTimeout)
+		wait, err := l.try(tctx)
+		cancel()
 		if err != nil {
 			return 0, err
 		}
