@@ -102,7 +102,7 @@ func startResponder(t *testing.T, env []string, args ...string) *proc {
 	case <-time.After(30 * time.Second):
 		t.Fatal("responder did not start within 30s")
 	}
-	// The listeners are logged just after "responder starting".
+	// The listeners are logged before "responder starting".
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		p.mu.Lock()

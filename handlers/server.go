@@ -156,6 +156,15 @@ func (s *Server) Listen() error {
 		}
 		s.listeners = append(s.listeners, ln)
 	}
+	// Logged once every socket is bound (connections queue until Serve),
+	// so that whoever waits for the next log line knows every address.
+	scheme := "http"
+	if s.tls != nil {
+		scheme = "https"
+	}
+	for i, ln := range s.listeners {
+		s.opts.Logger.Info("listening", zap.String("listener", s.names[i]), zap.String("addr", ln.Addr().String()), zap.String("scheme", scheme))
+	}
 	return nil
 }
 
@@ -192,11 +201,6 @@ func (s *Server) Serve(ctx context.Context) error {
 		if s.tls != nil {
 			ln = tls.NewListener(ln, s.tls)
 		}
-		scheme := "http"
-		if s.tls != nil {
-			scheme = "https"
-		}
-		s.opts.Logger.Info("listening", zap.String("listener", s.names[i]), zap.String("addr", s.listeners[i].Addr().String()), zap.String("scheme", scheme))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
