@@ -18,7 +18,16 @@ const dispatchBatch = 1000
 const dispatchFallback = time.Second
 
 // dispatchGather is how long the dispatcher lets commits gather once woken.
-const dispatchGather = 5 * time.Millisecond
+// Under a burst (the last dispatch took dispatchBusyRows or more) it waits
+// longer: a dispatch costs about the same for 10 rows as for 100 (the
+// queue's insert statement is parsed anew each time), its transaction holds
+// SQLite's one connection while webhooks wait to commit, and during a burst
+// no alert's evaluation hinges on 20 ms.
+const (
+	dispatchGather     = 5 * time.Millisecond
+	dispatchGatherBusy = 25 * time.Millisecond
+	dispatchBusyRows   = 20
+)
 
 // wakeDispatcher tells the dispatcher that alert rows were committed.
 func (p *Pipeline) wakeDispatcher() {
@@ -36,6 +45,7 @@ func (p *Pipeline) wakeDispatcher() {
 func (p *Pipeline) dispatcher(ctx context.Context) {
 	t := time.NewTicker(dispatchFallback)
 	defer t.Stop()
+	gather := dispatchGather
 	for {
 		for {
 			n, err := p.dispatchOnce(ctx)
@@ -44,6 +54,10 @@ func (p *Pipeline) dispatcher(ctx context.Context) {
 					p.log.Warn("dispatching alerts to the queue failed; will retry", zap.Error(err))
 				}
 				break
+			}
+			gather = dispatchGather
+			if n >= dispatchBusyRows {
+				gather = dispatchGatherBusy
 			}
 			if n < dispatchBatch {
 				break
@@ -59,7 +73,7 @@ func (p *Pipeline) dispatcher(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(dispatchGather):
+			case <-time.After(gather):
 			}
 		case <-t.C:
 		}
@@ -77,7 +91,7 @@ SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d) RETURN
 SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING id`
 	}
 	var ids []int64
-	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
+	err := p.store.redoableTx(ctx, func(tx *sql.Tx) error {
 		ids = ids[:0]
 		rows, err := tx.QueryContext(ctx, fmt.Sprintf(q, dispatchBatch))
 		if err != nil {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -45,8 +47,14 @@ const maxLookups = 8
 // maxEvaluateBatch bounds the alerts of one evaluate job.
 const maxEvaluateBatch = 100
 
-// evaluateParallel is how many alerts of a job are decided at once.
+// evaluateParallel is how many collections of a job are sent at once.
 const evaluateParallel = 8
+
+// evaluateJobs is how many evaluate jobs run at once. Within a job every
+// alert is prepared at once, so more jobs add little, and jobs that wait for
+// the machine-read quota together end together: the queue records their
+// snoozes one statement each, holding the store while webhooks wait.
+const evaluateJobs = 4
 
 // evaluateBudget bounds one evaluate job's work; alerts left undecided when
 // it runs out (the machine-read quota is spent) wait in the queue.
@@ -57,49 +65,124 @@ type evaluateWorker struct {
 	p *Pipeline
 }
 
+// evaluatorStoreUsers bounds the evaluator's statements in flight. SQLite
+// has one connection, and database/sql hands a freed connection to a random
+// waiter: were every evaluating goroutine to queue for it, a webhook's group
+// commit would wait behind them all. PostgreSQL has a pool to share.
+func evaluatorStoreUsers(driver string) int {
+	if driver == DriverPostgres {
+		return 4
+	}
+	return 1
+}
+
+// storeTurn waits for the evaluator's turn at the store.
+func (p *Pipeline) storeTurn(ctx context.Context) (func(), error) {
+	select {
+	case p.evalGate <- struct{}{}:
+		return func() { <-p.evalGate }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // errBudget marks an alert left for later because the job's time ran out.
 var errBudget = errors.New("evaluation budget spent")
 
 // Work decides the alerts of the job that have no decision yet. Each alert
 // is decided on its own (an alert that is decided stays decided), so a retry
 // only redoes the rest.
+//
+// Alerts are prepared in parallel (machine look-ups, rules) and the ready
+// ones recorded together, in one transaction per group: under load one
+// commit records many decisions, while a lone alert is recorded as soon as
+// it is ready. Collections start right after their decision is committed.
 func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs]) error {
 	p := w.p
 	todo, err := p.undecided(ctx, job.Args.AlertRowIDs)
 	if err != nil {
 		return err
 	}
-	budget, cancel := context.WithTimeout(ctx, evaluateBudget)
+	// Jobs fetched together must not all give up together: each one's
+	// snooze is a statement in one completion transaction.
+	budget, cancel := context.WithTimeout(ctx, evaluateBudget-time.Duration(rand.Int64N(int64(evaluateBudget/4))))
 	defer cancel()
 	errs := make([]error, len(todo))
-	sem := make(chan struct{}, evaluateParallel)
-	var wg sync.WaitGroup
-	for i, id := range todo {
-		wg.Add(1)
-		sem <- struct{}{}
+	ready := make(chan preparedAlert, len(todo))
+	sem := make(chan struct{}, evaluateParallel) // collections in flight
+	var prepared, collects sync.WaitGroup
+	for i, rowID := range todo {
+		prepared.Add(1)
 		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+			defer prepared.Done()
+			item := preparedAlert{index: i, rowID: rowID}
 			defer func() {
 				// River recovers a panicking job, but not its goroutines:
 				// one bad alert must not take the process down.
 				if r := recover(); r != nil {
-					p.log.Error("panic evaluating an alert", zap.Int64("alert_row_id", id), zap.Any("panic", r), zap.Stack("stack"))
-					errs[i] = fmt.Errorf("panic evaluating alert row %d: %v", id, r)
+					p.log.Error("panic evaluating an alert", zap.Int64("alert_row_id", rowID), zap.Any("panic", r), zap.Stack("stack"))
+					item.err = fmt.Errorf("panic evaluating alert row %d: %v", rowID, r)
 				}
+				ready <- item
 			}()
-			if budget.Err() != nil {
-				errs[i] = errBudget
-				return
+			// No per-job bound here: the store (storeTurn) and machine
+			// reads (lookupSlot) have their own, and an alert waiting for
+			// a machine read must not hold up one whose machine is known.
+			item.alert, item.err = p.loadAlert(budget, rowID)
+			if item.err == nil {
+				item.decision, item.notes, item.err = p.prepare(budget, job.JobRow, item.alert)
 			}
-			err := p.evaluateOne(budget, job.JobRow, id)
-			if err != nil && budget.Err() != nil && ctx.Err() == nil {
-				err = errBudget
+			if item.err != nil && budget.Err() != nil && ctx.Err() == nil {
+				item.err = errBudget
 			}
-			errs[i] = err
 		}()
 	}
-	wg.Wait()
+	for received := 0; received < len(todo); {
+		group := []preparedAlert{<-ready}
+		for more := true; more; {
+			select {
+			case item := <-ready:
+				group = append(group, item)
+			default:
+				more = false
+			}
+		}
+		received += len(group)
+		var batch []decideItem
+		var indexes []int
+		for _, item := range group {
+			if item.err != nil {
+				errs[item.index] = item.err
+				continue
+			}
+			batch = append(batch, decideItem{rowID: item.rowID, alert: item.alert, decision: item.decision, notes: item.notes})
+			indexes = append(indexes, item.index)
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		entries, err := p.decideBatch(ctx, batch)
+		if err != nil {
+			for _, i := range indexes {
+				errs[i] = err
+			}
+			continue
+		}
+		for _, e := range entries {
+			if e == nil || e.Decision != DecisionCollect {
+				continue
+			}
+			collects.Add(1)
+			go func() {
+				defer collects.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				p.collectInline(ctx, e)
+			}()
+		}
+	}
+	prepared.Wait()
+	collects.Wait()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -126,11 +209,26 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 	return nil
 }
 
+// preparedAlert is the outcome of preparing one alert of a job.
+type preparedAlert struct {
+	index    int
+	rowID    int64
+	alert    *alert.Alert
+	decision rules.Decision
+	notes    []string
+	err      error // left undecided
+}
+
 // undecided returns the ids among rowIDs that have no audit entry yet.
 func (p *Pipeline) undecided(ctx context.Context, rowIDs []int64) ([]int64, error) {
 	if len(rowIDs) == 0 {
 		return nil, nil
 	}
+	release, err := p.storeTurn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	args := make([]any, len(rowIDs))
 	marks := make([]string, len(rowIDs))
 	for i, id := range rowIDs {
@@ -162,32 +260,53 @@ func (p *Pipeline) undecided(ctx context.Context, rowIDs []int64) ([]int64, erro
 	return out, nil
 }
 
-// evaluateOne decides one stored alert: resolve the machine, read its
-// attributes when a rule needs them, evaluate the rules, and record the
-// decision. It returns an error only when the alert is left undecided.
-func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID int64) error {
-	a, err := p.loadAlert(ctx, rowID)
+// loadAlert reads one stored alert. Each preparing goroutine reads its own
+// when it starts: a job whose alerts wait for the machine-read quota then
+// reads only those it gets to, and jobs starting together do not hold the
+// store for long reads while webhooks wait to commit.
+func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, error) {
+	done, err := p.storeTurn(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var payload string
+	err = p.store.DB.QueryRowContext(ctx, `SELECT payload FROM responder_alert WHERE id = $1`, rowID).Scan(&payload)
+	done()
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("alert row %d does not exist", rowID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading alert %d: %w", rowID, err)
+	}
+	var a alert.Alert
+	if err := json.Unmarshal([]byte(payload), &a); err != nil {
+		return nil, fmt.Errorf("decoding stored alert %d: %w", rowID, err)
+	}
+	return &a, nil
+}
+
+// prepare readies the decision of one stored alert: resolve the machine,
+// read its attributes when a rule needs them, and evaluate the rules. It
+// returns an error only when the alert must stay undecided for now.
+func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.Alert) (rules.Decision, []string, error) {
 	log := p.log.With(zap.String("source", string(a.Source)), zap.String("alert_id", a.ID))
 	attempt := job.Attempt
 
 	var notes []string
 	if a.MachineID == "" {
 		if p.api == nil {
-			return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil)
+			return rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil, nil
 		}
 		note, err := p.resolveName(ctx, a)
 		if err != nil {
 			if outcomeOf(err) == defender.OutcomeMachineNotFound {
-				return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil)
+				return rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil, nil
 			}
 			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", attempt), zap.Error(err))
 			if finalAttempt(job, err) {
-				return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil)
+				return rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil, nil
 			}
-			return err
+			return rules.Decision{}, nil, err
 		}
 		notes = append(notes, note)
 	}
@@ -210,9 +329,9 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 				if finalAttempt(job, err) {
 					// Fail safe: rules that exclude machines by their
 					// attributes cannot be trusted on empty attributes.
-					return p.decideAndSettle(ctx, rowID, a, rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes)
+					return rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes, nil
 				}
-				return err
+				return rules.Decision{}, nil, err
 			}
 		}
 	}
@@ -224,90 +343,113 @@ func (p *Pipeline) evaluateOne(ctx context.Context, job *rivertype.JobRow, rowID
 		// A condition that fails at run time counts as not matching; say so.
 		log.Warn("rule evaluation error", zap.String("machine_id", a.MachineID), zap.String("rule", e.Rule), zap.Error(e.Err))
 	}
-	return p.decideAndSettle(ctx, rowID, a, d, notes)
+	return d, notes, nil
 }
 
-func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, error) {
-	var payload string
-	err := p.store.DB.QueryRowContext(ctx, `SELECT payload FROM responder_alert WHERE id = $1`, rowID).Scan(&payload)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("alert row %d does not exist", rowID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("loading alert %d: %w", rowID, err)
-	}
-	var a alert.Alert
-	if err := json.Unmarshal([]byte(payload), &a); err != nil {
-		return nil, fmt.Errorf("decoding stored alert %d: %w", rowID, err)
-	}
-	return &a, nil
+// decideItem is one alert with its rule decision, to be recorded.
+type decideItem struct {
+	rowID    int64
+	alert    *alert.Alert
+	decision rules.Decision
+	notes    []string
 }
 
-// decideAndSettle records the decision and finishes what it started: a
-// collection is sent at once, in this goroutine, rather than after a queue
-// round trip.
-func (p *Pipeline) decideAndSettle(ctx context.Context, rowID int64, a *alert.Alert, d rules.Decision, notes []string) error {
-	e, err := p.decide(ctx, rowID, a, d, notes)
-	if err != nil || e == nil {
-		return err
-	}
-	if e.Decision == DecisionCollect {
-		p.collectInline(ctx, e)
-	}
-	return nil
-}
-
-// decide records the decision for one alert row, applying cooldown, the kill
-// switch, the circuit breaker and dry run, all claimed in one transaction
-// (serialised across replicas), and enqueues the collection when due.
+// decide records the decision for one alert row (see decideBatch).
 func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d rules.Decision, notes []string) (*Entry, error) {
-	now := p.cfg.Now()
-	rec := &Entry{
-		Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
-		Rule: d.Rule, Action: string(d.Action), Reason: d.Reason, Comment: d.Comment, State: StateDone,
-	}
-	if len(notes) > 0 {
-		rec.Reason = strings.Join(append(notes, d.Reason), "; ")
-	}
-	base := *rec
-	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
-		rec = &Entry{}
-		*rec = base // a retried attempt starts afresh
-		if err := p.store.lockClaims(ctx, tx); err != nil {
-			return err
-		}
-		var exists int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE alert_row_id = $1`, rowID).Scan(&exists); err != nil {
-			return fmt.Errorf("checking for an earlier decision: %w", err)
-		}
-		if exists > 0 {
-			rec = nil // decided by an earlier attempt
-			return nil
-		}
-		if err := p.classify(ctx, tx, rec, d, now); err != nil {
-			return err
-		}
-		id, err := insertEntry(ctx, tx, rowID, rec, now)
-		if err != nil {
-			return err
-		}
-		rec.ID = id
-		if rec.Decision == DecisionCollect || rec.Decision == DecisionDryRun {
-			key := cooldownKey(d.Action, rec.Decision == DecisionDryRun)
-			if _, err := tx.ExecContext(ctx, `INSERT INTO responder_cooldown (machine_id, action, last_at, audit_id) VALUES ($1, $2, $3, $4)
-ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit_id = excluded.audit_id`,
-				rec.MachineID, key, ms(now), id); err != nil {
-				return fmt.Errorf("claiming the cooldown: %w", err)
-			}
-		}
-		return nil
-	})
+	entries, err := p.decideBatch(ctx, []decideItem{{rowID: rowID, alert: a, decision: d, notes: notes}})
 	if err != nil {
 		return nil, err
 	}
-	if rec == nil {
-		return nil, nil
+	return entries[0], nil
+}
+
+// decideBatch records the decisions of several alert rows in one
+// transaction (serialised across replicas), applying cooldown, the kill
+// switch, the circuit breaker and dry run in order, so that each decision
+// sees the ones before it. An entry is nil where the row was decided
+// earlier. A collect entry is left queued for the caller to send.
+func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*Entry, error) {
+	done, err := p.storeTurn(ctx)
+	if err != nil {
+		return nil, err
 	}
+	now := p.cfg.Now()
+	var entries []*Entry
+	err = p.store.retryTx(ctx, func(tx *sql.Tx) error {
+		entries = make([]*Entry, len(items)) // a retried attempt starts afresh
+		if err := p.store.lockClaims(ctx, tx); err != nil {
+			return err
+		}
+		done, err := decidedAmong(ctx, tx, items)
+		if err != nil {
+			return err
+		}
+		c := &claims{p: p, tx: tx, now: now}
+		defer c.close()
+		for i, it := range items {
+			if done[it.rowID] {
+				continue // decided by an earlier attempt
+			}
+			a, d := it.alert, it.decision
+			rec := &Entry{
+				Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
+				Rule: d.Rule, Action: string(d.Action), Reason: d.Reason, Comment: d.Comment, State: StateDone,
+			}
+			if len(it.notes) > 0 {
+				rec.Reason = strings.Join(append(slices.Clip(it.notes), d.Reason), "; ")
+			}
+			if err := c.classify(ctx, rec, d); err != nil {
+				return err
+			}
+			if err := c.record(ctx, it.rowID, rec, d.Action); err != nil {
+				return err
+			}
+			done[it.rowID] = true
+			entries[i] = rec
+		}
+		return nil
+	})
+	done()
+	if err != nil {
+		return nil, err
+	}
+	for _, rec := range entries {
+		if rec != nil {
+			p.reportDecision(rec)
+		}
+	}
+	return entries, nil
+}
+
+// decidedAmong returns the rows among items that have a decision already.
+func decidedAmong(ctx context.Context, tx *sql.Tx, items []decideItem) (map[int64]bool, error) {
+	args := make([]any, len(items))
+	marks := make([]string, len(items))
+	for i, it := range items {
+		args[i] = it.rowID
+		marks[i] = fmt.Sprintf("$%d", i+1)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT alert_row_id FROM responder_audit WHERE alert_row_id IN (`+strings.Join(marks, ", ")+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("checking for earlier decisions: %w", err)
+	}
+	defer rows.Close()
+	done := make(map[int64]bool, len(items))
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("checking for earlier decisions: %w", err)
+		}
+		done[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("checking for earlier decisions: %w", err)
+	}
+	return done, nil
+}
+
+// reportDecision counts and logs a committed decision.
+func (p *Pipeline) reportDecision(rec *Entry) {
 	label := rec.Rule
 	if label == "" {
 		label = metrics.NoRule
@@ -327,11 +469,47 @@ ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit
 	default:
 		p.log.Info("decision", fields...)
 	}
-	return rec, nil
+}
+
+// claims is the state one decision transaction reads once and then keeps
+// up to date as it records decisions: the kill switch, the safety windows,
+// and the statements it runs per alert, prepared once.
+type claims struct {
+	p   *Pipeline
+	tx  *sql.Tx
+	now time.Time
+
+	paused *bool
+
+	windowRead bool
+	lastHour   int             // collections in the last hour
+	machines   map[string]bool // machines collected in the last 10 minutes
+
+	readCooldown, writeCooldown, insert *sql.Stmt
+}
+
+func (c *claims) close() {
+	for _, st := range []*sql.Stmt{c.readCooldown, c.writeCooldown, c.insert} {
+		if st != nil {
+			_ = st.Close()
+		}
+	}
+}
+
+func (c *claims) stmt(ctx context.Context, st **sql.Stmt, query string) (*sql.Stmt, error) {
+	if *st == nil {
+		prepared, err := c.tx.PrepareContext(ctx, query)
+		if err != nil {
+			return nil, err
+		}
+		*st = prepared
+	}
+	return *st, nil
 }
 
 // classify turns a rule decision into the recorded decision.
-func (p *Pipeline) classify(ctx context.Context, tx *sql.Tx, rec *Entry, d rules.Decision, now time.Time) error {
+func (c *claims) classify(ctx context.Context, rec *Entry, d rules.Decision) error {
+	p := c.p
 	switch {
 	case !d.Matched:
 		rec.Decision = DecisionNoMatch
@@ -346,31 +524,37 @@ func (p *Pipeline) classify(ctx context.Context, tx *sql.Tx, rec *Entry, d rules
 	dry := p.cfg.DryRun || d.DryRun
 	rec.DryRun = dry
 
+	st, err := c.stmt(ctx, &c.readCooldown, `SELECT last_at, audit_id FROM responder_cooldown WHERE machine_id = $1 AND action = $2`)
+	if err != nil {
+		return fmt.Errorf("reading the cooldown: %w", err)
+	}
 	var lastAt, lastAudit int64
-	err := tx.QueryRowContext(ctx, `SELECT last_at, audit_id FROM responder_cooldown WHERE machine_id = $1 AND action = $2`,
-		rec.MachineID, cooldownKey(d.Action, dry)).Scan(&lastAt, &lastAudit)
+	err = st.QueryRowContext(ctx, rec.MachineID, cooldownKey(d.Action, dry)).Scan(&lastAt, &lastAudit)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("reading the cooldown: %w", err)
 	}
-	if err == nil && d.Cooldown > 0 && fromMS(lastAt).After(now.Add(-d.Cooldown)) {
+	if err == nil && d.Cooldown > 0 && fromMS(lastAt).After(c.now.Add(-d.Cooldown)) {
 		rec.Decision = DecisionCooldown
 		rec.Reason = fmt.Sprintf("rule %q matched, but the machine had a %s decision at %s (audit #%d), within the cooldown of %s",
 			d.Rule, d.Action, fromMS(lastAt).Format(time.RFC3339), lastAudit, d.Cooldown)
 		return nil
 	}
-	paused := p.cfg.Paused
-	if !paused {
-		if paused, err = pausedIn(ctx, tx); err != nil {
-			return err
+	if c.paused == nil {
+		paused := p.cfg.Paused
+		if !paused {
+			if paused, err = pausedIn(ctx, c.tx); err != nil {
+				return err
+			}
 		}
+		c.paused = &paused
 	}
-	if paused {
+	if *c.paused {
 		rec.Decision = DecisionPaused
 		rec.Reason = fmt.Sprintf("rule %q matched, but responder is paused (kill switch)", d.Rule)
 		return nil
 	}
 	if !dry {
-		open, why, err := p.circuitCheck(ctx, tx, rec.MachineID, now)
+		open, why, err := c.circuit(ctx, rec.MachineID)
 		if err != nil {
 			return err
 		}
@@ -386,6 +570,80 @@ func (p *Pipeline) classify(ctx context.Context, tx *sql.Tx, rec *Entry, d rules
 	rec.Decision = DecisionDryRun
 	return nil
 }
+
+// circuit tells whether one more collection, for machineID, would pass a
+// safety limit (circuitCheck, with the windows read once per transaction).
+func (c *claims) circuit(ctx context.Context, machineID string) (bool, string, error) {
+	p := c.p
+	if !c.windowRead {
+		if err := c.tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
+			ms(c.now.Add(-time.Hour))).Scan(&c.lastHour); err != nil {
+			return false, "", fmt.Errorf("counting recent collections: %w", err)
+		}
+		rows, err := c.tx.QueryContext(ctx, `SELECT DISTINCT machine_id FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
+			ms(c.now.Add(-10*time.Minute)))
+		if err != nil {
+			return false, "", fmt.Errorf("counting recent machines: %w", err)
+		}
+		c.machines = map[string]bool{}
+		for rows.Next() {
+			var m string
+			if err := rows.Scan(&m); err != nil {
+				rows.Close()
+				return false, "", fmt.Errorf("counting recent machines: %w", err)
+			}
+			c.machines[m] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return false, "", fmt.Errorf("counting recent machines: %w", err)
+		}
+		c.windowRead = true
+	}
+	if c.lastHour >= p.cfg.MaxCollectionsPerHour {
+		return true, fmt.Sprintf("%d collections in the last hour reach safety.max_collections_per_hour (%d)", c.lastHour, p.cfg.MaxCollectionsPerHour), nil
+	}
+	if machineID != "" && !c.machines[machineID] && len(c.machines) >= p.cfg.MaxMachinesPer10m {
+		return true, fmt.Sprintf("%d distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (%d)", len(c.machines), p.cfg.MaxMachinesPer10m), nil
+	}
+	return false, "", nil
+}
+
+// record inserts the audit entry and claims the cooldown of a collection
+// (or of a dry run, apart).
+func (c *claims) record(ctx context.Context, rowID int64, rec *Entry, action rules.Action) error {
+	st, err := c.stmt(ctx, &c.insert, insertEntrySQL)
+	if err != nil {
+		return fmt.Errorf("recording the decision: %w", err)
+	}
+	dry := 0
+	if rec.DryRun {
+		dry = 1
+	}
+	if err := st.QueryRowContext(ctx, rowID, ms(c.now), rec.Source, rec.AlertID, rec.MachineID, rec.MachineName, rec.Rule, rec.Action,
+		rec.Decision, truncate(rec.Reason, 2000), rec.Comment, dry, rec.State).Scan(&rec.ID); err != nil {
+		return fmt.Errorf("recording the decision: %w", err)
+	}
+	if rec.Decision != DecisionCollect && rec.Decision != DecisionDryRun {
+		return nil
+	}
+	st, err = c.stmt(ctx, &c.writeCooldown, `INSERT INTO responder_cooldown (machine_id, action, last_at, audit_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit_id = excluded.audit_id`)
+	if err != nil {
+		return fmt.Errorf("claiming the cooldown: %w", err)
+	}
+	if _, err := st.ExecContext(ctx, rec.MachineID, cooldownKey(action, rec.DryRun), ms(c.now), rec.ID); err != nil {
+		return fmt.Errorf("claiming the cooldown: %w", err)
+	}
+	if rec.Decision == DecisionCollect && c.windowRead {
+		c.lastHour++
+		c.machines[rec.MachineID] = true
+	}
+	return nil
+}
+
+const insertEntrySQL = `INSERT INTO responder_audit (alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name,
+rule, action, decision, reason, comment, dry_run, state) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id`
 
 // circuitCheck tells whether one more collection, for machineID, would pass
 // a safety limit.
@@ -420,22 +678,6 @@ func cooldownKey(action rules.Action, dry bool) string {
 		return "dry_run:" + string(action)
 	}
 	return string(action)
-}
-
-func insertEntry(ctx context.Context, tx *sql.Tx, rowID int64, e *Entry, now time.Time) (int64, error) {
-	dry := 0
-	if e.DryRun {
-		dry = 1
-	}
-	var id int64
-	err := tx.QueryRowContext(ctx, `INSERT INTO responder_audit (alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name,
-rule, action, decision, reason, comment, dry_run, state) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id`,
-		rowID, ms(now), e.Source, e.AlertID, e.MachineID, e.MachineName, e.Rule, e.Action, e.Decision, truncate(e.Reason, 2000),
-		e.Comment, dry, e.State).Scan(&id)
-	if err != nil {
-		return 0, fmt.Errorf("recording the decision: %w", err)
-	}
-	return id, nil
 }
 
 // machineCache keeps machine attributes for a while (SPEC 6.2: TTL 10m).

@@ -96,7 +96,9 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 		if err != nil {
 			return nil, fmt.Errorf("evaluating: %w", err)
 		}
-		err = p.classify(ctx, tx, rec, d, p.cfg.Now())
+		c := &claims{p: p, tx: tx, now: p.cfg.Now()}
+		err = c.classify(ctx, rec, d)
+		c.close()
 		_ = tx.Rollback()
 		if err != nil {
 			return nil, err

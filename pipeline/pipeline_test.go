@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -743,4 +744,67 @@ func dumpOnFailure(t *testing.T, sim *defendertest.Simulator, e *testEnv) {
 	}
 	dump("quota", `SELECT grp || ' ' || at_ms FROM responder_quota ORDER BY at_ms`)
 	dump("job", `SELECT id || ' ' || kind || ' ' || state || ' attempt ' || attempt || ' ' || args::text || ' ' || coalesce(errors::text, '') FROM river_job ORDER BY id`)
+}
+
+// TestDecideBatchSeesEarlierDecisions records several decisions in one
+// transaction: each sees the ones before it (cooldown, circuit window), and
+// rows decided already are left alone.
+func TestDecideBatchSeesEarlierDecisions(t *testing.T) {
+	t.Parallel()
+	for _, driver := range []string{DriverSQLite, DriverPostgres} {
+		t.Run(driver, func(t *testing.T) {
+			t.Parallel()
+			o := envOpts{noStart: true, cfg: Config{MaxCollectionsPerHour: 100, MaxMachinesPer10m: 2}}
+			if driver == DriverPostgres {
+				o.driver, o.dsn = DriverPostgres, postgresDSN(t)
+			}
+			e := setup(t, o)
+			ctx := context.Background()
+			machine := func(i int) string { return fmt.Sprintf("%040x", 0xbadc0de0+i) }
+			// Two alerts for machine 0, then machines 1 and 2: the second
+			// alert is within machine 0's cooldown, machine 2 is a third
+			// distinct machine within 10 minutes.
+			alerts := []alert.Alert{
+				mdeAlert("b-0a", machine(0), "high"), mdeAlert("b-0b", machine(0), "high"),
+				mdeAlert("b-1", machine(1), "high"), mdeAlert("b-2", machine(2), "high"),
+			}
+			e.submit(alerts...)
+			items := make([]decideItem, len(alerts))
+			set := e.p.rules.Current()
+			for i := range alerts {
+				a := &alerts[i]
+				if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = $1`, a.ID).Scan(&items[i].rowID); err != nil {
+					t.Fatal(err)
+				}
+				items[i].alert, items[i].decision = a, set.Evaluate(a, &alert.Machine{ID: a.MachineID})
+			}
+			entries, err := e.p.decideBatch(ctx, items)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, en := range entries {
+				got = append(got, en.Decision)
+			}
+			if want := []string{DecisionCollect, DecisionCooldown, DecisionCollect, DecisionCircuitOpen}; !slices.Equal(got, want) {
+				t.Fatalf("decisions = %v, want %v", got, want)
+			}
+			if !strings.Contains(entries[3].Reason, "2 distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (2)") {
+				t.Fatalf("circuit reason = %q", entries[3].Reason)
+			}
+			// Deciding the same rows again (a retried job) changes nothing.
+			again, err := e.p.decideBatch(ctx, items)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, en := range again {
+				if en != nil {
+					t.Fatalf("row %d decided twice: %+v", i, en)
+				}
+			}
+			if n := len(e.entries()); n != len(alerts) {
+				t.Fatalf("%d audit entries, want %d", n, len(alerts))
+			}
+		})
+	}
 }

@@ -7,6 +7,7 @@ package pipeline
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net/url"
@@ -335,6 +336,47 @@ func (s *Store) migrate(ctx context.Context) error {
 // inTx runs fn in a transaction, committing on nil.
 func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.DB.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("beginning a transaction: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("committing: %w", err)
+	}
+	return nil
+}
+
+// redoableTx is retryTx for work that is redone when its commit is lost:
+// on SQLite the commit is not flushed to disk at once (synchronous=NORMAL
+// for this transaction only). It stays atomic, and it becomes durable with
+// the next flushed commit, since the WAL is replayed in order; a power loss
+// before that forgets the transaction as a whole. The dispatcher uses it:
+// rows it forgets are simply undispatched again, with no job enqueued.
+func (s *Store) redoableTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	if s.Driver != DriverSQLite {
+		return s.retryTx(ctx, fn)
+	}
+	conn, err := s.DB.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("taking the connection: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `PRAGMA synchronous=NORMAL`); err != nil {
+		return fmt.Errorf("relaxing synchronous: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(rctx, `PRAGMA synchronous=FULL`); err != nil {
+			// Never hand out a connection that does not flush commits:
+			// discard it (a new one starts from the DSN's pragmas).
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("beginning a transaction: %w", err)
 	}

@@ -470,7 +470,12 @@ func (b *bench) intake(d time.Duration, conns int, pgDSN string) {
 		wait()
 		fmt.Println(res)
 		fmt.Printf("%-34s %.1f%% of the reference's throughput\n", "", 100*res.rate()/ref.rate())
+		if st.driver == "sqlite" {
+			summarise(r.db)
+		}
+		waitOpen := profile(r.admin, "intake-open-"+st.driver, d-time.Second)
 		open := openLoop(st.name+" @1000/s", r.hook, 1000, d, p.next)
+		waitOpen()
 		fmt.Println(open)
 		_, peak := rss(r.cmd.Process.Pid)
 		fmt.Printf("%-34s peak RSS %.1f MiB\n", "", mib(peak))
