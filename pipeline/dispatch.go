@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -39,9 +40,8 @@ func (p *Pipeline) wakeDispatcher() {
 
 // dispatcher turns committed alert rows into evaluate jobs until ctx ends.
 // Intake commits only the rows, so the queue's insert cost is paid here in
-// large batches and not on each webhook's critical path; a row is marked
-// dispatched in the same transaction that inserts its job, so none is lost
-// or enqueued twice by a crash.
+// large batches and not on each webhook's critical path. A row is marked
+// dispatched only once its job is committed, so none is lost by a crash.
 func (p *Pipeline) dispatcher(ctx context.Context) {
 	t := time.NewTicker(dispatchFallback)
 	defer t.Stop()
@@ -83,43 +83,84 @@ func (p *Pipeline) dispatcher(ctx context.Context) {
 // dispatchOnce enqueues the evaluation of up to dispatchBatch undispatched
 // alert rows and returns how many it took.
 func (p *Pipeline) dispatchOnce(ctx context.Context) (int, error) {
-	q := `UPDATE responder_alert SET dispatched = 1 WHERE id IN (
-SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d) RETURNING id`
-	if p.store.Driver == DriverPostgres {
-		// Replicas dispatch side by side without taking the same rows.
-		q = `UPDATE responder_alert SET dispatched = 1 WHERE id IN (
-SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING id`
+	if p.store.Driver == DriverSQLite {
+		return p.dispatchSQLite(ctx)
 	}
+	// Replicas dispatch side by side without taking the same rows; a row is
+	// marked in the transaction that enqueues its job.
+	q := fmt.Sprintf(`UPDATE responder_alert SET dispatched = 1 WHERE id IN (
+SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING id`, dispatchBatch)
 	var ids []int64
-	err := p.store.redoableTx(ctx, func(tx *sql.Tx) error {
-		ids = ids[:0]
-		rows, err := tx.QueryContext(ctx, fmt.Sprintf(q, dispatchBatch))
-		if err != nil {
-			return fmt.Errorf("taking alerts to dispatch: %w", err)
-		}
-		for rows.Next() {
-			var id int64
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			ids = append(ids, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if ids, err = queryIDs(ctx, tx, q); err != nil || len(ids) == 0 {
 			return err
 		}
-		if len(ids) == 0 {
-			return nil
-		}
-		var jobs []river.InsertManyParams
-		for start := 0; start < len(ids); start += maxEvaluateBatch {
-			jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowIDs: ids[start:min(start+maxEvaluateBatch, len(ids))]}})
-		}
-		if _, err := p.client.InsertManyTx(ctx, tx, jobs); err != nil {
+		if _, err := p.client.InsertManyTx(ctx, tx, evaluateJobs(ids)); err != nil {
 			return fmt.Errorf("enqueueing evaluations: %w", err)
 		}
 		return nil
 	})
 	return len(ids), err
+}
+
+// dispatchSQLite enqueues the jobs first, in the queue's own transaction,
+// and marks the rows after. The queue then wakes its workers at once, which
+// it does not for jobs inserted in a transaction of ours, so they need not
+// poll every few milliseconds. A crash between the two commits leaves rows
+// to dispatch again: their second evaluation finds them decided (or decides
+// them once, whichever job comes first). The single node is the only
+// dispatcher, so no other one takes the same rows meanwhile.
+func (p *Pipeline) dispatchSQLite(ctx context.Context) (int, error) {
+	ids, err := queryIDs(ctx, p.store.DB, fmt.Sprintf(`SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d`, dispatchBatch))
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	if _, err := p.client.InsertMany(ctx, evaluateJobs(ids)); err != nil {
+		return 0, fmt.Errorf("enqueueing evaluations: %w", err)
+	}
+	err = p.store.redoableTx(ctx, func(tx *sql.Tx) error {
+		args := make([]any, len(ids))
+		marks := make([]string, len(ids))
+		for i, id := range ids {
+			args[i] = id
+			marks[i] = "?"
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE responder_alert SET dispatched = 1 WHERE id IN (`+strings.Join(marks, ", ")+`)`, args...); err != nil {
+			return fmt.Errorf("marking alerts dispatched: %w", err)
+		}
+		return nil
+	})
+	return len(ids), err
+}
+
+// evaluateJobs splits ids into evaluate jobs.
+func evaluateJobs(ids []int64) []river.InsertManyParams {
+	var jobs []river.InsertManyParams
+	for start := 0; start < len(ids); start += maxEvaluateBatch {
+		jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowIDs: ids[start:min(start+maxEvaluateBatch, len(ids))]}})
+	}
+	return jobs
+}
+
+func queryIDs(ctx context.Context, q interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}, query string) ([]int64, error) {
+	rows, err := q.QueryContext(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("taking alerts to dispatch: %w", err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("taking alerts to dispatch: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("taking alerts to dispatch: %w", err)
+	}
+	return ids, nil
 }

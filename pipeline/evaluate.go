@@ -50,12 +50,6 @@ const maxEvaluateBatch = 100
 // evaluateParallel is how many collections of a job are sent at once.
 const evaluateParallel = 8
 
-// evaluateJobs is how many evaluate jobs run at once. Within a job every
-// alert is prepared at once, so more jobs add little, and jobs that wait for
-// the machine-read quota together end together: the queue records their
-// snoozes one statement each, holding the store while webhooks wait.
-const evaluateJobs = 4
-
 // evaluateBudget bounds one evaluate job's work; alerts left undecided when
 // it runs out (the machine-read quota is spent) wait in the queue.
 const evaluateBudget = 20 * time.Second
@@ -483,7 +477,8 @@ type claims struct {
 
 	windowRead bool
 	lastHour   int             // collections in the last hour
-	machines   map[string]bool // machines collected in the last 10 minutes
+	machines   int             // distinct machines collected in the last 10 minutes
+	inWindow   map[string]bool // machines known to be among them
 
 	readCooldown, writeCooldown, insert *sql.Stmt
 }
@@ -572,7 +567,8 @@ func (c *claims) classify(ctx context.Context, rec *Entry, d rules.Decision) err
 }
 
 // circuit tells whether one more collection, for machineID, would pass a
-// safety limit (circuitCheck, with the windows read once per transaction).
+// safety limit (circuitCheck, with the windows counted once per
+// transaction and kept up to date as it records collections).
 func (c *claims) circuit(ctx context.Context, machineID string) (bool, string, error) {
 	p := c.p
 	if !c.windowRead {
@@ -580,31 +576,31 @@ func (c *claims) circuit(ctx context.Context, machineID string) (bool, string, e
 			ms(c.now.Add(-time.Hour))).Scan(&c.lastHour); err != nil {
 			return false, "", fmt.Errorf("counting recent collections: %w", err)
 		}
-		rows, err := c.tx.QueryContext(ctx, `SELECT DISTINCT machine_id FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
-			ms(c.now.Add(-10*time.Minute)))
-		if err != nil {
+		if err := c.tx.QueryRowContext(ctx, `SELECT COUNT(DISTINCT machine_id) FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
+			ms(c.now.Add(-10*time.Minute))).Scan(&c.machines); err != nil {
 			return false, "", fmt.Errorf("counting recent machines: %w", err)
 		}
-		c.machines = map[string]bool{}
-		for rows.Next() {
-			var m string
-			if err := rows.Scan(&m); err != nil {
-				rows.Close()
-				return false, "", fmt.Errorf("counting recent machines: %w", err)
-			}
-			c.machines[m] = true
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return false, "", fmt.Errorf("counting recent machines: %w", err)
-		}
+		c.inWindow = map[string]bool{}
 		c.windowRead = true
 	}
 	if c.lastHour >= p.cfg.MaxCollectionsPerHour {
 		return true, fmt.Sprintf("%d collections in the last hour reach safety.max_collections_per_hour (%d)", c.lastHour, p.cfg.MaxCollectionsPerHour), nil
 	}
-	if machineID != "" && !c.machines[machineID] && len(c.machines) >= p.cfg.MaxMachinesPer10m {
-		return true, fmt.Sprintf("%d distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (%d)", len(c.machines), p.cfg.MaxMachinesPer10m), nil
+	if machineID == "" || c.machines < p.cfg.MaxMachinesPer10m {
+		return false, "", nil
+	}
+	known, ok := c.inWindow[machineID]
+	if !ok {
+		err := c.tx.QueryRowContext(ctx, `SELECT 1 FROM responder_audit WHERE machine_id = $1 AND decision = 'collect' AND created_at > $2 LIMIT 1`,
+			machineID, ms(c.now.Add(-10*time.Minute))).Scan(new(int))
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return false, "", fmt.Errorf("looking for the machine's recent collections: %w", err)
+		}
+		known = err == nil
+		c.inWindow[machineID] = known
+	}
+	if !known {
+		return true, fmt.Sprintf("%d distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (%d)", c.machines, p.cfg.MaxMachinesPer10m), nil
 	}
 	return false, "", nil
 }
@@ -637,7 +633,23 @@ ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit
 	}
 	if rec.Decision == DecisionCollect && c.windowRead {
 		c.lastHour++
-		c.machines[rec.MachineID] = true
+		if known, ok := c.inWindow[rec.MachineID]; !known {
+			if !ok {
+				// Below the limit the machine was not looked up: ask now,
+				// so that it is counted once.
+				err := c.tx.QueryRowContext(ctx, `SELECT 1 FROM responder_audit WHERE machine_id = $1 AND decision = 'collect' AND created_at > $2 AND id <> $3 LIMIT 1`,
+					rec.MachineID, ms(c.now.Add(-10*time.Minute)), rec.ID).Scan(new(int))
+				if err != nil && !errors.Is(err, sql.ErrNoRows) {
+					return fmt.Errorf("looking for the machine's recent collections: %w", err)
+				}
+				if err == nil {
+					c.inWindow[rec.MachineID] = true
+					return nil
+				}
+			}
+			c.machines++
+			c.inWindow[rec.MachineID] = true
+		}
 	}
 	return nil
 }

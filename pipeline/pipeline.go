@@ -100,20 +100,28 @@ const (
 	downloadTimeout = 15 * time.Minute
 )
 
-// fetchPoll is how often idle evaluate workers look for jobs. SQLite has no
-// LISTEN/NOTIFY and River is not told of jobs inserted inside our own
-// transactions (the dispatcher's), so evaluate workers find new work by
-// polling: 10 ms keeps dispatch fast.
+// fetchPoll is how often idle evaluate workers look for jobs on
+// PostgreSQL: River is not told of jobs inserted inside our own transactions
+// (the dispatcher's), so evaluate workers find new work by polling, and
+// 10 ms keeps dispatch fast.
 //
-// slowPoll is the other queues' poll. Their jobs are retries, snoozes and
-// polls scheduled seconds ahead, or inserted outside a transaction, which
-// wakes the workers at once; a poll of each queue costs about 0.5 ms of CPU
-// (River's fetch statement is prepared anew each time on SQLite), so
-// polling them as often as the evaluate queue would spend a tenth of a core.
+// slowPoll is every other poll. On SQLite the dispatcher inserts evaluate
+// jobs in the queue's own transaction, which wakes the workers at once; the
+// other queues' jobs are retries, snoozes and polls scheduled seconds
+// ahead, or inserted outside a transaction. A poll costs about 1 ms of CPU
+// on SQLite (River's fetch statement is parsed anew each time): polling
+// three queues every 10 ms would spend a third of a core.
 const (
 	fetchPoll = 10 * time.Millisecond
 	slowPoll  = 250 * time.Millisecond
 )
+
+func evaluatePoll(driver string) time.Duration {
+	if driver == DriverPostgres {
+		return fetchPoll
+	}
+	return slowPoll
+}
 
 // Pipeline accepts alerts durably and works them through evaluate, collect
 // and track jobs on River.
@@ -172,16 +180,16 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 	}
 	client, err := river.NewClient(store.river, &river.Config{
 		Queues: map[string]river.QueueConfig{
-			river.QueueDefault: {MaxWorkers: cfg.Workers, FetchPollInterval: slowPoll},
-			queueEvaluate:      {MaxWorkers: evaluateJobs},
-			queueTrack:         {MaxWorkers: cfg.Workers, FetchPollInterval: slowPoll},
+			river.QueueDefault: {MaxWorkers: cfg.Workers},
+			queueEvaluate:      {MaxWorkers: cfg.Workers, FetchPollInterval: evaluatePoll(store.Driver)},
+			queueTrack:         {MaxWorkers: cfg.Workers},
 		},
 		Workers:              workers,
 		JobTimeout:           jobTimeout,
 		RescueStuckJobsAfter: rescueAfter,
 		MaxAttempts:          10,
 		FetchCooldown:        10 * time.Millisecond,
-		FetchPollInterval:    fetchPoll,
+		FetchPollInterval:    slowPoll,
 		RetryPolicy:          &backoff{base: cfg.RetryBase, cap: cfg.RetryCap},
 		Logger:               riverLogger(logger),
 		// The audit trail keeps the history; finished jobs need not stay.

@@ -24,6 +24,8 @@ import (
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivermigrate"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/responder-dev/responder/internal/sqlitecache"
 )
 
 // Driver names of store.driver.
@@ -144,15 +146,15 @@ func (s *Store) openSQLite(path string) error {
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Set("_txlock", "immediate")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		return fmt.Errorf("opening sqlite store: %w", err)
-	}
+	// Statements are parsed once per connection and reused (sqlitecache):
+	// River and the pipeline query with SQL text, and parsing it each time
+	// cost more CPU than running it.
+	db := sqlitecache.Open("file:"+path+"?"+q.Encode(), sqlitecache.DefaultSize)
 	// One connection: SQLite allows one writer, and River's SQLite driver
 	// requires it to avoid SQLITE_BUSY.
 	db.SetMaxOpenConns(1)
 	s.DB = db
-	s.river = riversqlite.New(db)
+	s.river = sqliteDriver{riversqlite.New(db)}
 	return nil
 }
 
@@ -442,3 +444,16 @@ func fromMS(v int64) time.Time {
 	}
 	return time.UnixMilli(v).UTC()
 }
+
+// sqliteDriver is River's SQLite driver run in poll-only mode. Its emulated
+// LISTEN polls a notification table every 50 ms (not configurable), so a
+// job inserted on SQLite waited 25 ms on average before a worker saw it.
+// In poll-only mode a job inserted outside a transaction wakes this
+// process's workers at once (this process is the only node on SQLite), and
+// no notification rows are written.
+type sqliteDriver struct {
+	*riversqlite.Driver
+}
+
+func (sqliteDriver) SupportsListener() bool     { return false }
+func (sqliteDriver) SupportsListenNotify() bool { return false }
