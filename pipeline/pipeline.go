@@ -146,7 +146,7 @@ type Pipeline struct {
 	submits       chan *submitRequest
 	closing       chan struct{}
 	committerDone chan struct{}
-	insertAlert   *sql.Stmt // the committer's statement
+	insertSQLs    map[int]string // the committer's insert statements, by rows
 	bgCancel      context.CancelFunc
 	bgDone        chan struct{}
 }
@@ -203,11 +203,7 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 	p.dispatchNow = make(chan struct{}, 1)
 	p.closing = make(chan struct{})
 	p.committerDone = make(chan struct{})
-	p.insertAlert, err = store.DB.Prepare(`INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at, dispatched)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 0) ON CONFLICT (dedup_key) DO NOTHING RETURNING id`)
-	if err != nil {
-		return nil, fmt.Errorf("preparing the alert insert: %w", err)
-	}
+	p.insertSQLs = map[int]string{}
 	go p.committer()
 	return p, nil
 }
@@ -250,7 +246,6 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 	p.stopOnce.Do(func() {
 		close(p.closing)
 		<-p.committerDone
-		_ = p.insertAlert.Close()
 		if p.bgCancel != nil {
 			p.bgCancel()
 			<-p.bgDone
@@ -393,19 +388,47 @@ func (p *Pipeline) commitBatch(batch []*submitRequest) {
 	// The batch outlives any one request's context: it serves them all.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// A key that occurs twice in the batch is stored once: its first
+	// occurrence (the sorted order is stable) decides, the others are
+	// duplicates of it.
+	var unique []item
+	for i, it := range items {
+		if i > 0 && it.key == items[i-1].key {
+			receipts[it.req].Duplicate[it.idx] = true
+			continue
+		}
+		unique = append(unique, it)
+	}
 	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
-		// One prepared statement for every batch: the SQL is parsed once.
-		stmt := tx.StmtContext(ctx, p.insertAlert)
-		defer stmt.Close()
-		for _, it := range items {
-			r := live[it.req]
-			a := &r.alerts[it.idx]
-			var id int64
-			err := stmt.QueryRowContext(ctx, it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, r.payloads[it.idx], ms(now)).Scan(&id)
-			dup := errors.Is(err, sql.ErrNoRows)
-			receipts[it.req].Duplicate[it.idx] = dup
-			if err != nil && !dup {
-				return fmt.Errorf("storing alert: %w", err)
+		// Many rows per statement: one round trip (PostgreSQL) and one
+		// statement execution (SQLite) per chunk, not per alert.
+		for start := 0; start < len(unique); start += insertChunk {
+			chunk := unique[start:min(start+insertChunk, len(unique))]
+			args := make([]any, 0, 7*len(chunk))
+			for _, it := range chunk {
+				r := live[it.req]
+				a := &r.alerts[it.idx]
+				args = append(args, it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, r.payloads[it.idx], ms(now))
+			}
+			rows, err := tx.QueryContext(ctx, p.insertSQL(len(chunk)), args...)
+			if err != nil {
+				return fmt.Errorf("storing alerts: %w", err)
+			}
+			stored := make(map[string]bool, len(chunk))
+			for rows.Next() {
+				var key string
+				if err := rows.Scan(&key); err != nil {
+					rows.Close()
+					return fmt.Errorf("storing alerts: %w", err)
+				}
+				stored[key] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("storing alerts: %w", err)
+			}
+			for _, it := range chunk {
+				receipts[it.req].Duplicate[it.idx] = !stored[it.key]
 			}
 		}
 		return nil
@@ -420,6 +443,29 @@ func (p *Pipeline) commitBatch(batch []*submitRequest) {
 		}
 		r.done <- submitResult{receipt: receipts[ri]}
 	}
+}
+
+// insertChunk bounds the rows of one insert statement (7 parameters each,
+// well inside both databases' parameter limits).
+const insertChunk = 100
+
+// insertSQL returns the insert statement for n alert rows; its text depends
+// only on n, so both drivers' statement caches reuse it.
+func (p *Pipeline) insertSQL(n int) string {
+	if q, ok := p.insertSQLs[n]; ok {
+		return q
+	}
+	var b strings.Builder
+	b.WriteString(`INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at, dispatched) VALUES `)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, 0)", 7*i+1, 7*i+2, 7*i+3, 7*i+4, 7*i+5, 7*i+6, 7*i+7)
+	}
+	b.WriteString(` ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key`)
+	p.insertSQLs[n] = b.String()
+	return p.insertSQLs[n]
 }
 
 // Ready reports whether the store answers.

@@ -808,3 +808,72 @@ func TestDecideBatchSeesEarlierDecisions(t *testing.T) {
 		})
 	}
 }
+
+// TestGroupCommitDeduplicates submits overlapping alerts concurrently (a
+// key repeated inside one request, across requests, and stored earlier),
+// in batches larger than one insert statement: each key is stored once and
+// reported new exactly once.
+func TestGroupCommitDeduplicates(t *testing.T) {
+	t.Parallel()
+	for _, driver := range []string{DriverSQLite, DriverPostgres} {
+		t.Run(driver, func(t *testing.T) {
+			t.Parallel()
+			o := envOpts{noStart: true}
+			if driver == DriverPostgres {
+				o.driver, o.dsn = DriverPostgres, postgresDSN(t)
+			}
+			e := setup(t, o)
+			const keys = 300
+			alertFor := func(k int) alert.Alert {
+				return mdeAlert(fmt.Sprintf("gc-%d", k), defendertest.DevWorkstationID, "high")
+			}
+			e.submit(alertFor(0), alertFor(1)) // stored before
+			var mu sync.Mutex
+			news := map[string]int{}
+			var wg sync.WaitGroup
+			for w := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var batch []alert.Alert
+					for k := range keys {
+						if (k+w)%3 != 0 {
+							batch = append(batch, alertFor(k))
+						}
+					}
+					batch = append(batch, alertFor(w), alertFor(w)) // repeated inside the request
+					r, err := e.p.Submit(context.Background(), batch)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					for i, dup := range r.Duplicate {
+						if !dup {
+							news[batch[i].ID]++
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			var stored int
+			if err := e.store.DB.QueryRow(`SELECT COUNT(*) FROM responder_alert`).Scan(&stored); err != nil {
+				t.Fatal(err)
+			}
+			if stored != keys {
+				t.Fatalf("%d rows stored, want %d", stored, keys)
+			}
+			for k := range keys {
+				id := fmt.Sprintf("gc-%d", k)
+				want := 1
+				if k < 2 {
+					want = 0 // stored before: a duplicate in every request
+				}
+				if news[id] != want {
+					t.Fatalf("%s reported new %d times, want %d", id, news[id], want)
+				}
+			}
+		})
+	}
+}
