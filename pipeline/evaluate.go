@@ -59,27 +59,6 @@ type evaluateWorker struct {
 	p *Pipeline
 }
 
-// evaluatorStoreUsers bounds the evaluator's statements in flight. SQLite
-// has one connection, and database/sql hands a freed connection to a random
-// waiter: were every evaluating goroutine to queue for it, a webhook's group
-// commit would wait behind them all. PostgreSQL has a pool to share.
-func evaluatorStoreUsers(driver string) int {
-	if driver == DriverPostgres {
-		return 4
-	}
-	return 1
-}
-
-// storeTurn waits for the evaluator's turn at the store.
-func (p *Pipeline) storeTurn(ctx context.Context) (func(), error) {
-	select {
-	case p.evalGate <- struct{}{}:
-		return func() { <-p.evalGate }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
 // errBudget marks an alert left for later because the job's time ran out.
 var errBudget = errors.New("evaluation budget spent")
 
@@ -119,9 +98,9 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 				}
 				ready <- item
 			}()
-			// No per-job bound here: the store (storeTurn) and machine
-			// reads (lookupSlot) have their own, and an alert waiting for
-			// a machine read must not hold up one whose machine is known.
+			// No per-job bound here: machine reads have their own
+			// (lookupSlot), and an alert waiting for a machine read must
+			// not hold up one whose machine is known.
 			item.alert, item.err = p.loadAlert(budget, rowID)
 			if item.err == nil {
 				item.decision, item.notes, item.err = p.prepare(budget, job.JobRow, item.alert)
@@ -218,11 +197,6 @@ func (p *Pipeline) undecided(ctx context.Context, rowIDs []int64) ([]int64, erro
 	if len(rowIDs) == 0 {
 		return nil, nil
 	}
-	release, err := p.storeTurn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	args := make([]any, len(rowIDs))
 	marks := make([]string, len(rowIDs))
 	for i, id := range rowIDs {
@@ -254,18 +228,12 @@ func (p *Pipeline) undecided(ctx context.Context, rowIDs []int64) ([]int64, erro
 	return out, nil
 }
 
-// loadAlert reads one stored alert. Each preparing goroutine reads its own
-// when it starts: a job whose alerts wait for the machine-read quota then
-// reads only those it gets to, and jobs starting together do not hold the
-// store for long reads while webhooks wait to commit.
+// loadAlert reads one stored alert. Each preparing goroutine reads its own,
+// so that jobs starting together do not hold the store for long reads while
+// webhooks wait to commit.
 func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, error) {
-	done, err := p.storeTurn(ctx)
-	if err != nil {
-		return nil, err
-	}
 	var payload string
-	err = p.store.DB.QueryRowContext(ctx, `SELECT payload FROM responder_alert WHERE id = $1`, rowID).Scan(&payload)
-	done()
+	err := p.store.DB.QueryRowContext(ctx, `SELECT payload FROM responder_alert WHERE id = $1`, rowID).Scan(&payload)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("alert row %d does not exist", rowID)
 	}
@@ -363,13 +331,9 @@ func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d ru
 // sees the ones before it. An entry is nil where the row was decided
 // earlier. A collect entry is left queued for the caller to send.
 func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*Entry, error) {
-	done, err := p.storeTurn(ctx)
-	if err != nil {
-		return nil, err
-	}
 	now := p.cfg.Now()
 	var entries []*Entry
-	err = p.store.retryTx(ctx, func(tx *sql.Tx) error {
+	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
 		entries = make([]*Entry, len(items)) // a retried attempt starts afresh
 		if err := p.store.lockClaims(ctx, tx); err != nil {
 			return err
@@ -403,7 +367,6 @@ func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*Entr
 		}
 		return nil
 	})
-	done()
 	if err != nil {
 		return nil, err
 	}

@@ -136,7 +136,6 @@ type Pipeline struct {
 	client   *river.Client[*sql.Tx]
 	machines *machineCache
 	lookups  chan struct{} // machine reads in flight
-	evalGate chan struct{} // evaluator statements waiting for or holding the store
 
 	circuitOpen atomic.Bool
 	stopOnce    sync.Once
@@ -163,7 +162,6 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 		log: logger.Named("pipeline"), cfg: cfg,
 		machines: newMachineCache(10*time.Minute, cfg.Now),
 		lookups:  make(chan struct{}, maxLookups),
-		evalGate: make(chan struct{}, evaluatorStoreUsers(store.Driver)),
 	}
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, &evaluateWorker{p: p}); err != nil {

@@ -41,6 +41,9 @@ type Store struct {
 	Driver string
 	river  riverdriver.Driver[*sql.Tx]
 	lock   *os.File // SQLite: the exclusive lock of the one node
+
+	stopCheckpoints context.CancelFunc // SQLite: ends the checkpointer
+	checkpointsDone chan struct{}
 }
 
 // OpenStore connects to the store, takes the SQLite single-node lock, and
@@ -145,6 +148,10 @@ func (s *Store) openSQLite(path string) error {
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "foreign_keys(1)")
+	// Checkpoints run beside the writer (checkpointer); the connection's
+	// own, which would stall a webhook's commit while it copies the WAL
+	// into the database and syncs it, only as a backstop (40 MiB of WAL).
+	q.Add("_pragma", "wal_autocheckpoint(10000)")
 	q.Set("_txlock", "immediate")
 	// Statements are parsed once per connection and reused (sqlitecache):
 	// River and the pipeline query with SQL text, and parsing it each time
@@ -155,11 +162,54 @@ func (s *Store) openSQLite(path string) error {
 	db.SetMaxOpenConns(1)
 	s.DB = db
 	s.river = sqliteDriver{riversqlite.New(db)}
+	return s.startCheckpointer(path)
+}
+
+// checkpointEvery is how often the checkpointer copies the WAL into the
+// database file.
+const checkpointEvery = 250 * time.Millisecond
+
+// startCheckpointer runs passive WAL checkpoints on a connection of its
+// own. A passive checkpoint waits for no one and blocks no one: the writer
+// keeps committing meanwhile, and once the whole WAL is copied the next
+// commit starts it over, so it stays small. Errors are ignored: a busy
+// checkpoint is retried at the next tick, and the writer's own checkpoint
+// remains as a backstop.
+func (s *Store) startCheckpointer(path string) error {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "synchronous(FULL)")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return fmt.Errorf("opening the sqlite checkpointer: %w", err)
+	}
+	db.SetMaxOpenConns(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopCheckpoints, s.checkpointsDone = cancel, make(chan struct{})
+	go func() {
+		defer close(s.checkpointsDone)
+		defer db.Close()
+		t := time.NewTicker(checkpointEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_, _ = db.ExecContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`)
+			}
+		}
+	}()
 	return nil
 }
 
 // Close closes the database and releases the SQLite lock.
 func (s *Store) Close() {
+	if s.stopCheckpoints != nil {
+		s.stopCheckpoints()
+		<-s.checkpointsDone
+		s.stopCheckpoints = nil
+	}
 	if s.DB != nil {
 		_ = s.DB.Close()
 	}
