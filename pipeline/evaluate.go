@@ -333,7 +333,12 @@ func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d ru
 func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*Entry, error) {
 	now := p.cfg.Now()
 	var entries []*Entry
-	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
+	// The commit need not be flushed at once (redoableTx): nothing leaves
+	// the process on a decision before a later flushed commit (a
+	// collection claims "posting" before its POST), which makes this one
+	// durable too; a decision lost with the power is made again, since its
+	// job is then still running.
+	err := p.store.redoableTx(ctx, func(tx *sql.Tx) error {
 		entries = make([]*Entry, len(items)) // a retried attempt starts afresh
 		if err := p.store.lockClaims(ctx, tx); err != nil {
 			return err

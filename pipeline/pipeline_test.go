@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -875,5 +876,43 @@ func TestGroupCommitDeduplicates(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRedoableTxRestoresFullSync checks that the connection is handed back
+// flushing commits (synchronous=FULL, 2) after a redoable transaction,
+// whether it committed or failed.
+func TestRedoableTxRestoresFullSync(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{noStart: true})
+	ctx := context.Background()
+	syncLevel := func() int {
+		var n int
+		if err := e.store.DB.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := syncLevel(); n != 2 {
+		t.Fatalf("synchronous = %d before, want 2 (FULL)", n)
+	}
+	var inside int
+	if err := e.store.redoableTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&inside)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if inside != 1 {
+		t.Fatalf("synchronous = %d inside, want 1 (NORMAL)", inside)
+	}
+	if n := syncLevel(); n != 2 {
+		t.Fatalf("synchronous = %d after a commit, want 2 (FULL)", n)
+	}
+	boom := errors.New("boom")
+	if err := e.store.redoableTx(ctx, func(*sql.Tx) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("err = %v", err)
+	}
+	if n := syncLevel(); n != 2 {
+		t.Fatalf("synchronous = %d after a rollback, want 2 (FULL)", n)
 	}
 }

@@ -405,8 +405,9 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 // on SQLite the commit is not flushed to disk at once (synchronous=NORMAL
 // for this transaction only). It stays atomic, and it becomes durable with
 // the next flushed commit, since the WAL is replayed in order; a power loss
-// before that forgets the transaction as a whole. The dispatcher uses it:
-// rows it forgets are simply undispatched again, with no job enqueued.
+// before that forgets the transaction as a whole. The dispatcher uses it
+// (rows it forgets are dispatched again) and so do decisions (see
+// decideBatch).
 func (s *Store) redoableTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if s.Driver != DriverSQLite {
 		return s.retryTx(ctx, fn)
