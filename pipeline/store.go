@@ -316,6 +316,16 @@ INSERT INTO responder_setting (name, value, updated_at) VALUES ('paused', 'false
 ALTER TABLE responder_alert ADD COLUMN dispatched INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX responder_alert_undispatched ON responder_alert (id) WHERE dispatched = 0;
 `,
+}, {
+	// The circuit breaker counts the distinct machines collected in the
+	// last 10 minutes for every decision transaction: with the machine in
+	// the index the count reads the index alone. It replaces the index on
+	// (decision, created_at), of which it is an extension.
+	version: 3,
+	sql: `
+CREATE INDEX responder_audit_collected ON responder_audit (decision, created_at, machine_id);
+DROP INDEX responder_audit_decision;
+`,
 }}
 
 // forDriver adapts a migration written for SQLite to the driver: the only
