@@ -916,3 +916,45 @@ func TestRedoableTxRestoresFullSync(t *testing.T) {
 		t.Fatalf("synchronous = %d after a rollback, want 2 (FULL)", n)
 	}
 }
+
+// TestDispatchCrashBetweenEnqueueAndMark covers the SQLite dispatcher's
+// window between its two commits: the evaluate jobs are committed, the rows
+// are not marked (the process died). On restart the rows are dispatched
+// again; the two jobs naming each alert decide it once and collect once.
+func TestDispatchCrashBetweenEnqueueAndMark(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{noStart: true, cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000}})
+	ctx := context.Background()
+	a := mdeAlert("crash-dispatch", defendertest.DevWorkstationID, "high")
+	e.submit(a)
+	ids, err := queryIDs(ctx, e.store.DB, `SELECT id FROM responder_alert WHERE dispatched = 0`)
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("undispatched rows = %v, %v", ids, err)
+	}
+	// The first half of a dispatch, as the dead process left it.
+	if _, err := e.p.client.InsertMany(ctx, evaluateJobs(ids)); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	got := e.waitEntry(a.ID, func(en *Entry) bool { return en.Outcome != "" })
+	if got.Decision != DecisionCollect || got.Outcome != OutcomeCreated {
+		t.Fatalf("entry = %+v", got)
+	}
+	waitFor(t, "both evaluate jobs finished", 20*time.Second, func() bool {
+		var open int
+		if err := e.store.DB.QueryRow(`SELECT COUNT(*) FROM river_job WHERE kind = 'responder.evaluate' AND state NOT IN ('completed', 'discarded', 'cancelled')`).Scan(&open); err != nil {
+			t.Fatal(err)
+		}
+		var all int
+		if err := e.store.DB.QueryRow(`SELECT COUNT(*) FROM river_job WHERE kind = 'responder.evaluate'`).Scan(&all); err != nil {
+			t.Fatal(err)
+		}
+		return open == 0 && all == 2
+	})
+	if n := len(e.entries()); n != 1 {
+		t.Fatalf("%d audit entries, want 1", n)
+	}
+	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 1 {
+		t.Fatalf("%d POSTs, want 1", n)
+	}
+}
