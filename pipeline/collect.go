@@ -299,7 +299,11 @@ func (p *Pipeline) adopt(ctx context.Context, e *Entry, a defender.MachineAction
 	if created.IsZero() {
 		created = now
 	}
-	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
+	// Not flushed at once (redoableTx): lost with the power, the entry is
+	// "posting" again, and the next attempt finds an action we created by
+	// its comment (findPosted) and adopts it without posting again; one we
+	// did not create is found again through ActiveRequestAlreadyExists.
+	err := p.store.redoableTx(ctx, func(tx *sql.Tx) error {
 		if err := p.store.updateEntry(ctx, tx, e.ID, entryUpdate{
 			state: str(StateTracking), outcome: str(outcome), actionID: str(a.ID), actionStatus: str(a.Status),
 			actionCreatedAt: &created, errText: str(""),
