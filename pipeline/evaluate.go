@@ -148,6 +148,13 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 			collects.Add(1)
 			go func() {
 				defer collects.Done()
+				defer func() {
+					// The decision is recorded and the entry queued: the
+					// sweep hands it to a collect job.
+					if r := recover(); r != nil {
+						p.log.Error("panic sending a collection", zap.Int64("audit_id", e.ID), zap.Any("panic", r), zap.Stack("stack"))
+					}
+				}()
 				sem <- struct{}{}
 				defer func() { <-sem }()
 				p.collectInline(ctx, e)
