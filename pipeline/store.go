@@ -397,7 +397,15 @@ func (s *Store) migrate(ctx context.Context) error {
 
 // inTx runs fn in a transaction, committing on nil.
 func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.DB.BeginTx(ctx, nil)
+	return runTx(ctx, s.DB, fn)
+}
+
+// runTx begins a transaction on db (the pool, or one connection), runs fn
+// and commits on nil.
+func runTx(ctx context.Context, db interface {
+	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
+}, fn func(tx *sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("beginning a transaction: %w", err)
 	}
@@ -439,18 +447,7 @@ func (s *Store) redoableTx(ctx context.Context, fn func(tx *sql.Tx) error) error
 			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 		}
 	}()
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("beginning a transaction: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("committing: %w", err)
-	}
-	return nil
+	return runTx(ctx, conn, fn)
 }
 
 // retryTx is inTx, retried a few times when PostgreSQL aborts the
