@@ -105,17 +105,6 @@ func (s *Store) Entry(ctx context.Context, id int64) (*Entry, error) {
 	return e, nil
 }
 
-func entryTx(ctx context.Context, tx *sql.Tx, id int64) (*Entry, error) {
-	e, err := scanEntry(tx.QueryRowContext(ctx, `SELECT `+entryColumns+` FROM responder_audit WHERE id = $1`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, ErrNoEntry
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading audit entry %d: %w", id, err)
-	}
-	return e, nil
-}
-
 // Filter selects audit entries. Status matches the decision, the outcome,
 // the action status or the work state, so that "cooldown", "created",
 // "Succeeded" and "tracking" all work.
