@@ -32,8 +32,14 @@ var tooManyAlerts = fmt.Sprintf("more than %d alerts in one body", maxAlerts)
 // parseBody checks that body holds exactly one JSON value and returns it.
 // Every problem is a *DecodeError for the body as a whole.
 func parseBody(body []byte) (json.RawMessage, error) {
-	if len(trimJSONSpace(body)) == 0 {
+	trimmed := trimJSONSpace(body)
+	if len(trimmed) == 0 {
 		return nil, &DecodeError{Msg: "body is empty"}
+	}
+	// One scan without allocating for the common, valid body; the decoder
+	// below runs only to locate the problem in a bad one.
+	if json.Valid(trimmed) {
+		return json.RawMessage(trimmed), nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	var raw json.RawMessage
@@ -69,12 +75,21 @@ func notJSON(body []byte, off int64, what string) *DecodeError {
 
 // trimJSONSpace removes the white space JSON allows around values.
 func trimJSONSpace(b []byte) []byte {
-	return bytes.TrimRight(trimLeftJSONSpace(b), " \t\r\n")
+	b = trimLeftJSONSpace(b)
+	for len(b) > 0 && isJSONSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 func trimLeftJSONSpace(b []byte) []byte {
-	return bytes.TrimLeft(b, " \t\r\n")
+	for len(b) > 0 && isJSONSpace(b[0]) {
+		b = b[1:]
+	}
+	return b
 }
+
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
 // kindOf names the type of a JSON value as messages spell it.
 func kindOf(raw json.RawMessage) string {
@@ -173,6 +188,17 @@ func eachElement(raw json.RawMessage, path string, limit int, fn func(i int, ele
 	if k := kindOf(raw); k != "array" {
 		return typeError(path, "array", raw)
 	}
+	if elems, ok := splitArray(raw); ok {
+		for i, elem := range elems {
+			if i >= limit {
+				return &DecodeError{Path: where(path), Msg: tooManyAlerts}
+			}
+			if err := fn(i, elem); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if _, err := dec.Token(); err != nil { // the opening bracket
 		return jsonError(path, err)
@@ -265,8 +291,42 @@ func splitObject(raw json.RawMessage) (map[string]json.RawMessage, bool) {
 	}
 }
 
+// splitArray splits a JSON array into its elements without a second
+// validation pass, like splitObject; FuzzSplitArray checks it against
+// encoding/json.
+func splitArray(raw json.RawMessage) ([]json.RawMessage, bool) {
+	b := trimJSONSpace(raw)
+	if len(b) < 2 || b[0] != '[' || b[len(b)-1] != ']' {
+		return nil, false
+	}
+	var elems []json.RawMessage
+	i := skipSpace(b, 1)
+	if b[i] == ']' {
+		return elems, i == len(b)-1
+	}
+	for {
+		end, ok := valueEnd(b, i)
+		if !ok {
+			return nil, false
+		}
+		elems = append(elems, json.RawMessage(b[i:end]))
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return nil, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case ']':
+			return elems, i == len(b)-1
+		default:
+			return nil, false
+		}
+	}
+}
+
 func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+	for i < len(b) && isJSONSpace(b[i]) {
 		i++
 	}
 	return i

@@ -59,3 +59,55 @@ func FuzzSplitObject(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSplitArray checks that splitting a valid JSON array gives exactly the
+// elements encoding/json gives, as their raw bytes.
+func FuzzSplitArray(f *testing.F) {
+	for _, s := range []string{
+		`[{"id":"da1","a":[1,{"b":"]}"}]},"x",-1.5e3,true,null,[]]`,
+		`[]`, ` [ 1 , 2 ] `, `["a\"]",{"k":"v"}]`, `[[[]]]`, "[\"\xff\"]",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if !json.Valid(raw) {
+			return // callers only pass validated JSON
+		}
+		var want []json.RawMessage
+		wantErr := json.Unmarshal(raw, &want)
+		got, ok := splitArray(raw)
+		if !ok {
+			return
+		}
+		if wantErr != nil {
+			t.Fatalf("splitArray took %q, which encoding/json refuses: %v", raw, wantErr)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%q: %d elements, encoding/json %d", raw, len(got), len(want))
+		}
+		for i := range want {
+			if string(got[i]) != string(want[i]) {
+				t.Fatalf("%q: element %d = %s, encoding/json %s", raw, i, got[i], want[i])
+			}
+		}
+	})
+}
+
+// FuzzParseBody checks that the body parser accepts exactly what
+// encoding/json accepts as one value, and returns that value's bytes.
+func FuzzParseBody(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, ` [1] `, "{\"a\":1}\n", `{"a":1}{}`, `{`, ``, `  `, `"x" y`, "\xff"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, err := parseBody(body)
+		var want json.RawMessage
+		wantErr := json.Unmarshal(body, &want)
+		if (err == nil) != (wantErr == nil) {
+			t.Fatalf("parseBody(%q) error %v, encoding/json %v", body, err, wantErr)
+		}
+		if err == nil && string(got) != string(want) {
+			t.Fatalf("parseBody(%q) = %q, encoding/json %q", body, got, want)
+		}
+	})
+}

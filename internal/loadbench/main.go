@@ -54,6 +54,11 @@ func main() {
 	stormObserve := flag.Duration("storm-observe", 3*time.Minute, "how long to watch the storm drain")
 	flag.StringVar(&profileDir, "profile", "", "directory to write CPU profiles of the responder to (intake runs)")
 	flag.Parse()
+	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			fatal(err)
+		}
+	}
 
 	b, err := newBench()
 	if err != nil {
