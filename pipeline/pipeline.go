@@ -116,6 +116,12 @@ const (
 	slowPoll  = 250 * time.Millisecond
 )
 
+// evaluateCooldown is the least time between two fetches of evaluate jobs.
+// A wake-up within it waits for the rest of it, and alerts arriving every
+// 10 ms would each wait about half of a 10 ms cooldown; fetches are driven
+// by the dispatcher's inserts, which it spaces itself under a burst.
+const evaluateCooldown = 2 * time.Millisecond
+
 func evaluatePoll(driver string) time.Duration {
 	if driver == DriverPostgres {
 		return fetchPoll
@@ -179,7 +185,7 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 	client, err := river.NewClient(store.river, &river.Config{
 		Queues: map[string]river.QueueConfig{
 			river.QueueDefault: {MaxWorkers: cfg.Workers},
-			queueEvaluate:      {MaxWorkers: cfg.Workers, FetchPollInterval: evaluatePoll(store.Driver)},
+			queueEvaluate:      {MaxWorkers: cfg.Workers, FetchPollInterval: evaluatePoll(store.Driver), FetchCooldown: evaluateCooldown},
 			queueTrack:         {MaxWorkers: cfg.Workers},
 		},
 		Workers:              workers,
