@@ -454,7 +454,9 @@ func (p *Pipeline) commitBatch(batch []*submitRequest) {
 const insertChunk = 100
 
 // insertSQL returns the insert statement for n alert rows; its text depends
-// only on n, so both drivers' statement caches reuse it.
+// only on n, so both drivers' statement caches reuse it. SQLite gets
+// anonymous parameters: the driver looks each numbered one up by name in a
+// list as long as the statement's parameters (quadratic in the rows).
 func (p *Pipeline) insertSQL(n int) string {
 	if q, ok := p.insertSQLs[n]; ok {
 		return q
@@ -464,6 +466,10 @@ func (p *Pipeline) insertSQL(n int) string {
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
+		}
+		if p.store.Driver == DriverSQLite {
+			b.WriteString("(?, ?, ?, ?, ?, ?, ?, 0)")
+			continue
 		}
 		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, 0)", 7*i+1, 7*i+2, 7*i+3, 7*i+4, 7*i+5, 7*i+6, 7*i+7)
 	}
