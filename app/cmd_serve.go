@@ -102,6 +102,11 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		return err
 	}
 	defer store.Close()
+	if store.Created && dev == nil {
+		// Not an error on a first start, but after a wrong path it would
+		// mean that every cooldown and dedup key is gone: say so.
+		logger.Warn("new empty store created", zap.String("store", cfg.Store.Driver), zap.String("path", cfg.Store.DSN))
+	}
 
 	client, err := newDefender(cfg, store, m, logger)
 	if err != nil {

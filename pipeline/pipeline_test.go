@@ -958,3 +958,39 @@ func TestDispatchCrashBetweenEnqueueAndMark(t *testing.T) {
 		t.Fatalf("%d POSTs, want 1", n)
 	}
 }
+
+// TestSQLiteStoreDirectoryMustExist: the store file is created on first
+// start, but a path whose directory does not exist (a typo in store.dsn) is
+// refused rather than starting an empty store; Created tells a new store.
+func TestSQLiteStoreDirectoryMustExist(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "no-such-dir", "responder.db")
+	if s, err := OpenStore(ctx, DriverSQLite, missing); err == nil {
+		s.Close()
+		t.Fatal("opened a store in a directory that does not exist")
+	} else if !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("error %q should name the path and say that its directory does not exist", err)
+	}
+	if _, err := os.Stat(filepath.Dir(missing)); !os.IsNotExist(err) {
+		t.Fatalf("the missing directory was created (stat: %v)", err)
+	}
+
+	path := filepath.Join(dir, "responder.db")
+	s, err := OpenStore(ctx, DriverSQLite, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Created {
+		t.Error("first open of a new file: Created = false")
+	}
+	s.Close()
+	s, err = OpenStore(ctx, DriverSQLite, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Created {
+		t.Error("second open of the same file: Created = true")
+	}
+}

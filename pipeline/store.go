@@ -10,6 +10,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -41,6 +42,9 @@ type Store struct {
 	Driver string
 	river  riverdriver.Driver[*sql.Tx]
 	lock   *os.File // SQLite: the exclusive lock of the one node
+	// Created reports that the SQLite file did not exist before this open:
+	// a new, empty store, which the operator should hear about.
+	Created bool
 
 	stopCheckpoints context.CancelFunc // SQLite: ends the checkpointer
 	checkpointsDone chan struct{}
@@ -123,10 +127,15 @@ func (s *Store) openSQLite(path string) error {
 	if path == "" {
 		return errors.New("sqlite store: empty path")
 	}
-	if dir := filepath.Dir(path); dir != "" {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return fmt.Errorf("creating the sqlite store directory: %w", err)
-		}
+	// The file is created on first start, but not its directory: a typo in
+	// store.dsn must not start an empty store, which would forget every
+	// cooldown and dedup key and collect from machines again.
+	dir := filepath.Dir(path)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("sqlite store: directory %s of store.dsn %s does not exist (create it, or correct store.dsn)", dir, path)
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		s.Created = true
 	}
 	// SQLite serves one node: a second process on the same file would
 	// break the crash recovery, which assumes that no other process runs
