@@ -63,6 +63,8 @@ type Entry struct {
 	PackageSHA256   string    `json:"package_sha256,omitempty"`
 	PackageSize     int64     `json:"package_size,omitempty"`
 	Error           string    `json:"error,omitempty"`
+	// Posts counts the requests sent to Defender for this decision.
+	Posts int `json:"posts,omitempty"`
 
 	alertRowID int64
 	postedAt   time.Time
@@ -70,7 +72,7 @@ type Entry struct {
 
 const entryColumns = `id, alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name, rule, action,
 decision, reason, comment, dry_run, state, posted_at, outcome, action_id, action_status, action_created_at,
-finished_at, package_path, package_sha256, package_size, error`
+finished_at, package_path, package_sha256, package_size, error, posts`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -80,7 +82,7 @@ func scanEntry(row scanner) (*Entry, error) {
 	var dry int
 	err := row.Scan(&e.ID, &e.alertRowID, &created, &updated, &e.Source, &e.AlertID, &e.MachineID, &e.MachineName,
 		&e.Rule, &e.Action, &e.Decision, &e.Reason, &e.Comment, &dry, &e.State, &posted, &e.Outcome, &e.ActionID,
-		&e.ActionStatus, &actionCreated, &finished, &e.PackagePath, &e.PackageSHA256, &e.PackageSize, &e.Error)
+		&e.ActionStatus, &actionCreated, &finished, &e.PackagePath, &e.PackageSHA256, &e.PackageSize, &e.Error, &e.Posts)
 	if err != nil {
 		return nil, err
 	}

@@ -24,7 +24,7 @@ type collectArgs struct {
 func (collectArgs) Kind() string { return "responder.collect" }
 
 func (collectArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: collectMaxAttempts, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+	return river.InsertOpts{MaxAttempts: collectJobMaxAttempts, UniqueOpts: river.UniqueOpts{ByArgs: true}}
 }
 
 type collectWorker struct {
@@ -66,7 +66,7 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 	if err != nil {
 		return err
 	}
-	return p.collect(ctx, e, job.Attempt, job.MaxAttempts, p.cfg.QuotaWait)
+	return p.collect(ctx, e, p.cfg.QuotaWait)
 }
 
 // jobEntry loads the audit entry a job works on; a job whose entry does not
@@ -79,8 +79,16 @@ func (p *Pipeline) jobEntry(ctx context.Context, id int64) (*Entry, error) {
 	return e, err
 }
 
-// collectMaxAttempts is the attempt budget of a collection.
+// collectMaxAttempts is the budget of POSTs for one decision, counted in
+// the audit entry (posts) across the inline try, collect jobs and restarts;
+// a 429 does not use one up.
 const collectMaxAttempts = 8
+
+// collectJobMaxAttempts bounds a collect job's runs, which include look-ups
+// of earlier requests and failures before any POST; it is above the POST
+// budget so that the budget, not the queue, decides when to give up. A job
+// the queue still discards leaves its entry to the sweep, never lost.
+const collectJobMaxAttempts = 25
 
 // inlineQuotaWait is how long the evaluator waits for the quota before it
 // hands the collection to the queue: it must not hold up evaluations.
@@ -92,7 +100,7 @@ const inlineQuotaWait = 50 * time.Millisecond
 // goes to a durable collect job; a crash in between is caught by the sweep
 // of entries left queued or posting.
 func (p *Pipeline) collectInline(ctx context.Context, e *Entry) {
-	err := p.collect(ctx, e, 1, collectMaxAttempts, inlineQuotaWait)
+	err := p.collect(ctx, e, inlineQuotaWait)
 	if err == nil {
 		return
 	}
@@ -150,12 +158,12 @@ const sweepAge = 30 * time.Second
 // finds it so (a crash or a timeout hid MDE's answer) first looks for the
 // action MDE may already have created. It returns nil when the decision
 // needs nothing more, else a River error (snooze, or one to retry).
-func (p *Pipeline) collect(ctx context.Context, e *Entry, attempt, maxAttempts int, quotaWait time.Duration) error {
+func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duration) error {
 	if e.State != StateQueued && e.State != StatePosting {
 		return nil // done earlier
 	}
 	log := p.log.With(zap.String("alert_id", e.AlertID), zap.String("machine_id", e.MachineID),
-		zap.String("rule", e.Rule), zap.Int64("audit_id", e.ID), zap.Int("attempt", attempt))
+		zap.String("rule", e.Rule), zap.Int64("audit_id", e.ID))
 	if p.api == nil {
 		return p.finishCollect(ctx, e, OutcomeFailed, "", "no Defender client is configured", log)
 	}
@@ -203,6 +211,7 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, attempt, maxAttempts i
 	if !claimed {
 		return river.JobSnooze(p.cfg.RequestTimeout + time.Second)
 	}
+	log = log.With(zap.Int("attempt", e.Posts))
 	a, err := p.send(ctx, e)
 	if err == nil {
 		log.Info("machine action created", zap.String("action_id", a.ID), zap.String("outcome", OutcomeCreated))
@@ -232,9 +241,11 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, attempt, maxAttempts i
 	case defender.OutcomeUnauthorized, defender.OutcomePermanent:
 		return p.finishCollect(ctx, e, OutcomeFailed, "", err.Error(), log)
 	case defender.OutcomeRateLimited:
-		// MDE refused it: nothing was created, so posting again is safe.
-		if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{state: str(StateQueued)}, p.cfg.Now()); err != nil {
-			return err
+		// MDE refused it: nothing was created, so posting again is safe,
+		// and the refused request does not use up an attempt.
+		if _, err := p.store.DB.ExecContext(ctx, `UPDATE responder_audit SET state = 'queued', posts = posts - 1, updated_at = $1 WHERE id = $2`,
+			ms(p.cfg.Now()), e.ID); err != nil {
+			return fmt.Errorf("requeueing a rate-limited collection: %w", err)
 		}
 		log.Warn("Defender rate limited the request; waiting as asked", zap.Duration("retry_after", de.RetryAfter))
 		return river.JobSnooze(max(de.RetryAfter, time.Second))
@@ -249,8 +260,8 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, attempt, maxAttempts i
 			return err
 		}
 	}
-	if attempt >= maxAttempts {
-		return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d attempts: %v", attempt, err), log)
+	if e.Posts >= collectMaxAttempts {
+		return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d requests: %v", e.Posts, err), log)
 	}
 	log.Warn("machine action request failed; will retry", zap.Error(err))
 	return err
@@ -259,19 +270,17 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, attempt, maxAttempts i
 // claimPosting moves the entry from the state it was read in to posting,
 // if nobody changed it since; it reports whether this caller owns the POST.
 func (p *Pipeline) claimPosting(ctx context.Context, e *Entry, now time.Time) (bool, error) {
-	res, err := p.store.DB.ExecContext(ctx, `UPDATE responder_audit SET state = 'posting', posted_at = $1, updated_at = $1
-WHERE id = $2 AND state = $3 AND posted_at = $4`, ms(now), e.ID, e.State, ms(e.postedAt))
+	var posts int
+	err := p.store.DB.QueryRowContext(ctx, `UPDATE responder_audit SET state = 'posting', posted_at = $1, updated_at = $1, posts = posts + 1
+WHERE id = $2 AND state = $3 AND posted_at = $4 RETURNING posts`, ms(now), e.ID, e.State, ms(e.postedAt)).Scan(&posts)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("claiming the collection: %w", err)
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("claiming the collection: %w", err)
-	}
-	if n == 1 {
-		e.State, e.postedAt = StatePosting, time.UnixMilli(ms(now)).UTC()
-	}
-	return n == 1, nil
+	e.State, e.postedAt, e.Posts = StatePosting, time.UnixMilli(ms(now)).UTC(), posts
+	return true, nil
 }
 
 // findPosted looks for the action an earlier, unanswered POST of this

@@ -328,6 +328,41 @@ func TestRetriesOn429And5xx(t *testing.T) {
 	if fmt.Sprint(statuses) != "[429 503 503 201]" {
 		t.Fatalf("POST statuses = %v", statuses)
 	}
+	// The 429 gave its attempt back: three requests count.
+	if got.Posts != 3 {
+		t.Fatalf("posts = %d, want 3 (the 429 does not count)", got.Posts)
+	}
+}
+
+// TestGivesUpAfterThePostBudget: with Defender failing every POST, the
+// decision is given up after exactly collectMaxAttempts requests, counted
+// across the evaluator's inline try and the collect job's retries, and the
+// audit entry says how many were sent.
+func TestGivesUpAfterThePostBudget(t *testing.T) {
+	t.Parallel()
+	sim := newSim(t, defendertest.Options{})
+	sim.InjectFault(defendertest.Fault{Method: "POST", PathContains: "collectInvestigationPackage", Status: 500})
+	e := setup(t, envOpts{sim: sim})
+	e.submit(mdeAlert("da-budget", defendertest.DevWorkstationID, "high"))
+	got := e.waitEntry("da-budget", func(en *Entry) bool { return en.Outcome != "" })
+	if got.Outcome != OutcomeFailed {
+		t.Fatalf("entry = %+v", got)
+	}
+	var sent int
+	for _, r := range sim.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/collectInvestigationPackage") {
+			sent++
+		}
+	}
+	if sent != collectMaxAttempts {
+		t.Fatalf("%d POSTs, want %d", sent, collectMaxAttempts)
+	}
+	if got.Posts != collectMaxAttempts {
+		t.Fatalf("posts = %d, want %d", got.Posts, collectMaxAttempts)
+	}
+	if want := fmt.Sprintf("giving up after %d requests", collectMaxAttempts); !strings.Contains(got.Error+got.Reason, want) {
+		t.Fatalf("entry error %q, reason %q: want %q", got.Error, got.Reason, want)
+	}
 }
 
 func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {

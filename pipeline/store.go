@@ -335,6 +335,14 @@ CREATE INDEX responder_alert_undispatched ON responder_alert (id) WHERE dispatch
 CREATE INDEX responder_audit_collected ON responder_audit (decision, created_at, machine_id);
 DROP INDEX responder_audit_decision;
 `,
+}, {
+	// The POSTs sent for a decision, counted where they are claimed: the
+	// attempt budget spans the evaluator's inline try, every collect job
+	// and restarts, and a 429 gives its attempt back.
+	version: 4,
+	sql: `
+ALTER TABLE responder_audit ADD COLUMN posts INTEGER NOT NULL DEFAULT 0;
+`,
 }}
 
 // forDriver adapts a migration written for SQLite to the driver: the only
