@@ -436,7 +436,17 @@ func finishTime(a defender.MachineAction, now time.Time) time.Time {
 	return now
 }
 
-// finishTrack records the final status of a machine action.
+// releasesCooldown reports whether an action that ended in status
+// collected nothing in a way the next alert should be allowed to retry: it
+// failed, or MDE gave up on an unreachable machine. A cancelled action
+// keeps the cooldown (somebody chose to stop it), and so does one we
+// stopped tracking (its outcome is unknown).
+func releasesCooldown(status string) bool {
+	return status == defender.StatusFailed || status == defender.StatusTimeOut
+}
+
+// finishTrack records the final status of a machine action; a failed one
+// releases the cooldown it held.
 func (p *Pipeline) finishTrack(ctx context.Context, e *Entry, status string, at time.Time, reason string, log *zap.Logger) error {
 	now := p.cfg.Now()
 	download := status == defender.StatusSucceeded && p.cfg.DownloadDir != "" && rules.Action(e.Action) == rules.ActionCollect
@@ -447,6 +457,11 @@ func (p *Pipeline) finishTrack(ctx context.Context, e *Entry, status string, at 
 		}
 		if err := p.store.updateEntry(ctx, tx, e.ID, u, now); err != nil {
 			return err
+		}
+		if releasesCooldown(status) {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM responder_cooldown WHERE audit_id = $1`, e.ID); err != nil {
+				return fmt.Errorf("releasing the cooldown: %w", err)
+			}
 		}
 		if download {
 			if _, err := p.client.InsertTx(ctx, tx, downloadArgs{AuditID: e.ID}, nil); err != nil {
@@ -462,11 +477,13 @@ func (p *Pipeline) finishTrack(ctx context.Context, e *Entry, status string, at 
 	if !e.ActionCreatedAt.IsZero() {
 		p.m.ActionDuration.WithLabelValues(status).Observe(max(at.Sub(e.ActionCreatedAt).Seconds(), 0))
 	}
-	switch status {
-	case defender.StatusSucceeded:
+	switch {
+	case status == defender.StatusSucceeded:
 		log.Info("machine action finished", zap.String("status", status))
-	default:
+	case reason != "":
 		log.Warn("machine action finished", zap.String("status", status), zap.String("error", reason))
+	default:
+		log.Warn("machine action finished", zap.String("status", status))
 	}
 	return nil
 }

@@ -253,6 +253,38 @@ func TestCollectTrackedToSucceeded(t *testing.T) {
 	}
 }
 
+// TestFailedActionReleasesCooldown: an action that ends Failed or TimeOut
+// collected nothing, so the next alert for the machine may collect again;
+// one that was Cancelled (somebody stopped it) keeps the cooldown.
+func TestFailedActionReleasesCooldown(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		final string
+		next  string // decision of the next alert
+	}{
+		{"Failed", DecisionCollect},
+		{"TimeOut", DecisionCollect},
+		{"Cancelled", DecisionCooldown},
+	} {
+		t.Run(c.final, func(t *testing.T) {
+			t.Parallel()
+			sim := newSim(t, defendertest.Options{})
+			sim.SetFinalStatus(defendertest.DevWorkstationID, c.final)
+			e := setup(t, envOpts{sim: sim})
+			e.submit(mdeAlert("first-"+c.final, defendertest.DevWorkstationID, "high"))
+			first := e.waitEntry("first-"+c.final, func(en *Entry) bool { return en.State == StateDone && en.ActionStatus != "" })
+			if first.ActionStatus != c.final {
+				t.Fatalf("first = %+v", first)
+			}
+			e.submit(mdeAlert("next-"+c.final, defendertest.DevWorkstationID, "high"))
+			next := e.waitEntry("next-"+c.final, func(*Entry) bool { return true })
+			if next.Decision != c.next {
+				t.Fatalf("after an action that ended %s, the next alert was decided %q (%s), want %q", c.final, next.Decision, next.Reason, c.next)
+			}
+		})
+	}
+}
+
 func TestDecisionsWithoutAction(t *testing.T) {
 	t.Parallel()
 	e := setup(t, envOpts{})
