@@ -424,10 +424,16 @@ func (p *Pipeline) reportDecision(rec *Entry) {
 		label = metrics.NoRule
 	}
 	p.m.Decisions.WithLabelValues(label, rec.Decision).Inc()
-	fields := []zap.Field{
-		zap.String("source", rec.Source), zap.String("alert_id", rec.AlertID), zap.String("machine_id", rec.MachineID),
-		zap.String("rule", label), zap.String("decision", rec.Decision), zap.String("reason", rec.Reason), zap.Int64("audit_id", rec.ID),
+	fields := []zap.Field{zap.String("source", rec.Source), zap.String("alert_id", rec.AlertID)}
+	// An alert may name its machine by id, by name, or by a name that no
+	// machine has: log what is known, never an empty key.
+	if rec.MachineID != "" {
+		fields = append(fields, zap.String("machine_id", rec.MachineID))
 	}
+	if rec.MachineName != "" {
+		fields = append(fields, zap.String("machine_name", rec.MachineName))
+	}
+	fields = append(fields, zap.String("rule", label), zap.String("decision", rec.Decision), zap.String("reason", rec.Reason), zap.Int64("audit_id", rec.ID))
 	if rec.Decision == DecisionCircuitOpen && !p.circuitOpen.Swap(true) {
 		p.m.CircuitOpen.Set(1)
 		p.log.Error("circuit breaker opened: collections are suppressed until the window clears", zap.String("reason", rec.Reason))
@@ -559,7 +565,7 @@ func (c *claims) circuit(ctx context.Context, machineID string) (bool, string, e
 		c.windowRead = true
 	}
 	if c.lastHour >= p.cfg.MaxCollectionsPerHour {
-		return true, fmt.Sprintf("%d collections in the last hour reach safety.max_collections_per_hour (%d)", c.lastHour, p.cfg.MaxCollectionsPerHour), nil
+		return true, fmt.Sprintf("%d collect decisions in the last hour reach safety.max_collections_per_hour (%d)", c.lastHour, p.cfg.MaxCollectionsPerHour), nil
 	}
 	if machineID == "" || c.machines < p.cfg.MaxMachinesPer10m {
 		return false, "", nil
@@ -575,7 +581,7 @@ func (c *claims) circuit(ctx context.Context, machineID string) (bool, string, e
 		c.inWindow[machineID] = known
 	}
 	if !known {
-		return true, fmt.Sprintf("%d distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (%d)", c.machines, p.cfg.MaxMachinesPer10m), nil
+		return true, fmt.Sprintf("%d distinct machines with collect decisions in the last 10 minutes reach safety.max_machines_per_10m (%d)", c.machines, p.cfg.MaxMachinesPer10m), nil
 	}
 	return false, "", nil
 }
@@ -643,7 +649,7 @@ func (p *Pipeline) circuitCheck(ctx context.Context, q interface {
 		return false, "", fmt.Errorf("counting recent collections: %w", err)
 	}
 	if lastHour >= p.cfg.MaxCollectionsPerHour {
-		return true, fmt.Sprintf("%d collections in the last hour reach safety.max_collections_per_hour (%d)", lastHour, p.cfg.MaxCollectionsPerHour), nil
+		return true, fmt.Sprintf("%d collect decisions in the last hour reach safety.max_collections_per_hour (%d)", lastHour, p.cfg.MaxCollectionsPerHour), nil
 	}
 	if machineID == "" {
 		return false, "", nil
@@ -654,7 +660,7 @@ FROM responder_audit WHERE decision = 'collect' AND created_at > $1`, ms(now.Add
 		return false, "", fmt.Errorf("counting recent machines: %w", err)
 	}
 	if known == 0 && machines >= p.cfg.MaxMachinesPer10m {
-		return true, fmt.Sprintf("%d distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (%d)", machines, p.cfg.MaxMachinesPer10m), nil
+		return true, fmt.Sprintf("%d distinct machines with collect decisions in the last 10 minutes reach safety.max_machines_per_10m (%d)", machines, p.cfg.MaxMachinesPer10m), nil
 	}
 	return false, "", nil
 }

@@ -12,7 +12,9 @@ import (
 )
 
 // Explanation is what the pipeline would decide for one alert and machine
-// now, without acting (POST /api/v1/evaluate).
+// now, without acting (POST /api/v1/evaluate). Decision is one of the
+// decisions of the audit trail, or IgnoredAtIntake for an alert intake
+// would not store (it names no machine, or is resolved and unwanted).
 type Explanation struct {
 	AlertID     string `json:"alert_id"`
 	Source      string `json:"source"`
@@ -27,6 +29,10 @@ type Explanation struct {
 	DryRun      bool   `json:"dry_run"`
 	Duplicate   bool   `json:"duplicate"`
 }
+
+// IgnoredAtIntake is the Explanation of an alert the webhook would count
+// as ignored (responder_alerts_received_total{outcome="ignored"}).
+const IgnoredAtIntake = "ignored"
 
 // Evaluation is the answer of Explain.
 type Evaluation struct {
@@ -57,8 +63,15 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 		}
 		ex.Duplicate = dup > 0
 		var notes []string
+		// What intake ignores is never stored, so never decided: say so
+		// with intake's outcome, as the webhook would count it.
 		if a.MachineID == "" && a.MachineName == "" {
-			ex.Decision, ex.Reason = "ignored", "the alert names no machine"
+			ex.Decision, ex.Reason = IgnoredAtIntake, "the alert names no machine"
+			out.Decisions = append(out.Decisions, ex)
+			continue
+		}
+		if a.Status == alert.StatusResolved && !set.AcceptsResolved() {
+			ex.Decision, ex.Reason = IgnoredAtIntake, "resolved, and no rule sets on_resolved"
 			out.Decisions = append(out.Decisions, ex)
 			continue
 		}
@@ -71,6 +84,9 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 			note, err := p.resolveName(ctx, &a)
 			if err != nil {
 				ex.Decision, ex.Reason = DecisionNoMatch, fmt.Sprintf("machine name %q not resolved: %v", a.MachineName, err)
+				if outcomeOf(err) == defender.OutcomeMachineNotFound {
+					ex.Reason = fmt.Sprintf("no Defender machine is named %q", a.MachineName)
+				}
 				out.Decisions = append(out.Decisions, ex)
 				continue
 			}

@@ -857,7 +857,7 @@ func TestDecideBatchSeesEarlierDecisions(t *testing.T) {
 			if want := []string{DecisionCollect, DecisionCooldown, DecisionCollect, DecisionCircuitOpen}; !slices.Equal(got, want) {
 				t.Fatalf("decisions = %v, want %v", got, want)
 			}
-			if !strings.Contains(entries[3].Reason, "2 distinct machines collected in the last 10 minutes reach safety.max_machines_per_10m (2)") {
+			if !strings.Contains(entries[3].Reason, "2 distinct machines with collect decisions in the last 10 minutes reach safety.max_machines_per_10m (2)") {
 				t.Fatalf("circuit reason = %q", entries[3].Reason)
 			}
 			// Deciding the same rows again (a retried job) changes nothing.
@@ -1059,5 +1059,46 @@ func TestSQLiteStoreDirectoryMustExist(t *testing.T) {
 	defer s.Close()
 	if s.Created {
 		t.Error("second open of the same file: Created = true")
+	}
+}
+
+// TestExplain: POST /api/v1/evaluate's answers match what the pipeline
+// does: collect, cooldown after a decision, and what intake would ignore
+// (no machine; resolved without on_resolved) or could not resolve.
+func TestExplain(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{})
+	ctx := context.Background()
+	mde := `{"id":"da-explain","machineId":"` + defendertest.DevWorkstationID + `","severity":"High","status":"New","title":"t"}`
+	am := func(status, labels string) string {
+		return `{"version":"4","status":"` + status + `","alerts":[{"status":"` + status + `","labels":{` + labels + `},"fingerprint":"f1"}]}`
+	}
+	explain := func(format alert.Format, body string) Explanation {
+		t.Helper()
+		ev, err := e.p.Explain(ctx, format, []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ev.Decisions) != 1 {
+			t.Fatalf("%d decisions: %+v", len(ev.Decisions), ev)
+		}
+		return ev.Decisions[0]
+	}
+	if got := explain(alert.FormatDefender, mde); got.Decision != DecisionCollect || got.Rule != "high-severity" {
+		t.Fatalf("before any decision: %+v", got)
+	}
+	e.submit(mdeAlert("da-first", defendertest.DevWorkstationID, "high"))
+	e.waitEntry("da-first", func(*Entry) bool { return true })
+	if got := explain(alert.FormatDefender, mde); got.Decision != DecisionCooldown {
+		t.Fatalf("after a collection: %+v", got)
+	}
+	if got := explain(alert.FormatAlertmanager, am("firing", `"alertname":"x","severity":"critical"`)); got.Decision != IgnoredAtIntake || got.Reason != "the alert names no machine" {
+		t.Fatalf("no machine: %+v", got)
+	}
+	if got := explain(alert.FormatAlertmanager, am("resolved", `"alertname":"x","machine_id":"`+defendertest.DevServerID+`"`)); got.Decision != IgnoredAtIntake || !strings.Contains(got.Reason, "on_resolved") {
+		t.Fatalf("resolved: %+v", got)
+	}
+	if got := explain(alert.FormatAlertmanager, am("firing", `"alertname":"x","severity":"critical","hostname":"no-such-host.example.com"`)); got.Decision != DecisionNoMatch || got.Reason != `no Defender machine is named "no-such-host.example.com"` {
+		t.Fatalf("unknown name: %+v", got)
 	}
 }
