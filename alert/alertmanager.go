@@ -35,9 +35,11 @@ const wantVersion = `expected "4" (Alertmanager) or "1" (Grafana)`
 // alertname label.
 //
 // A body that is not JSON, not a webhook object of a supported version or
-// has a value of the wrong type is a *DecodeError. An alert without an id or
-// with a malformed machine id is listed in Batch.Invalid and the rest of the
-// body is kept.
+// has a value of the wrong type is a *DecodeError, and so is an object the
+// decoder reads (the webhook, an alert, its labels or annotations) that
+// names a member twice. An alert without an id or with a malformed machine
+// id is listed in Batch.Invalid, with its source and, when valid, its id,
+// and the rest of the body is kept.
 func DecodeAlertmanager(body []byte) (Batch, error) {
 	raw, err := parseBody(body)
 	if err != nil {
@@ -111,10 +113,10 @@ func (b *builder) webhookAlert(o object, source Source) error {
 		}
 	}
 	if id == "" {
-		return b.invalid(o.path, "no alert_id label and no fingerprint")
+		return b.invalid(Problem{Path: o.path, Reason: "no alert_id label and no fingerprint", Source: source})
 	}
 	if reason := checkAlertID(id); reason != "" {
-		return b.invalid(idPath, reason)
+		return b.invalid(Problem{Path: idPath, Reason: reason, Source: source})
 	}
 
 	title := annotations["summary"]
@@ -138,7 +140,7 @@ func (b *builder) webhookAlert(o object, source Source) error {
 		if v := strings.TrimSpace(labels[l]); v != "" {
 			norm, reason := normalMachineID(v)
 			if reason != "" {
-				return b.invalid(joinKey(o.at("labels"), l), reason)
+				return b.invalid(Problem{Path: joinKey(o.at("labels"), l), Reason: reason, Source: source, AlertID: id})
 			}
 			a.MachineID = norm
 			break

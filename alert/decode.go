@@ -15,13 +15,42 @@ const (
 	FormatAlertmanager Format = "alertmanager"
 )
 
-// ParseFormat checks a format name given by a user (CLI flag, query string).
-func ParseFormat(s string) (Format, error) {
-	switch f := Format(strings.ToLower(strings.TrimSpace(s))); f {
-	case FormatDefender, FormatAlertmanager:
-		return f, nil
+// formatNames lists every name ParseFormat accepts, in the order its error
+// message gives them: each format's own name, and the name of each sender
+// whose bodies it decodes.
+var formatNames = []struct {
+	name   string
+	format Format
+}{
+	{string(FormatDefender), FormatDefender},
+	{string(SourceGraph), FormatDefender},
+	{string(FormatAlertmanager), FormatAlertmanager},
+	{string(SourceGrafana), FormatAlertmanager},
+}
+
+// wantFormat ends the message of ParseFormat for an unknown name:
+// "(want defender, graph, alertmanager or grafana)".
+var wantFormat = func() string {
+	names := make([]string, len(formatNames))
+	for i, n := range formatNames {
+		names[i] = n.name
 	}
-	return "", fmt.Errorf("unknown format %q (want defender or alertmanager)", s)
+	last := len(names) - 1
+	return "(want " + strings.Join(names[:last], ", ") + " or " + names[last] + ")"
+}()
+
+// ParseFormat checks a format name given by a user (CLI flag, query string),
+// ignoring case and surrounding space. Besides the formats themselves it
+// takes the name of a sender: "graph" is FormatDefender and "grafana" is
+// FormatAlertmanager.
+func ParseFormat(s string) (Format, error) {
+	name := strings.ToLower(strings.TrimSpace(s))
+	for _, n := range formatNames {
+		if n.name == name {
+			return n.format, nil
+		}
+	}
+	return "", fmt.Errorf("unknown format %q %s", s, wantFormat)
 }
 
 // Problem is one alert of a body that cannot be processed: it is counted
@@ -29,6 +58,13 @@ func ParseFormat(s string) (Format, error) {
 type Problem struct {
 	Path   string // where in the body, e.g. "value[2].machineId" or "alerts[3]"
 	Reason string // what is wrong, e.g. "not a 40-character hexadecimal MDE machine id"
+	// Source is the kind of the alert, empty when the decoder could not
+	// tell it before finding the problem.
+	Source Source
+	// AlertID is the id of the alert, when it has one that is valid: empty
+	// when the id itself is missing or is the problem (a malformed id is
+	// not repeated outside Reason, where it is quoted and capped).
+	AlertID string
 }
 
 // String formats the problem as "path: reason".

@@ -143,6 +143,14 @@ func TestDecodeErrors(t *testing.T) {
 		"alertmanager-alert-null.json":           `alerts[1]: expected object, got null`,
 		"grafana-bad-starts-at.json":             `alerts[0].startsAt: expected an RFC 3339 date-time, got "2024-06-11 08:15"`,
 		"grafana-values-ok-status-number.json":   `alerts[0].status: expected string, got number`,
+
+		// A member named twice in one object the decoder reads, at any depth
+		// (names compared after unescaping).
+		"defender-duplicate-id.json":                `value[2]: duplicate member "id"`,
+		"graph-duplicate-device-evidence.json":      `value[0].evidence[1]: duplicate member "mdeDeviceId"`,
+		"alertmanager-duplicate-label.json":         `alerts[1].labels: duplicate member "machine_id"`,
+		"alertmanager-duplicate-version.json":       `body: duplicate member "version"`,
+		"grafana-duplicate-annotation-escaped.json": `alerts[0].annotations: duplicate member "summary"`,
 	}
 	for _, file := range payloads(t, filepath.Join("testdata", "invalid")) {
 		if _, ok := tests[filepath.Base(file)]; !ok {
@@ -170,19 +178,25 @@ func TestDecodeErrors(t *testing.T) {
 }
 
 // TestDecodeDropped checks that alerts with a missing id or a malformed
-// machine id are listed as invalid with the exact reason, and that the rest
-// of the body is kept. Every file of testdata/dropped/ must be listed.
+// machine id are listed as invalid with the exact reason, their source and
+// their id when it is valid, and that the rest of the body is kept. Every
+// file of testdata/dropped/ must be listed.
 func TestDecodeDropped(t *testing.T) {
 	t.Parallel()
+	const (
+		defender     = alert.SourceDefender
+		graph        = alert.SourceGraph
+		alertmanager = alert.SourceAlertmanager
+	)
 	tests := map[string]struct {
-		invalid []string // Problem.String() of each dropped alert
-		kept    []string // DedupKey of each alert kept
+		invalid []alert.Problem // each dropped alert
+		kept    []string        // DedupKey of each alert kept
 	}{
 		"defender-missing-ids.json": {
-			invalid: []string{
-				`value[1].id: missing alert id`,
-				`value[2].id: missing alert id`,
-				`value[3].id: missing alert id`,
+			invalid: []alert.Problem{
+				{Path: "value[1].id", Reason: "missing alert id", Source: defender},
+				{Path: "value[2].id", Reason: "missing alert id", Source: defender},
+				{Path: "value[3].id", Reason: "missing alert id", Source: graph},
 			},
 			kept: []string{
 				`defender|da637472900382838869_1364969609|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
@@ -190,11 +204,23 @@ func TestDecodeDropped(t *testing.T) {
 			},
 		},
 		"defender-bad-machine-ids.json": {
-			invalid: []string{
-				`[0].machineId: not a 40-character hexadecimal MDE machine id: "1e5bc9d7e413ddd7902c2932e418702b84d0cc0"`,
-				`[2].machineId: not a 40-character hexadecimal MDE machine id: "../../api/machines/1e5bc9d7e413ddd7902c2932e418702b84d0cc07/offb"... (68 bytes)`,
-				`[3].machineId: not a 40-character hexadecimal MDE machine id: "` + strings.Repeat("a", 64) + `"... (200 bytes)`,
-				`[4].machineId: not a 40-character hexadecimal MDE machine id: "f18bd540-d5e4-46e0-8ddd-3d03a59e4e14"`,
+			invalid: []alert.Problem{
+				{
+					Path: "[0].machineId", Reason: `not a 40-character hexadecimal MDE machine id: "1e5bc9d7e413ddd7902c2932e418702b84d0cc0"`,
+					Source: defender, AlertID: "da637472900382838869_1364969609",
+				},
+				{
+					Path: "[2].machineId", Reason: `not a 40-character hexadecimal MDE machine id: "../../api/machines/1e5bc9d7e413ddd7902c2932e418702b84d0cc07/offb"... (68 bytes)`,
+					Source: defender, AlertID: "da637472900382838869_1364969611",
+				},
+				{
+					Path: "[3].machineId", Reason: `not a 40-character hexadecimal MDE machine id: "` + strings.Repeat("a", 64) + `"... (200 bytes)`,
+					Source: defender, AlertID: "da637472900382838869_1364969612",
+				},
+				{
+					Path: "[4].machineId", Reason: `not a 40-character hexadecimal MDE machine id: "f18bd540-d5e4-46e0-8ddd-3d03a59e4e14"`,
+					Source: defender, AlertID: "da637472900382838869_1364969613",
+				},
 			},
 			kept: []string{
 				`defender|da637472900382838869_1364969610|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
@@ -202,11 +228,18 @@ func TestDecodeDropped(t *testing.T) {
 			},
 		},
 		"graph-bad-devices.json": {
-			invalid: []string{
-				`value[0].evidence[1].mdeDeviceId: not a 40-character hexadecimal MDE machine id: "f18bd540-d5e4-46e0-8ddd-3d03a59e4e14"`,
-				`value[1].evidence[0].mdeDeviceId: not a 40-character hexadecimal MDE machine id: "zz5bc9d7e413ddd7902c2932e418702b84d0cc07"`,
-				`value[2].id: missing alert id`,
-				`value[3].id: alert id contains a control character: "da637551227677560899_13\nINFO forged log line"`,
+			invalid: []alert.Problem{
+				{
+					Path: "value[0].evidence[1].mdeDeviceId", Reason: `not a 40-character hexadecimal MDE machine id: "f18bd540-d5e4-46e0-8ddd-3d03a59e4e14"`,
+					Source: graph, AlertID: "da637551227677560813_-961444813",
+				},
+				{
+					Path: "value[1].evidence[0].mdeDeviceId", Reason: `not a 40-character hexadecimal MDE machine id: "zz5bc9d7e413ddd7902c2932e418702b84d0cc07"`,
+					Source: graph, AlertID: "da637551227677560899_12",
+				},
+				{Path: "value[2].id", Reason: "missing alert id", Source: graph},
+				// A malformed id is quoted in the reason only, never as AlertID.
+				{Path: "value[3].id", Reason: `alert id contains a control character: "da637551227677560899_13\nINFO forged log line"`, Source: graph},
 			},
 			kept: []string{
 				`graph|da637551227677560813_-961444813|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
@@ -215,16 +248,28 @@ func TestDecodeDropped(t *testing.T) {
 			},
 		},
 		"alertmanager-bad-alerts.json": {
-			invalid: []string{
-				`alerts[0].labels.machine_id: not a 40-character hexadecimal MDE machine id: "fin-ws-0142"`,
-				`alerts[2]: no alert_id label and no fingerprint`,
-				`alerts[3].labels.device_id: not a 40-character hexadecimal MDE machine id: "1e5bc9d7e413ddd7902c2932e418702b84d0cc07 ; rm -rf /"`,
-				`alerts[5].labels.alert_id: alert id longer than 256 bytes: "` + strings.Repeat("x", 64) + `"... (300 bytes)`,
-				`alerts[6]: no alert_id label and no fingerprint`,
+			invalid: []alert.Problem{
+				{Path: "alerts[0].labels.machine_id", Reason: `not a 40-character hexadecimal MDE machine id: "fin-ws-0142"`, Source: alertmanager, AlertID: "a-1"},
+				{Path: "alerts[2]", Reason: "no alert_id label and no fingerprint", Source: alertmanager},
+				{
+					Path: "alerts[3].labels.device_id", Reason: `not a 40-character hexadecimal MDE machine id: "1e5bc9d7e413ddd7902c2932e418702b84d0cc07 ; rm -rf /"`,
+					Source: alertmanager, AlertID: "0000000000000004",
+				},
+				{Path: "alerts[5].labels.alert_id", Reason: `alert id longer than 256 bytes: "` + strings.Repeat("x", 64) + `"... (300 bytes)`, Source: alertmanager},
+				{Path: "alerts[6]", Reason: "no alert_id label and no fingerprint", Source: alertmanager},
 			},
 			kept: []string{
 				`alertmanager|a-2|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
 				`alertmanager|0000000000000005|04c99d46599f078f1c3da3783cf5b95f01ac61bb|2024-05-01T10:00:00Z`,
+			},
+		},
+		"grafana-bad-alerts.json": {
+			invalid: []alert.Problem{
+				{Path: "alerts[0].labels.mde_device_id", Reason: `not a 40-character hexadecimal MDE machine id: "web-01"`, Source: alert.SourceGrafana, AlertID: "b7e1c2d3a4f50617"},
+				{Path: "alerts[1]", Reason: "no alert_id label and no fingerprint", Source: alert.SourceGrafana},
+			},
+			kept: []string{
+				`grafana|g-1|name:web-02.corp.contoso.com`,
 			},
 		},
 	}
@@ -245,15 +290,12 @@ func TestDecodeDropped(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decode %s: %v", file, err)
 			}
-			var invalid, kept []string
-			for _, p := range batch.Invalid {
-				invalid = append(invalid, p.String())
-			}
+			var kept []string
 			for _, a := range batch.Alerts {
 				kept = append(kept, a.DedupKey())
 			}
-			if !slices.Equal(invalid, tt.invalid) {
-				t.Errorf("decode %s: invalid\n got %q\nwant %q", file, invalid, tt.invalid)
+			if !slices.Equal(batch.Invalid, tt.invalid) {
+				t.Errorf("decode %s: invalid\n got %+v\nwant %+v", file, batch.Invalid, tt.invalid)
 			}
 			if !slices.Equal(kept, tt.kept) {
 				t.Errorf("decode %s: kept\n got %q\nwant %q", file, kept, tt.kept)
@@ -354,5 +396,50 @@ func TestDecodeFormat(t *testing.T) {
 	}
 	if _, err := alert.Decode("syslog", []byte(`{}`)); err == nil || err.Error() != `unknown format "syslog"` {
 		t.Errorf(`Decode("syslog"): got %v, want unknown format "syslog"`, err)
+	}
+}
+
+// TestDecodeSameNameInOtherObjects checks that the duplicate check is per
+// object: the same name in the envelope, an alert, its labels and its
+// annotations is no duplicate.
+func TestDecodeSameNameInOtherObjects(t *testing.T) {
+	t.Parallel()
+	body := `{"version":"4","status":"firing","alerts":[
+		{"status":"firing","labels":{"status":"x","summary":"a","alert_id":"a-1"},"annotations":{"summary":"b","status":"y"},"fingerprint":"0000000000000001"},
+		{"status":"firing","labels":{"status":"x","summary":"a","alert_id":"a-2"},"annotations":{"summary":"b"},"fingerprint":"0000000000000002"}]}`
+	batch, err := alert.DecodeAlertmanager([]byte(body))
+	if err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	if len(batch.Alerts) != 2 || batch.Alerts[1].ID != "a-2" || batch.Alerts[0].Title != "b" {
+		t.Fatalf("decode: got %+v", batch.Alerts)
+	}
+}
+
+// TestParseFormat checks the names a user may give for a format: each
+// format's own and its senders', in any case and with surrounding space.
+func TestParseFormat(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		in   string
+		want alert.Format
+	}{
+		{"defender", alert.FormatDefender},
+		{"graph", alert.FormatDefender},
+		{" Graph\n", alert.FormatDefender},
+		{"alertmanager", alert.FormatAlertmanager},
+		{"grafana", alert.FormatAlertmanager},
+		{"GRAFANA", alert.FormatAlertmanager},
+	} {
+		got, err := alert.ParseFormat(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("ParseFormat(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+	for _, in := range []string{"", "syslog", "mde", "prometheus"} {
+		want := fmt.Sprintf("unknown format %q (want defender, graph, alertmanager or grafana)", in)
+		if got, err := alert.ParseFormat(in); err == nil || err.Error() != want {
+			t.Errorf("ParseFormat(%q) = %q, %v; want error %s", in, got, err, want)
+		}
 	}
 }

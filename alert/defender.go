@@ -17,8 +17,10 @@ import (
 // else id; a Graph alert with no device evidence names no machine.
 //
 // A body that is not JSON, not one of those shapes or has a value of the
-// wrong type is a *DecodeError. An alert without an id or with a malformed
-// machine id is listed in Batch.Invalid and the rest of the body is kept.
+// wrong type is a *DecodeError, and so is an object the decoder reads (an
+// alert, the envelope, an evidence item) that names a member twice. An alert
+// without an id or with a malformed machine id is listed in Batch.Invalid,
+// with its source and, when valid, its id, and the rest of the body is kept.
 func DecodeDefender(body []byte) (Batch, error) {
 	raw, err := parseBody(body)
 	if err != nil {
@@ -205,10 +207,10 @@ func (b *builder) defenderV1(o object) error {
 
 	id = strings.TrimSpace(id)
 	if id == "" {
-		return b.invalid(o.at("id"), "missing alert id")
+		return b.invalid(Problem{Path: o.at("id"), Reason: "missing alert id", Source: SourceDefender})
 	}
 	if reason := checkAlertID(id); reason != "" {
-		return b.invalid(o.at("id"), reason)
+		return b.invalid(Problem{Path: o.at("id"), Reason: reason, Source: SourceDefender})
 	}
 	a := c.alert(id, SourceDefender)
 	a.TenantID = tenant
@@ -217,7 +219,7 @@ func (b *builder) defenderV1(o object) error {
 	if machineID = strings.TrimSpace(machineID); machineID != "" {
 		norm, reason := normalMachineID(machineID)
 		if reason != "" {
-			return b.invalid(o.at("machineId"), reason)
+			return b.invalid(Problem{Path: o.at("machineId"), Reason: reason, Source: SourceDefender, AlertID: id})
 		}
 		a.MachineID = norm
 	}
@@ -265,13 +267,14 @@ func (b *builder) graph(o object) error {
 		id, idPath = p, o.at("providerAlertId")
 	}
 	if id == "" {
-		return b.invalid(o.at("id"), "missing alert id")
+		return b.invalid(Problem{Path: o.at("id"), Reason: "missing alert id", Source: SourceGraph})
 	}
 	if reason := checkAlertID(id); reason != "" {
-		return b.invalid(idPath, reason)
+		return b.invalid(Problem{Path: idPath, Reason: reason, Source: SourceGraph})
 	}
 	for _, p := range problems {
-		if err := b.invalid(p.Path, p.Reason); err != nil {
+		p.Source, p.AlertID = SourceGraph, id
+		if err := b.invalid(p); err != nil {
 			return err
 		}
 	}
@@ -408,11 +411,12 @@ func (b *builder) add(a Alert, path string) error {
 	return nil
 }
 
-// invalid records an alert dropped for the given reason.
-func (b *builder) invalid(path, reason string) error {
+// invalid records an alert dropped for the reason p gives.
+func (b *builder) invalid(p Problem) error {
+	p.Path = where(p.Path)
 	if len(b.batch.Alerts)+len(b.batch.Invalid) >= maxAlerts {
-		return &DecodeError{Path: where(path), Msg: tooManyAlerts}
+		return &DecodeError{Path: p.Path, Msg: tooManyAlerts}
 	}
-	b.batch.Invalid = append(b.batch.Invalid, Problem{Path: where(path), Reason: reason})
+	b.batch.Invalid = append(b.batch.Invalid, p)
 	return nil
 }

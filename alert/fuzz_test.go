@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/responder-dev/responder/alert"
@@ -65,8 +66,15 @@ func checkBatch(t *testing.T, batch alert.Batch, err error, sources ...alert.Sou
 		}
 	}
 	for i, p := range batch.Invalid {
-		if p.Path == "" || p.Reason == "" || len(p.Reason) > 512 {
+		switch {
+		case p.Path == "" || p.Reason == "" || len(p.Reason) > 512:
 			t.Fatalf("problem %d: %q", i, p.String())
+		case !slices.Contains(sources, p.Source):
+			// Every decoder knows the kind of an alert before it finds a
+			// problem with it.
+			t.Fatalf("problem %d: source %q, want one of %q", i, p.Source, sources)
+		case len(p.AlertID) > 256 || strings.ContainsFunc(p.AlertID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+			t.Fatalf("problem %d: alert id %q", i, p.AlertID)
 		}
 	}
 }

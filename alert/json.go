@@ -226,69 +226,148 @@ type object struct {
 }
 
 // decodeObject decodes the JSON object raw found at path.
+//
+// A member name that appears twice in the object is a *DecodeError for the
+// whole body, `path: duplicate member "name"`. encoding/json keeps the last
+// of the two while other parsers keep the first, so the sender's console may
+// show one alert id or machine while we act on another: strict JSON (SPEC 10)
+// refuses the document rather than pick one. It is the body that is
+// malformed, not one alert's content, so it is handled like a value of the
+// wrong type (a whole-body error at any depth) and not as a Problem, which
+// is kept for a well-formed alert whose id or machine id is unusable; nor
+// can a Problem say which alert an object with two ids is.
 func decodeObject(raw json.RawMessage, path string) (object, error) {
 	if k := kindOf(raw); k != "object" {
 		return object{}, typeError(path, "object", raw)
 	}
-	if members, ok := splitObject(raw); ok {
-		return object{path: path, members: members}, nil
+	members, err := splitObject(raw)
+	if errors.Is(err, errNotSplit) {
+		members, err = objectMembers(raw)
 	}
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &members); err != nil {
+	if err != nil {
+		var dup *duplicateError
+		if errors.As(err, &dup) {
+			return object{}, &DecodeError{Path: where(path), Msg: dup.Error()}
+		}
 		return object{}, jsonError(path, err)
 	}
 	return object{path: path, members: members}, nil
 }
 
+// duplicateError reports a member name found twice in one JSON object.
+type duplicateError struct {
+	key string // unescaped
+}
+
+func (e *duplicateError) Error() string { return "duplicate member " + quoteCapped(e.key) }
+
+// errNotSplit is what splitObject returns when it gives up.
+var errNotSplit = errors.New("object not split")
+
 // splitObject splits a JSON object into its members without a second
 // validation pass: every object the decoders meet comes from a body that
-// parseBody already validated. It gives up (false) on anything it does not
-// expect, and the caller then uses encoding/json, which also reports the
-// error; FuzzSplitObject checks that both agree whenever it does not.
-func splitObject(raw json.RawMessage) (map[string]json.RawMessage, bool) {
+// parseBody already validated. A member name found twice (after unescaping,
+// as encoding/json compares them) is a *duplicateError. It gives up with
+// errNotSplit on anything it does not expect, and the caller then uses
+// objectMembers, which also reports the error; FuzzSplitObject checks that
+// both agree with encoding/json whenever they take the input.
+func splitObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
 	b := trimJSONSpace(raw)
 	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
-		return nil, false
+		return nil, errNotSplit
 	}
 	members := make(map[string]json.RawMessage, 16)
 	i := skipSpace(b, 1)
 	if b[i] == '}' {
-		return members, i == len(b)-1
+		if i != len(b)-1 {
+			return nil, errNotSplit
+		}
+		return members, nil
 	}
 	for {
 		end, ok := stringEnd(b, i)
 		if !ok {
-			return nil, false
+			return nil, errNotSplit
 		}
 		key, ok := plainString(b[i:end])
 		if !ok {
 			if err := json.Unmarshal(b[i:end], &key); err != nil {
-				return nil, false
+				return nil, errNotSplit
 			}
 		}
 		i = skipSpace(b, end)
 		if i >= len(b) || b[i] != ':' {
-			return nil, false
+			return nil, errNotSplit
 		}
 		i = skipSpace(b, i+1)
 		vend, ok := valueEnd(b, i)
 		if !ok {
-			return nil, false
+			return nil, errNotSplit
 		}
+		// A map that does not grow already had the key: this costs no
+		// lookup besides the insertion.
+		n := len(members)
 		members[key] = json.RawMessage(b[i:vend])
+		if len(members) == n {
+			return nil, &duplicateError{key: key}
+		}
 		i = skipSpace(b, vend)
 		if i >= len(b) {
-			return nil, false
+			return nil, errNotSplit
 		}
 		switch b[i] {
 		case ',':
 			i = skipSpace(b, i+1)
 		case '}':
-			return members, i == len(b)-1
+			if i != len(b)-1 {
+				return nil, errNotSplit
+			}
+			return members, nil
 		default:
-			return nil, false
+			return nil, errNotSplit
 		}
 	}
+}
+
+// objectMembers is the fallback of splitObject: a json.Decoder walk of the
+// object's top level. json.Unmarshal into a map would silently keep the
+// last of two members of the same name; this returns a *duplicateError.
+// Other errors are encoding/json's.
+func objectMembers(raw json.RawMessage) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	if tok != json.Delim('{') {
+		return nil, fmt.Errorf("expected an object, got %v", tok)
+	}
+	members := make(map[string]json.RawMessage)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, ok := tok.(string)
+		if !ok {
+			return nil, fmt.Errorf("expected a member name, got %v", tok)
+		}
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return nil, err
+		}
+		if _, dup := members[key]; dup {
+			return nil, &duplicateError{key: key}
+		}
+		members[key] = value
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("unexpected data after the object")
+	}
+	return members, nil
 }
 
 // splitArray splits a JSON array into its elements without a second

@@ -1,7 +1,10 @@
 package alert
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"testing"
 )
 
@@ -26,13 +29,18 @@ func FuzzPlainString(f *testing.F) {
 	})
 }
 
-// FuzzSplitObject checks that splitting a valid JSON object gives exactly
-// the members encoding/json gives (keys unescaped, later duplicates winning,
-// values as their raw bytes).
+// FuzzSplitObject checks splitObject, and objectMembers, its fallback,
+// against encoding/json on valid JSON: an object whose member names are all
+// distinct gives exactly the members encoding/json gives (keys unescaped,
+// values as their raw bytes); a duplicate is reported exactly when
+// encoding/json's map has fewer entries than the object has members, as
+// counted by a token walk, and it names one of those keys.
 func FuzzSplitObject(f *testing.F) {
 	for _, s := range []string{
 		`{"id":"da1","machineId":"1e5b","n":-12.5e3,"t":true,"x":null,"a":[1,{"b":"]}"}],"o":{"k":"v\"}"}}`,
 		`{}`, ` { "a" : 1 , "a" : 2 } `, `{"k\u00e9y":"v","k\\":"\\"}`, `{"":""}`, "{\"\xff\":1}",
+		`{"id":"da6","\u0069d":"da7"}`, "{\"\xff\":1,\"\\ufffd\":2}", `{"a":{"b":1,"b":2}}`,
+		`{"a":{"a":1},"b":[{"a":1,"b":2}],"c":"a"}`, `{"":1,"":2}`, `{"a":1,"A":2}`, `null`, `[{"a":1}]`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -40,24 +48,137 @@ func FuzzSplitObject(f *testing.F) {
 		if !json.Valid(raw) {
 			return // callers only pass validated JSON
 		}
+		if kindOf(raw) != "object" {
+			if m, err := splitObject(raw); err == nil {
+				t.Fatalf("splitObject took %q, which is no object: %v", raw, m)
+			}
+			return // callers only pass objects
+		}
 		var want map[string]json.RawMessage
-		wantErr := json.Unmarshal(raw, &want)
-		got, ok := splitObject(raw)
-		if !ok {
-			return
+		if err := json.Unmarshal(raw, &want); err != nil {
+			t.Fatalf("encoding/json refuses the valid object %q: %v", raw, err)
 		}
-		if wantErr != nil {
-			t.Fatalf("splitObject took %q, which encoding/json refuses: %v", raw, wantErr)
-		}
-		if len(got) != len(want) {
-			t.Fatalf("%q: %d members, encoding/json %d", raw, len(got), len(want))
-		}
-		for k, v := range want {
-			if string(got[k]) != string(v) {
-				t.Fatalf("%q: member %q = %s, encoding/json %s", raw, k, got[k], v)
+		count := countMembers(t, raw)
+		check := func(name string, got map[string]json.RawMessage, err error) {
+			t.Helper()
+			var dup *duplicateError
+			switch {
+			case errors.As(err, &dup):
+				if len(want) == count {
+					t.Fatalf("%s(%q): reports duplicate %q, but its %d members have distinct names", name, raw, dup.key, count)
+				}
+				if _, ok := want[dup.key]; !ok {
+					t.Fatalf("%s(%q): reports duplicate %q, which encoding/json does not see", name, raw, dup.key)
+				}
+			case err != nil:
+				t.Fatalf("%s(%q): %v", name, raw, err)
+			default:
+				if len(want) != count {
+					t.Fatalf("%s(%q): no duplicate reported, but %d members have %d distinct names", name, raw, count, len(want))
+				}
+				if len(got) != len(want) {
+					t.Fatalf("%s(%q): %d members, encoding/json %d", name, raw, len(got), len(want))
+				}
+				for k, v := range want {
+					if string(got[k]) != string(v) {
+						t.Fatalf("%s(%q): member %q = %s, encoding/json %s", name, raw, k, got[k], v)
+					}
+				}
 			}
 		}
+		if got, err := splitObject(raw); !errors.Is(err, errNotSplit) {
+			check("splitObject", got, err)
+		}
+		got, err := objectMembers(raw)
+		check("objectMembers", got, err)
 	})
+}
+
+// countMembers counts the members of the valid JSON object raw, duplicates
+// included, with a json.Decoder token walk: at depth 1 the tokens alternate
+// between a member name and its value.
+func countMembers(t *testing.T, raw []byte) int {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	depth, n, name := 0, 0, false
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("token walk of %q: %v", raw, err)
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+			if depth <= 2 { // a name follows the opening brace, and a value of the object
+				name = true
+			}
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		default:
+			if depth == 1 {
+				if name {
+					n++
+				}
+				name = !name
+			}
+		}
+	}
+}
+
+// TestObjectMembers checks the fallback of splitObject, which valid bodies
+// never reach through decodeObject.
+func TestObjectMembers(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		raw  string
+		want string // the members as JSON, or the error
+	}{
+		{` {"id":"da6", "n" : [1, {"id":2}] , "o":{"a":null}} `, `{"id":"da6","n":[1,{"id":2}],"o":{"a":null}}`},
+		{`{}`, `{}`},
+		{`{"id":"da6","id":"da7"}`, `duplicate member "id"`},
+		{`{"id":"da6","\u0069d":"da7"}`, `duplicate member "id"`},
+		{`{"a":{"b":1,"b":2}}`, `{"a":{"b":1,"b":2}}`}, // nested objects are checked when decoded
+		{`[1]`, `expected an object, got [`},
+		{`{"a":1} {}`, `unexpected data after the object`},
+	}
+	for _, tt := range tests {
+		members, err := objectMembers(json.RawMessage(tt.raw))
+		got := ""
+		if err != nil {
+			got = err.Error()
+		} else {
+			b, err := json.Marshal(members)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = string(b)
+		}
+		if got != tt.want {
+			t.Errorf("objectMembers(%s) = %s, want %s", tt.raw, got, tt.want)
+		}
+	}
+}
+
+// TestDecodeObjectDuplicates checks that both paths of decodeObject turn a
+// duplicate into the same *DecodeError with the object's path.
+func TestDecodeObjectDuplicates(t *testing.T) {
+	t.Parallel()
+	raw := json.RawMessage(`{"id":"da6","machineId":"x","\u0069d":"da7"}`)
+	want := `value[2]: duplicate member "id"`
+	if _, err := splitObject(raw); err == nil || err.Error() != `duplicate member "id"` {
+		t.Errorf("splitObject: got %v, want the duplicate", err)
+	}
+	_, err := decodeObject(raw, "value[2]")
+	var de *DecodeError
+	if !errors.As(err, &de) || err.Error() != want {
+		t.Errorf("decodeObject: got %v, want *DecodeError %q", err, want)
+	}
+	if _, err := decodeObject(json.RawMessage(`{"a":1,"a":1}`), ""); err == nil || err.Error() != `body: duplicate member "a"` {
+		t.Errorf("decodeObject of the body: got %v", err)
+	}
 }
 
 // FuzzSplitArray checks that splitting a valid JSON array gives exactly the

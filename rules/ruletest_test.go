@@ -50,7 +50,7 @@ func TestRunTestsInvalidFiles(t *testing.T) {
 	want := strings.Join([]string{
 		f + ":5:14: tests[0].payload: give either payload or payload_file, not both",
 		f + ":8:19: tests[1].payload_file: cannot read the payload file: no such file or directory",
-		f + `:9:13: tests[1].format: unknown format "prometheus" (want defender or alertmanager)`,
+		f + `:9:13: tests[1].format: unknown format "prometheus" (want defender, graph, alertmanager or grafana)`,
 		f + ":11:5: tests[2].expect: missing: list the expected decisions, or expect: [] when no rule may match",
 		f + `:11:11: tests[2].name: duplicate test name "both payloads" (first at ` + f + `:3:11)`,
 		f + ":13:5: tests[3].name: a test needs a name",
