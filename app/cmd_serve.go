@@ -280,6 +280,7 @@ func adminAPI(p *pipeline.Pipeline, rm *rules.Manager) handlers.AdminAPI {
 		},
 		Pause:  p.Pause,
 		Resume: p.Resume,
+		Paused: p.Paused,
 		Actions: func(ctx context.Context, machine, status string, limit int) (any, error) {
 			es, err := p.Store().Entries(ctx, pipeline.Filter{MachineID: machine, Status: status, Limit: limit})
 			if err != nil {

@@ -16,14 +16,19 @@ import (
 	"github.com/responder-dev/responder/config"
 )
 
-// WebhookAuth authenticates webhook requests (SPEC section 10). A request
-// must pass every configured check:
-//   - AllowCIDRs: the socket peer address (never X-Forwarded-For) is inside one
-//     of the prefixes;
-//   - BearerToken / Basic: the Authorization header carries the bearer token
-//     or the basic credentials (either one, when both are configured, since a
-//     request has a single Authorization header);
-//   - HMACSecret: the body carries a valid hex HMAC-SHA256 signature.
+// WebhookAuth authenticates webhook requests (SPEC section 10) in two steps:
+//   - AllowCIDRs, when set, is a network gate that every request must pass,
+//     checked first: the socket peer address (never X-Forwarded-For) is
+//     inside one of the prefixes;
+//   - then the request must carry at least one valid credential among those
+//     configured: the bearer token or the basic credentials in the
+//     Authorization header, or a valid hex HMAC-SHA256 signature of the body
+//     (with its timestamp within MaxSkew when TimestampHeader is set).
+//
+// Each credential is sufficient on its own because Alertmanager and Grafana
+// share /webhooks/alertmanager and Alertmanager cannot sign: requiring every
+// configured credential would lock it out as soon as the HMAC is set for
+// Grafana. With no credential configured, the allow-list alone decides.
 //
 // Every secret comparison is constant-time.
 type WebhookAuth struct {
@@ -95,74 +100,105 @@ func (a *WebhookAuth) checkPeer(r *http.Request) *authError {
 	return &authError{http.StatusUnauthorized, "peer address not in webhooks.allow_cidrs"}
 }
 
-// checkHeaders applies the bearer and basic checks.
-func (a *WebhookAuth) checkHeaders(r *http.Request) *authError {
-	if a.BearerToken == "" && a.BasicUser == "" {
-		return nil
+// credentialCheck holds the outcome of the credential checks of one request:
+// whether one credential verified, and otherwise why each configured one
+// failed, in the order bearer, basic, hmac.
+type credentialCheck struct {
+	ok       bool
+	failures []string
+}
+
+// err is the refusal of a request whose credentials all failed.
+func (c *credentialCheck) err() *authError {
+	return &authError{http.StatusUnauthorized, "no valid credential: " + strings.Join(c.failures, "; ")}
+}
+
+func (c *credentialCheck) fail(credential, reason string) {
+	c.failures = append(c.failures, credential+": "+reason)
+}
+
+// checkHeaderCredentials applies the bearer and basic checks. The result is
+// ok when either verifies, or when no credential at all is configured; when
+// it is not ok and an HMAC secret is configured, checkSignature may still
+// find a valid credential once the body is read.
+func (a *WebhookAuth) checkHeaderCredentials(r *http.Request) (c credentialCheck) {
+	if a.BearerToken == "" && a.BasicUser == "" && a.HMACSecret == "" {
+		return credentialCheck{ok: true}
 	}
 	h := r.Header.Get("Authorization")
-	if h == "" {
-		return &authError{http.StatusUnauthorized, "missing Authorization header"}
-	}
+	scheme, rest, _ := strings.Cut(h, " ")
 	if a.BearerToken != "" {
-		if scheme, token, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
-			if subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(a.BearerToken)) == 1 {
-				return nil
-			}
-			return &authError{http.StatusUnauthorized, "bearer token does not match"}
+		switch {
+		case h == "":
+			c.fail("bearer", "missing Authorization header")
+		case !strings.EqualFold(scheme, "Bearer"):
+			c.fail("bearer", "Authorization scheme is not Bearer")
+		case subtle.ConstantTimeCompare([]byte(strings.TrimSpace(rest)), []byte(a.BearerToken)) != 1:
+			c.fail("bearer", "token does not match")
+		default:
+			return credentialCheck{ok: true}
 		}
 	}
 	if a.BasicUser != "" {
-		if user, pass, ok := r.BasicAuth(); ok {
-			userOK := subtle.ConstantTimeCompare([]byte(user), []byte(a.BasicUser))
-			passOK := subtle.ConstantTimeCompare([]byte(pass), []byte(a.BasicPassword))
-			if userOK&passOK == 1 {
-				return nil
-			}
-			return &authError{http.StatusUnauthorized, "basic credentials do not match"}
+		user, pass, ok := r.BasicAuth()
+		switch {
+		case h == "":
+			c.fail("basic", "missing Authorization header")
+		case !ok:
+			c.fail("basic", "Authorization is not valid Basic credentials")
+		case subtle.ConstantTimeCompare([]byte(user), []byte(a.BasicUser))&
+			subtle.ConstantTimeCompare([]byte(pass), []byte(a.BasicPassword)) != 1:
+			c.fail("basic", "credentials do not match")
+		default:
+			return credentialCheck{ok: true}
 		}
 	}
-	return &authError{http.StatusUnauthorized, "unsupported Authorization scheme"}
+	return c
 }
 
 // checkSignature verifies the HMAC of the raw body, Grafana style: hex of
 // HMAC-SHA256(secret, body), or of "<timestamp>:<body>" when a timestamp
-// header is configured.
-func (a *WebhookAuth) checkSignature(r *http.Request, body []byte) *authError {
-	if a.HMACSecret == "" {
-		return nil
+// header is configured. It records why the signature failed in c.
+func (a *WebhookAuth) checkSignature(r *http.Request, body []byte, c *credentialCheck) {
+	if reason := a.signatureFailure(r, body); reason != "" {
+		c.fail("hmac", reason)
+		return
 	}
+	c.ok = true
+}
+
+func (a *WebhookAuth) signatureFailure(r *http.Request, body []byte) string {
 	sig := strings.TrimSpace(r.Header.Get(a.HMACHeader))
 	sig = strings.TrimPrefix(sig, "sha256=")
 	if sig == "" {
-		return &authError{http.StatusUnauthorized, "missing signature header"}
+		return "missing signature header"
 	}
 	got, err := hex.DecodeString(sig)
 	if err != nil {
-		return &authError{http.StatusUnauthorized, "signature is not hex"}
+		return "signature is not hex"
 	}
 	mac := hmac.New(sha256.New, []byte(a.HMACSecret))
 	if a.TimestampHeader != "" {
 		ts := strings.TrimSpace(r.Header.Get(a.TimestampHeader))
 		secs, err := strconv.ParseInt(ts, 10, 64)
 		if err != nil {
-			return &authError{http.StatusUnauthorized, "missing or invalid timestamp header"}
+			return "missing or invalid timestamp header"
 		}
 		now := time.Now
 		if a.Now != nil {
 			now = a.Now
 		}
 		if skew := now().Sub(time.Unix(secs, 0)); skew > a.MaxSkew || skew < -a.MaxSkew {
-			return &authError{http.StatusUnauthorized, "timestamp outside webhooks.hmac.max_skew"}
+			return "timestamp outside webhooks.hmac.max_skew"
 		}
 		mac.Write([]byte(ts))
 		mac.Write([]byte(":"))
 	}
 	mac.Write(body)
 	if !hmac.Equal(got, mac.Sum(nil)) {
-		return &authError{http.StatusUnauthorized, "signature does not match"}
+		return "signature does not match"
 	}
-	return nil
+	return ""
 }
 
 // BearerGuard protects the admin API with a bearer token (constant-time).

@@ -5,9 +5,11 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,9 +39,11 @@ type AdminAPI struct {
 	Reload func(ctx context.Context) error
 	// Evaluate decides a payload without side effects (POST /api/v1/evaluate).
 	Evaluate func(ctx context.Context, format alert.Format, body []byte) (any, error)
-	// Pause and Resume flip the kill switch (POST /api/v1/pause, /resume).
+	// Pause and Resume flip the kill switch (POST /api/v1/pause, /resume);
+	// Paused reads it (GET /api/v1/pause).
 	Pause  func(ctx context.Context) error
 	Resume func(ctx context.Context) error
+	Paused func(ctx context.Context) (bool, error)
 	// Actions lists the audit trail (GET /api/v1/actions) with the query
 	// parameters machine, status and limit; Action returns one entry.
 	Actions func(ctx context.Context, machine, status string, limit int) (any, error)
@@ -86,8 +90,7 @@ func New(opts Options) (*Server, error) {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
 	public.GET("/readyz", s.readyz)
-	public.POST("/webhooks/defender", opts.Webhooks.Handler(alert.FormatDefender))
-	public.POST("/webhooks/alertmanager", opts.Webhooks.Handler(alert.FormatAlertmanager))
+	opts.Webhooks.mount(public)
 
 	admin := public
 	if c.Server.AdminListen != "" {
@@ -291,10 +294,19 @@ func (s *Server) mountAdminAPI(e *echo.Echo, token string) {
 			return c.JSON(http.StatusOK, map[string]bool{"paused": path == "/pause"})
 		})
 	}
+	if a.Paused != nil {
+		g.GET("/pause", func(c echo.Context) error {
+			on, err := a.Paused(c.Request().Context())
+			if err != nil {
+				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
+			}
+			return c.JSON(http.StatusOK, map[string]bool{"paused": on})
+		})
+	}
 	if a.Evaluate != nil {
 		maxBody := s.opts.Config.Server.MaxBodyBytes
 		g.POST("/evaluate", func(c echo.Context) error {
-			format := alert.FormatDefender
+			var format alert.Format
 			if q := c.QueryParam("format"); q != "" {
 				f, err := alert.ParseFormat(q)
 				if err != nil {
@@ -306,11 +318,16 @@ func (s *Server) mountAdminAPI(e *echo.Echo, token string) {
 			if err != nil {
 				return c.JSON(http.StatusRequestEntityTooLarge, ErrorAnswer{Error: "body too large"})
 			}
+			hint := ""
+			if format == "" {
+				format = detectFormat(body)
+				hint = formatHints[format]
+			}
 			out, err := a.Evaluate(c.Request().Context(), format, body)
 			if err != nil {
 				var de *alert.DecodeError
 				if errors.As(err, &de) {
-					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: de.Error()})
+					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: de.Error() + hint})
 				}
 				return c.JSON(http.StatusInternalServerError, ErrorAnswer{Error: err.Error()})
 			}
@@ -346,6 +363,38 @@ func (s *Server) mountAdminAPI(e *echo.Echo, token string) {
 			return c.JSON(http.StatusOK, out)
 		})
 	}
+}
+
+// formatHints end the decoding error of an evaluate body whose format was
+// detected, naming the format to ask for instead.
+var formatHints = map[alert.Format]string{
+	alert.FormatDefender:     " (decoded as defender; pass ?format=alertmanager for Alertmanager or Grafana)",
+	alert.FormatAlertmanager: " (decoded as alertmanager; pass ?format=defender for Defender or Graph)",
+}
+
+// detectFormat chooses the format of an evaluate body sent without
+// ?format=: a top-level JSON object with an "alerts" member is Alertmanager
+// (or Grafana); anything else is Defender. The members are scanned in order,
+// so a body broken after its "alerts" key is still taken for Alertmanager.
+func detectFormat(body []byte) alert.Format {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return alert.FormatDefender
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			break
+		}
+		if key == "alerts" {
+			return alert.FormatAlertmanager
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			break
+		}
+	}
+	return alert.FormatDefender
 }
 
 // newEcho builds an Echo instance that answers errors as JSON, recovers from

@@ -9,12 +9,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -26,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/config"
 	"github.com/responder-dev/responder/metrics"
 )
@@ -284,4 +287,110 @@ func newCert(t *testing.T, parent *x509.Certificate, parentKey *ecdsa.PrivateKey
 		t.Fatal(err)
 	}
 	return cert, key
+}
+
+// adminHandler builds the servers without listening and returns the admin
+// listener's handler.
+func adminHandler(t *testing.T, cfg *config.Config, admin AdminAPI) http.Handler {
+	t.Helper()
+	m := metrics.New(nil)
+	srv, err := New(Options{Config: cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(), Admin: admin,
+		Webhooks: &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, Metrics: m, Logger: zap.NewNop()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range srv.names {
+		if name == "admin" {
+			return srv.servers[i].Handler
+		}
+	}
+	t.Fatal("no admin listener")
+	return nil
+}
+
+func TestGetPause(t *testing.T) {
+	t.Parallel()
+	errLocked := errors.New("reading the kill switch: database is locked")
+	cases := []struct {
+		name   string
+		paused func(context.Context) (bool, error)
+		token  string
+		code   int
+		body   string
+	}{
+		{"paused", func(context.Context) (bool, error) { return true, nil }, "admin-token", 200, `{"paused":true}`},
+		{"running", func(context.Context) (bool, error) { return false, nil }, "admin-token", 200, `{"paused":false}`},
+		{"store error", func(context.Context) (bool, error) { return false, errLocked }, "admin-token", 503, `{"error":"reading the kill switch: database is locked"}`},
+		{"no token", func(context.Context) (bool, error) { return true, nil }, "", 401, `{"error":"unauthorized"}`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := testConfig()
+			cfg.Secrets.AdminBearerToken = "admin-token"
+			h := adminHandler(t, cfg, AdminAPI{Paused: tc.paused})
+			req := httptest.NewRequest(http.MethodGet, "/api/v1/pause", nil)
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.code || strings.TrimSpace(rec.Body.String()) != tc.body {
+				t.Fatalf("GET /api/v1/pause = %d %s, want %d %s", rec.Code, rec.Body.String(), tc.code, tc.body)
+			}
+		})
+	}
+}
+
+func TestEvaluateFormat(t *testing.T) {
+	t.Parallel()
+	const amBody = `{"version":"4","status":"firing","alerts":[]}`
+	const mdeBody = `{"id":"da0123456789","machineId":"` + machineA + `"}`
+	cases := []struct {
+		name, query, body string
+		code              int
+		want              string // the format decoded, or the error answered
+	}{
+		{"alertmanager detected", "", amBody, 200, "alertmanager"},
+		{"alerts after other members", "", `{"receiver":"r","groupLabels":{"a":["x",{"alerts":1}]},"alerts":[]}`, 200, "alertmanager"},
+		{"alerts only nested", "", `{"value":[{"alerts":[]}]}`, 200, "defender"},
+		{"defender object", "", mdeBody, 200, "defender"},
+		{"defender array", "", `[` + mdeBody + `]`, 200, "defender"},
+		{"explicit format honoured", "?format=defender", amBody, 200, "defender"},
+		{"explicit alertmanager", "?format=alertmanager", mdeBody, 200, "alertmanager"},
+		{"unknown format", "?format=splunk", mdeBody, 400, `unknown format "splunk"`},
+		{"detected defender fails", "", `{"fail":true}`, 400,
+			"bad body (decoded as defender; pass ?format=alertmanager for Alertmanager or Grafana)"},
+		{"detected alertmanager fails", "", `{"alerts":[],"fail":true}`, 400,
+			"bad body (decoded as alertmanager; pass ?format=defender for Defender or Graph)"},
+		{"not json", "", `{"id":`, 400, "bad body (decoded as defender; pass ?format=alertmanager for Alertmanager or Grafana)"},
+		{"explicit format fails without hint", "?format=defender", `{"fail":true}`, 400, "bad body"},
+	}
+	evaluate := func(_ context.Context, f alert.Format, body []byte) (any, error) {
+		if bytes.Contains(body, []byte(`"fail"`)) || !json.Valid(body) {
+			return nil, &alert.DecodeError{Msg: "bad body"}
+		}
+		return map[string]string{"format": string(f)}, nil
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := adminHandler(t, testConfig(), AdminAPI{Evaluate: evaluate})
+			req := httptest.NewRequest(http.MethodPost, "/api/v1/evaluate"+tc.query, strings.NewReader(tc.body))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			var out map[string]string
+			if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+				t.Fatalf("answer %q: %v", rec.Body.String(), err)
+			}
+			got := out["format"]
+			if tc.code != 200 {
+				got = out["error"]
+			}
+			// alert.ParseFormat's message may list more formats: a prefix will do.
+			if rec.Code != tc.code || got != tc.want && !(tc.query == "?format=splunk" && strings.HasPrefix(got, tc.want)) {
+				t.Fatalf("answer = %d %v, want %d %q", rec.Code, out, tc.code, tc.want)
+			}
+		})
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,63 +54,98 @@ type Webhooks struct {
 	Logger        *zap.Logger
 }
 
+// webhookMethods are the methods a webhook endpoint accepts. Grafana's
+// webhook contact point can be set to PUT, and senders do not retry a 4xx,
+// so a 405 would lose its alerts.
+var webhookMethods = []string{http.MethodPost, http.MethodPut}
+
+// mount registers the webhook endpoints on e. Every other method on their
+// paths reaches the same handler, which answers 405 itself: Echo's own 405
+// would be neither counted nor logged.
+func (h *Webhooks) mount(e *echo.Echo) {
+	for _, format := range []alert.Format{alert.FormatDefender, alert.FormatAlertmanager} {
+		path := "/webhooks/" + string(format)
+		handler := h.Handler(format)
+		e.Match(webhookMethods, path, handler)
+		// A path's own not-found handler takes precedence over Echo's 405.
+		e.RouteNotFound(path, handler)
+	}
+}
+
 // Handler returns the echo handler of one webhook format.
 func (h *Webhooks) Handler(format alert.Format) echo.HandlerFunc {
 	endpoint := string(format)
 	return func(c echo.Context) error {
 		code, body := h.serve(c.Request(), format)
+		if code == http.StatusMethodNotAllowed {
+			c.Response().Header().Set(echo.HeaderAllow, strings.Join(webhookMethods, ", "))
+		}
 		h.Metrics.WebhookRequests.WithLabelValues(endpoint, strconv.Itoa(code)).Inc()
 		return c.JSON(code, body)
 	}
 }
 
+// serve answers one webhook request. The order of the checks makes a
+// request without a valid credential learn nothing but 401 (or 413, when
+// the body must be read to check its signature): peer allow-list, header
+// credentials, body (bounded), signature, then content type and schema.
 func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 	log := h.Logger.With(zap.String("source", string(format)))
+	if !slices.Contains(webhookMethods, r.Method) {
+		return reject(log, r, http.StatusMethodNotAllowed, "method "+strconv.Quote(r.Method)+" not allowed; use POST or PUT")
+	}
 	if err := h.Auth.checkPeer(r); err != nil {
-		log.Warn("webhook refused", zap.String("peer", r.RemoteAddr), zap.String("error", err.reason))
-		return err.status, ErrorAnswer{Error: "unauthorized"}
+		return refuse(log, r, err)
 	}
-	if err := h.Auth.checkHeaders(r); err != nil {
-		log.Warn("webhook refused", zap.String("peer", r.RemoteAddr), zap.String("error", err.reason))
-		return err.status, ErrorAnswer{Error: "unauthorized"}
+	creds := h.Auth.checkHeaderCredentials(r)
+	if !creds.ok && h.Auth.HMACSecret == "" {
+		return refuse(log, r, creds.err())
 	}
-	if !isJSON(r.Header.Get("Content-Type")) {
-		return http.StatusUnsupportedMediaType, ErrorAnswer{Error: "content type must be application/json, got " + strconv.Quote(r.Header.Get("Content-Type"))}
-	}
-	tooLarge := ErrorAnswer{Error: "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"}
+	tooLarge := "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"
 	if r.ContentLength > h.MaxBodyBytes {
 		drain(r.Body, h.MaxBodyBytes)
-		return http.StatusRequestEntityTooLarge, tooLarge
+		return reject(log, r, http.StatusRequestEntityTooLarge, tooLarge)
 	}
 	raw, err := io.ReadAll(io.LimitReader(r.Body, h.MaxBodyBytes+1))
 	if err == nil && int64(len(raw)) > h.MaxBodyBytes {
 		drain(r.Body, h.MaxBodyBytes)
-		return http.StatusRequestEntityTooLarge, tooLarge
+		return reject(log, r, http.StatusRequestEntityTooLarge, tooLarge)
 	}
 	if err != nil {
-		return http.StatusBadRequest, ErrorAnswer{Error: "reading body: " + err.Error()}
+		return reject(log, r, http.StatusBadRequest, "reading body: "+err.Error())
 	}
-	if err := h.Auth.checkSignature(r, raw); err != nil {
-		log.Warn("webhook refused", zap.String("peer", r.RemoteAddr), zap.String("error", err.reason))
-		return err.status, ErrorAnswer{Error: "unauthorized"}
+	if !creds.ok {
+		h.Auth.checkSignature(r, raw, &creds)
+		if !creds.ok {
+			return refuse(log, r, creds.err())
+		}
+	}
+	if !isJSON(r.Header.Get("Content-Type")) {
+		return reject(log, r, http.StatusUnsupportedMediaType, "content type must be application/json, got "+strconv.Quote(r.Header.Get("Content-Type")))
 	}
 
 	batch, err := alert.Decode(format, raw)
 	if err != nil {
 		var de *alert.DecodeError
 		if errors.As(err, &de) {
-			log.Warn("webhook rejected", zap.Error(err))
-			return http.StatusBadRequest, ErrorAnswer{Error: de.Error()}
+			return reject(log, r, http.StatusBadRequest, de.Error())
 		}
 		log.Error("webhook decoding failed", zap.Error(err))
 		return http.StatusInternalServerError, ErrorAnswer{Error: "internal error"}
 	}
 
 	ans := WebhookAnswer{Received: len(batch.Alerts) + len(batch.Invalid), Invalid: len(batch.Invalid)}
-	invalidSource := defaultSource(format)
 	for _, p := range batch.Invalid {
-		h.Metrics.AlertsReceived.WithLabelValues(string(invalidSource), "invalid").Inc()
-		log.Warn("alert invalid", zap.String("error", p.String()))
+		source := p.Source
+		if source == "" {
+			source = defaultSource(format)
+		}
+		h.Metrics.AlertsReceived.WithLabelValues(string(source), "invalid").Inc()
+		fields := []zap.Field{zap.String("error", p.String())}
+		if p.AlertID != "" {
+			fields = append(fields, zap.String("alert_id", p.AlertID))
+		}
+		log.Warn("alert invalid", fields...)
 		if len(ans.Problems) < maxProblemsShown {
 			ans.Problems = append(ans.Problems, p.String())
 		}
@@ -133,7 +169,7 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 		keep = append(keep, a)
 	}
 	if len(keep) == 0 && ans.Invalid > 0 && ans.Ignored == 0 {
-		return http.StatusBadRequest, ErrorAnswer{Error: strings.Join(ans.Problems, "; ")}
+		return reject(log, r, http.StatusBadRequest, strings.Join(ans.Problems, "; "))
 	}
 	if len(keep) > 0 {
 		ctx, cancel := context.WithTimeout(r.Context(), h.SubmitTimeout)
@@ -167,6 +203,21 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 	}
 	log.Info("webhook received", fields...)
 	return http.StatusAccepted, ans
+}
+
+// reject answers a request refused for its method, size, content type or
+// body, with one warn line of stable keys: peer, status, and error, the
+// text the client gets.
+func reject(log *zap.Logger, r *http.Request, status int, msg string) (int, any) {
+	log.Warn("webhook rejected", zap.String("peer", r.RemoteAddr), zap.Int("status", status), zap.String("error", msg))
+	return status, ErrorAnswer{Error: msg}
+}
+
+// refuse answers a request that failed authentication. The client learns
+// only "unauthorized"; the log line says why each check failed.
+func refuse(log *zap.Logger, r *http.Request, err *authError) (int, any) {
+	log.Warn("webhook refused", zap.String("peer", r.RemoteAddr), zap.Int("status", err.status), zap.String("error", err.reason))
+	return err.status, ErrorAnswer{Error: "unauthorized"}
 }
 
 func defaultSource(f alert.Format) alert.Source {

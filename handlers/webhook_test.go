@@ -85,6 +85,14 @@ func setup(t *testing.T, auth *WebhookAuth) *bundle {
 
 func (b *bundle) do(t *testing.T, format alert.Format, body string, mutate func(*http.Request)) (int, map[string]any) {
 	t.Helper()
+	rec, out := b.doRec(t, format, body, mutate)
+	return rec.Code, out
+}
+
+// doRec sends a POST (mutate may change the method) through the routes New
+// mounts, and returns the recorder with the decoded answer.
+func (b *bundle) doRec(t *testing.T, format alert.Format, body string, mutate func(*http.Request)) (*httptest.ResponseRecorder, map[string]any) {
+	t.Helper()
 	req := httptest.NewRequest(http.MethodPost, "/webhooks/"+string(format), strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.RemoteAddr = "10.1.2.3:40000"
@@ -93,13 +101,26 @@ func (b *bundle) do(t *testing.T, format alert.Format, body string, mutate func(
 	}
 	rec := httptest.NewRecorder()
 	e := newEcho(zap.NewNop())
-	e.POST("/webhooks/"+string(format), b.hooks.Handler(format))
+	b.hooks.mount(e)
 	e.ServeHTTP(rec, req)
 	var out map[string]any
 	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
 		t.Fatalf("answer is not JSON: %q", rec.Body.String())
 	}
-	return rec.Code, out
+	return rec, out
+}
+
+func method(m string) func(*http.Request) { return func(r *http.Request) { r.Method = m } }
+
+// warnLine returns the context of the only warn line with msg, failing the
+// test unless there is exactly one.
+func (b *bundle) warnLine(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	lines := b.logs.FilterMessage(msg).FilterLevelExact(zap.WarnLevel).All()
+	if len(lines) != 1 {
+		t.Fatalf("%d %q warn lines, want 1 (all: %v)", len(lines), msg, b.logs.All())
+	}
+	return lines[0].ContextMap()
 }
 
 func amBody(alerts ...string) string {
@@ -129,6 +150,10 @@ func TestWebhookAnswers(t *testing.T) {
 		if out[k] != v {
 			t.Errorf("%s = %v, want %v (answer %v)", k, out[k], v, out)
 		}
+	}
+	// The invalid alert's line names it.
+	if line := b.warnLine(t, "alert invalid"); line["alert_id"] != "a5" || !strings.Contains(line["error"].(string), "alerts[4]") {
+		t.Fatalf("alert invalid line = %v", line)
 	}
 	// The same body again: both accepted alerts are duplicates now.
 	_, out = b.do(t, alert.FormatAlertmanager, body, nil)
@@ -171,22 +196,63 @@ func TestWebhookErrors(t *testing.T) {
 		{"wrong types", alert.FormatAlertmanager, `{"version":"4","alerts":[{"status":"firing","labels":"x"}]}`, nil, 400, "alerts[0].labels"},
 		{"all invalid", alert.FormatAlertmanager, amBody(amAlert("firing", `"alert_id":"a","machine_id":"123"`)), nil, 400, "alerts[0]"},
 		{"json content type with charset", alert.FormatAlertmanager, amBody(), func(r *http.Request) { r.Header.Set("Content-Type", "application/json; charset=utf-8") }, 202, ""},
+		{"get", alert.FormatAlertmanager, amBody(), method(http.MethodGet), 405, `method "GET" not allowed; use POST or PUT`},
+		{"delete", alert.FormatDefender, `{}`, method(http.MethodDelete), 405, `method "DELETE" not allowed`},
+		{"method echo does not know", alert.FormatDefender, `{}`, method("BREW"), 405, `method "BREW" not allowed`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, nil)
-			code, out := b.do(t, tc.format, tc.body, tc.mutate)
-			if code != tc.code {
-				t.Fatalf("code = %d, want %d (answer %v)", code, tc.code, out)
-			}
-			if tc.errSub != "" && !strings.Contains(out["error"].(string), tc.errSub) {
-				t.Fatalf("error = %q, want it to contain %q", out["error"], tc.errSub)
+			rec, out := b.doRec(t, tc.format, tc.body, tc.mutate)
+			if rec.Code != tc.code {
+				t.Fatalf("code = %d, want %d (answer %v)", rec.Code, tc.code, out)
 			}
 			if got := testutil.ToFloat64(b.m.WebhookRequests.WithLabelValues(string(tc.format), strconv.Itoa(tc.code))); got != 1 {
 				t.Fatalf("webhook_requests_total{code=%d} = %v", tc.code, got)
 			}
+			if tc.code == http.StatusAccepted {
+				return
+			}
+			msg, _ := out["error"].(string)
+			if !strings.Contains(msg, tc.errSub) {
+				t.Fatalf("error = %q, want it to contain %q", msg, tc.errSub)
+			}
+			if tc.code == http.StatusMethodNotAllowed && rec.Header().Get("Allow") != "POST, PUT" {
+				t.Fatalf("Allow = %q", rec.Header().Get("Allow"))
+			}
+			// One warn line with stable keys, its error the client's text.
+			line := b.warnLine(t, "webhook rejected")
+			want := map[string]any{"source": string(tc.format), "peer": "10.1.2.3:40000", "status": int64(tc.code), "error": msg}
+			for k, v := range want {
+				if line[k] != v {
+					t.Errorf("log %s = %#v, want %#v (line %v)", k, line[k], v, line)
+				}
+			}
 		})
+	}
+}
+
+func TestWebhookMethods(t *testing.T) {
+	t.Parallel()
+	bodies := map[alert.Format]string{
+		alert.FormatAlertmanager: amBody(amAlert("firing", `"alert_id":"m1","machine_id":"`+machineA+`"`)),
+		alert.FormatDefender:     `{"id":"da0123456789","machineId":"` + machineB + `","severity":"High","status":"New","title":"t"}`,
+	}
+	for _, format := range []alert.Format{alert.FormatDefender, alert.FormatAlertmanager} {
+		for _, m := range []string{http.MethodPost, http.MethodPut} {
+			t.Run(string(format)+"/"+m, func(t *testing.T) {
+				t.Parallel()
+				b := setup(t, nil)
+				code, out := b.do(t, format, bodies[format], method(m))
+				if code != http.StatusAccepted || out["accepted"] != 1.0 {
+					t.Fatalf("code = %d, answer %v", code, out)
+				}
+				if got := testutil.ToFloat64(b.m.WebhookRequests.WithLabelValues(string(format), "202")); got != 1 {
+					t.Fatalf("webhook_requests_total{code=202} = %v", got)
+				}
+			})
+		}
 	}
 }
 
@@ -240,7 +306,7 @@ func TestWebhookAuth(t *testing.T) {
 		{"cidr ok", WebhookAuth{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, nil, 202},
 		{"cidr refused despite forwarded header", WebhookAuth{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}},
 			func(r *http.Request) { r.Header.Set("X-Forwarded-For", "192.168.1.1") }, 401},
-		{"cidr and bearer both required", WebhookAuth{BearerToken: testToken, AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, nil, 401},
+		{"cidr is a gate, then a credential is required", WebhookAuth{BearerToken: testToken, AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, nil, 401},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -259,6 +325,74 @@ func TestWebhookAuth(t *testing.T) {
 				if strings.Contains(e.Message+string(line), testToken) || strings.Contains(string(line), hmacSecret) {
 					t.Fatalf("log line leaks a secret: %s %s", e.Message, line)
 				}
+			}
+		})
+	}
+}
+
+// TestWebhookAuthAnyCredential: the allow-list is a gate, then any one
+// configured credential is enough (Alertmanager and Grafana share an
+// endpoint, and only Grafana signs).
+func TestWebhookAuthAnyCredential(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0)
+	const secret = "grafana-hmac-secret"
+	body := amBody()
+	ts := strconv.FormatInt(now.Unix(), 10)
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(ts + ":" + body))
+	sig := hex.EncodeToString(mac.Sum(nil))
+	both := WebhookAuth{BearerToken: testToken, HMACSecret: secret, HMACHeader: "X-Sig", TimestampHeader: "X-Ts", MaxSkew: time.Minute,
+		Now: func() time.Time { return now.Add(10 * time.Second) }}
+	gated := both
+	gated.AllowCIDRs = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}
+	stale := both
+	stale.Now = func() time.Time { return now.Add(time.Hour) }
+	bearer := func(tok string) func(*http.Request) {
+		return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+tok) }
+	}
+	signed := func(r *http.Request) { r.Header.Set("X-Ts", ts); r.Header.Set("X-Sig", sig) }
+	cases := []struct {
+		name   string
+		auth   WebhookAuth
+		mutate func(*http.Request)
+		code   int
+		logErr string // the "webhook refused" error field
+	}{
+		{"bearer only", both, bearer(testToken), 202, ""},
+		{"hmac only", both, signed, 202, ""},
+		{"wrong bearer and valid hmac", both, func(r *http.Request) { bearer("nope")(r); signed(r) }, 202, ""},
+		{"neither", both, nil, 401, "no valid credential: bearer: missing Authorization header; hmac: missing signature header"},
+		{"wrong bearer, no signature", both, bearer("nope"), 401, "no valid credential: bearer: token does not match; hmac: missing signature header"},
+		{"stale timestamp alone", stale, signed, 401, "no valid credential: bearer: missing Authorization header; hmac: timestamp outside webhooks.hmac.max_skew"},
+		{"valid bearer outside allow_cidrs", gated, bearer(testToken), 401, "peer address not in webhooks.allow_cidrs"},
+		{"valid hmac outside allow_cidrs", gated, signed, 401, "peer address not in webhooks.allow_cidrs"},
+		{"basic or hmac: basic wrong", WebhookAuth{BasicUser: "am", BasicPassword: "pw", HMACSecret: secret, HMACHeader: "X-Sig"},
+			func(r *http.Request) { r.SetBasicAuth("am", "px") }, 401, "no valid credential: basic: credentials do not match; hmac: missing signature header"},
+		{"bearer, basic and hmac: basic", WebhookAuth{BearerToken: testToken, BasicUser: "am", BasicPassword: "pw", HMACSecret: secret, HMACHeader: "X-Sig"},
+			func(r *http.Request) { r.SetBasicAuth("am", "pw") }, 202, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			auth := tc.auth
+			b := setup(t, &auth)
+			code, out := b.do(t, alert.FormatAlertmanager, body, tc.mutate)
+			if code != tc.code {
+				t.Fatalf("code = %d, want %d (%v)", code, tc.code, out)
+			}
+			if got := testutil.ToFloat64(b.m.WebhookRequests.WithLabelValues("alertmanager", strconv.Itoa(tc.code))); got != 1 {
+				t.Fatalf("webhook_requests_total{code=%d} = %v", tc.code, got)
+			}
+			if code != http.StatusUnauthorized {
+				return
+			}
+			if len(out) != 1 || out["error"] != "unauthorized" {
+				t.Fatalf("401 answer = %v", out)
+			}
+			line := b.warnLine(t, "webhook refused")
+			if line["error"] != tc.logErr || line["peer"] != "10.1.2.3:40000" || line["status"] != int64(401) {
+				t.Fatalf("log line = %v, want error %q", line, tc.logErr)
 			}
 		})
 	}
@@ -287,5 +421,26 @@ func TestAdminGuard(t *testing.T) {
 	req.Header.Set("Authorization", "Bearer admin-token")
 	if !ok(req) {
 		t.Fatal("right token refused")
+	}
+}
+
+// TestInvalidAlertCountedUnderItsSource: an invalid alert is counted under
+// the source the decoder recognised (a Graph alert on /webhooks/defender is
+// "graph"), not the endpoint's default.
+func TestInvalidAlertCountedUnderItsSource(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	body := `{"value":[{"@odata.type":"#microsoft.graph.security.alert","id":"da1","providerAlertId":"da1","severity":"high",
+"evidence":[{"@odata.type":"#microsoft.graph.security.deviceEvidence","mdeDeviceId":"` + machineA + `"},
+{"@odata.type":"#microsoft.graph.security.deviceEvidence","mdeDeviceId":"not-a-machine-id"}]}]}`
+	code, out := b.do(t, alert.FormatDefender, body, nil)
+	if code != http.StatusAccepted || out["invalid"] != 1.0 || out["accepted"] != 1.0 {
+		t.Fatalf("code %d, answer %v", code, out)
+	}
+	if got := testutil.ToFloat64(b.m.AlertsReceived.WithLabelValues("graph", "invalid")); got != 1 {
+		t.Fatalf(`alerts_received_total{source="graph",outcome="invalid"} = %v, want 1`, got)
+	}
+	if got := testutil.ToFloat64(b.m.AlertsReceived.WithLabelValues("defender", "invalid")); got != 0 {
+		t.Fatalf(`alerts_received_total{source="defender",outcome="invalid"} = %v, want 0`, got)
 	}
 }

@@ -19,7 +19,7 @@ var (
 	// WebhookSources are the webhook endpoints.
 	WebhookSources = []string{"defender", "alertmanager"}
 	// WebhookCodes are the answers a webhook endpoint gives.
-	WebhookCodes = []string{"202", "400", "401", "413", "415", "500", "503"}
+	WebhookCodes = []string{"202", "400", "401", "405", "413", "415", "500", "503"}
 	// AlertSources are the normalised alert sources.
 	AlertSources = []string{"defender", "graph", "alertmanager", "grafana"}
 	// AlertOutcomes are what becomes of a received alert.
