@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/pipeline"
 	"github.com/responder-dev/responder/rules"
 )
 
@@ -54,18 +55,37 @@ func (m *multiFlag) Set(v string) error {
 // evalResult is one line of `responder eval`: the decision for one alert
 // and machine.
 type evalResult struct {
-	AlertID     string   `json:"alert_id"`
-	Source      string   `json:"source"`
-	MachineID   string   `json:"machine_id"`
-	MachineName string   `json:"machine_name"`
-	Matched     bool     `json:"matched"`
-	Rule        string   `json:"rule"`
-	Action      string   `json:"action"`
-	Comment     string   `json:"comment"`
-	Cooldown    string   `json:"cooldown"`
-	DryRun      bool     `json:"dry_run"`
-	Reason      string   `json:"reason"`
-	Errors      []string `json:"errors,omitempty"`
+	AlertID     string `json:"alert_id"`
+	Source      string `json:"source"`
+	MachineID   string `json:"machine_id"`
+	MachineName string `json:"machine_name"`
+	Matched     bool   `json:"matched"`
+	// Decision is what the rules alone decide (no_match, ignore, dry_run or
+	// collect), named as in the audit trail and POST /api/v1/evaluate; the
+	// store's checks (duplicate, cooldown, kill switch, circuit breaker)
+	// need a running service and are not applied here.
+	Decision string   `json:"decision"`
+	Rule     string   `json:"rule"`
+	Action   string   `json:"action"`
+	Comment  string   `json:"comment"`
+	Cooldown string   `json:"cooldown"`
+	DryRun   bool     `json:"dry_run"`
+	Reason   string   `json:"reason"`
+	Errors   []string `json:"errors,omitempty"`
+}
+
+// rulesDecision names the decision of the rules alone, as the pipeline
+// would before its store checks.
+func rulesDecision(d rules.Decision) string {
+	switch {
+	case !d.Matched:
+		return pipeline.DecisionNoMatch
+	case d.Action == rules.ActionIgnore:
+		return pipeline.DecisionIgnore
+	case d.DryRun:
+		return pipeline.DecisionDryRun
+	}
+	return pipeline.DecisionCollect
 }
 
 // cmdEval prints the decision for each alert and machine of a payload read
@@ -146,6 +166,7 @@ func cmdEval(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			MachineID:   a.MachineID,
 			MachineName: a.MachineName,
 			Matched:     d.Matched,
+			Decision:    rulesDecision(d),
 			Rule:        d.Rule,
 			Action:      string(d.Action),
 			Comment:     d.Comment,

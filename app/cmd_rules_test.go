@@ -135,7 +135,7 @@ func TestCmdEval(t *testing.T) {
 		want := map[string]any{
 			"alert_id": "da637472900382838869_1364969609", "source": "defender",
 			"machine_id": "1e5bc9d7e413ddd7902c2932e418702b84d0cc07", "machine_name": "fin-ws-0142.corp.contoso.com",
-			"matched": true, "rule": "high-malware-workstation", "action": "collect_investigation_package",
+			"matched": true, "decision": "collect", "rule": "high-malware-workstation", "action": "collect_investigation_package",
 			"comment": "Collect forensics due to alert da637472900382838869_1364969609", "cooldown": "24h0m0s", "dry_run": false,
 		}
 		for k, v := range want {
@@ -156,7 +156,7 @@ func TestCmdEval(t *testing.T) {
 		if !strings.Contains(stderr, "the rules read machine.* but no --machine file was given") {
 			t.Errorf("stderr = %q", stderr)
 		}
-		if res[0]["rule"] != "alertmanager-critical-security" || res[1]["matched"] != false ||
+		if res[0]["rule"] != "alertmanager-critical-security" || res[1]["matched"] != false || res[1]["decision"] != "no_match" ||
 			res[1]["reason"] != "no enabled rule matched" || res[1]["cooldown"] != "" {
 			t.Errorf("results = %v", res)
 		}
@@ -168,7 +168,7 @@ func TestCmdEval(t *testing.T) {
 			t.Fatal(err)
 		}
 		code, res, _ := run(t, "mde-high-malware.json", "--rules", first, "--rules", rules)
-		if code != 0 || len(res) != 1 || res[0]["rule"] != "first" || res[0]["dry_run"] != true {
+		if code != 0 || len(res) != 1 || res[0]["rule"] != "first" || res[0]["dry_run"] != true || res[0]["decision"] != "dry_run" {
 			t.Fatalf("exit %d, results %v", code, res)
 		}
 	})
