@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode"
 )
 
 // severities maps every severity spelling the decoders accept, lower-cased
@@ -85,11 +86,25 @@ func checkAlertID(id string) string {
 		return fmt.Sprintf("alert id longer than %d bytes: %s", maxIDLen, quoteCapped(id))
 	}
 	for _, r := range id {
-		if r < 0x20 || r == 0x7f {
+		if idControl(r) {
 			return fmt.Sprintf("alert id contains a control character: %s", quoteCapped(id))
 		}
 	}
 	return ""
+}
+
+// idControl reports a character no alert id has and that could forge or
+// disguise a log line, an audit entry or the comment sent to Defender: C0
+// and C1 controls and DEL, the Unicode line and paragraph separators, and
+// the bidirectional overrides and isolates that reorder displayed text.
+func idControl(r rune) bool {
+	switch {
+	case unicode.IsControl(r), r == '\u2028', r == '\u2029':
+		return true
+	case r >= '\u202a' && r <= '\u202e', r >= '\u2066' && r <= '\u2069':
+		return true
+	}
+	return false
 }
 
 // normalMachineID validates an MDE machine id (surrounding white space is

@@ -141,3 +141,28 @@ func TestDeviceIndexMerge(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckAlertID(t *testing.T) {
+	for _, c := range []struct {
+		id string
+		ok bool
+	}{
+		{"da637472900382838869_1364969609", true},
+		{"1f7c4b4e-0e5b-4a3f-9a35-2f0f0f6c0b6e", true},
+		{"café-é", true},
+		{"a\nINFO forged", false},
+		{"a\x7f", false},
+		{"a\u0085b", false},         // C1 next line
+		{"a\u2028b", false},         // line separator
+		{"da1\u202egnp.exe", false}, // right-to-left override
+		{"da1\u2066x\u2069", false}, // isolates
+	} {
+		got := checkAlertID(c.id)
+		if (got == "") != c.ok {
+			t.Errorf("checkAlertID(%q) = %q, want ok %v", c.id, got, c.ok)
+		}
+		if !c.ok && !strings.Contains(got, "control character") {
+			t.Errorf("checkAlertID(%q) = %q, want a control character message", c.id, got)
+		}
+	}
+}
