@@ -108,9 +108,19 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		logger.Warn("new empty store created", zap.String("store", cfg.Store.Driver), zap.String("path", cfg.Store.DSN))
 	}
 
-	client, err := newDefender(cfg, store, m, logger)
+	perms := &permissionCheck{log: logger.Named("defender"), current: rm.Current, dryRun: cfg.Defender.DryRun}
+	client, err := newDefender(cfg, store, m, logger, perms.roles)
 	if err != nil {
 		return err
+	}
+	if client != nil {
+		checkCtx, cancelCheck := context.WithCancel(ctx)
+		tokenChecked := make(chan struct{})
+		go func() {
+			defer close(tokenChecked)
+			checkTokenAtStart(checkCtx, client, logger.Named("defender"))
+		}()
+		defer func() { cancelCheck(); <-tokenChecked }()
 	}
 	// A nil *Client must become a nil interface, not a typed nil.
 	var api defender.API
@@ -218,7 +228,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 
 // newDefender builds the Defender client, or returns nil in dry-run mode
 // without credentials (decisions are then recorded, nothing is looked up).
-func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, logger *zap.Logger) (*defender.Client, error) {
+func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, logger *zap.Logger, onRoles func([]string)) (*defender.Client, error) {
 	d := cfg.Defender
 	if cfg.Secrets.DefenderClientSecret == "" && d.CertificateFile == "" && d.FederatedTokenFile == "" {
 		if d.DryRun {
@@ -242,7 +252,7 @@ func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, 
 	// The pipeline takes the action quota itself, so that a job waiting for
 	// it frees its worker. On PostgreSQL every group's quota is shared by
 	// the replicas through the store.
-	opts := []defender.Option{defender.WithLimiter(defender.GroupActions, nil)}
+	opts := []defender.Option{defender.WithLimiter(defender.GroupActions, nil), defender.WithTokenRoles(onRoles)}
 	if store.Driver == pipeline.DriverPostgres {
 		opts = append(opts,
 			defender.WithLimiter(defender.GroupMachineActions, pipeline.NewSharedLimiter(store, string(defender.GroupMachineActions), d.RateLimit.PerMinute, d.RateLimit.PerHour)),

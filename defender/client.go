@@ -105,6 +105,15 @@ type options struct {
 	clock    Clock
 	limiters map[Group]Limiter
 	fedCheck time.Duration
+	onRoles  func(roles []string)
+}
+
+// WithTokenRoles calls fn with the roles (application permissions) of each
+// new access token, when the token says (a JWT with a roles claim), so that
+// a missing permission is reported when the token is fetched rather than
+// when the first collection is refused. fn must not block.
+func WithTokenRoles(fn func(roles []string)) Option {
+	return func(o *options) { o.onRoles = fn }
 }
 
 // WithClock sets the clock of the token cache, the default limiters and the
@@ -135,6 +144,7 @@ type Client struct {
 	limiters map[Group]Limiter
 	tokens   *tokenSource
 	http     *http.Client
+	onRoles  func(roles []string)
 }
 
 // New validates cfg and returns a client. m receives the request, duration
@@ -165,6 +175,7 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 		clock:    o.clock,
 		limiters: map[Group]Limiter{},
 		http:     r.HTTPClient,
+		onRoles:  o.onRoles,
 	}
 	for _, g := range Groups {
 		if l, ok := o.limiters[g]; ok {
@@ -212,6 +223,14 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 		m.InitDefenderOperation(op.name, op.success)
 	}
 	return c, nil
+}
+
+// CheckToken gets an access token (from the cache, or the login endpoint)
+// without calling the API: at start it tells whether the credentials work
+// and, through WithTokenRoles, what the application may do.
+func (c *Client) CheckToken(ctx context.Context) error {
+	_, err := c.tokens.token(ctx)
+	return err
 }
 
 // Scope returns the token scope the client requests.
@@ -367,17 +386,17 @@ func (c *Client) observe(op, code string, begin time.Time) {
 
 // permissions names the application permission an operation needs.
 var permissions = map[string]string{
-	opCollect:            "Machine.CollectForensics",
-	opIsolate:            "Machine.Isolate",
-	opUnisolate:          "Machine.Isolate",
-	opScan:               "Machine.Scan",
-	opRestrict:           "Machine.RestrictExecution",
-	opUnrestrict:         "Machine.RestrictExecution",
-	opGetMachineAction:   "Machine.Read.All",
-	opListMachineActions: "Machine.Read.All",
-	opGetMachine:         "Machine.Read.All",
-	opFindMachines:       "Machine.Read.All",
-	opGetPackageURI:      "Machine.Read.All",
+	opCollect:            PermissionCollectForensics,
+	opIsolate:            PermissionIsolate,
+	opUnisolate:          PermissionIsolate,
+	opScan:               PermissionScan,
+	opRestrict:           PermissionRestrictExecution,
+	opUnrestrict:         PermissionRestrictExecution,
+	opGetMachineAction:   PermissionReadAll,
+	opListMachineActions: PermissionReadAll,
+	opGetMachine:         PermissionReadAll,
+	opFindMachines:       PermissionReadAll,
+	opGetPackageURI:      PermissionReadAll,
 }
 
 // logFailure logs a failed call: loudly for a missing permission (an

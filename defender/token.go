@@ -350,6 +350,11 @@ func (ts *tokenSource) fetch(ctx context.Context) (string, error) {
 	ts.mu.Unlock()
 	ts.c.logger.Debug("defender token fetched", zap.String("operation", opToken),
 		zap.Duration("lifetime", lifetime))
+	if ts.c.onRoles != nil {
+		if roles, ok := tokenRoles(tok.AccessToken); ok {
+			ts.c.onRoles(roles)
+		}
+	}
 	return tok.AccessToken, nil
 }
 

@@ -208,6 +208,7 @@ type Simulator struct {
 	now          func() time.Time
 	apiAudience  string
 	packageBytes []byte
+	tokenKey     []byte // signs the access tokens it issues
 
 	mu        sync.Mutex
 	url       string
@@ -290,6 +291,7 @@ func New(opts Options) *Simulator {
 		final:        map[string]string{},
 		byID:         map[string]*action{},
 		tokens:       map[string]*accessToken{},
+		tokenKey:     []byte(randomToken(32)),
 		jtis:         map[string]time.Time{},
 		quotas:       map[string][]time.Time{},
 		downloads:    map[string]download{},

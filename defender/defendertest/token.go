@@ -194,7 +194,11 @@ func (s *Simulator) issueToken(r *http.Request, tenant string, v1 bool, now time
 		}
 	}
 
-	tok := randomToken(32)
+	at := &accessToken{audience: audience, appID: clientID, tenant: s.opts.TenantID, expires: now.Add(s.opts.TokenLifetime)}
+	if audience == s.apiAudience {
+		at.roles = append([]string(nil), s.roles...)
+	}
+	tok := s.accessJWT(at, now)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, t := range s.tokens {
@@ -202,12 +206,38 @@ func (s *Simulator) issueToken(r *http.Request, tenant string, v1 bool, now time
 			delete(s.tokens, k)
 		}
 	}
-	at := &accessToken{audience: audience, appID: clientID, tenant: s.opts.TenantID, expires: now.Add(s.opts.TokenLifetime)}
-	if audience == s.apiAudience {
-		at.roles = append([]string(nil), s.roles...)
-	}
 	s.tokens[tok] = at
 	return tok, resource, nil
+}
+
+// accessJWT encodes an access token as Entra ID issues them for an app-only
+// client: a JWT (v1 claims) that names the audience, the tenant, the
+// application and, for the API, its application permissions in roles, which
+// clients read to check their permissions (Microsoft's docs say to decode the
+// token and verify roles). The simulator still validates tokens by its own
+// record of what it issued; the HS256 signature only makes the format real.
+func (s *Simulator) accessJWT(at *accessToken, now time.Time) string {
+	claims := jwt.MapClaims{
+		"aud":   at.audience,
+		"iss":   "https://sts.windows.net/" + at.tenant + "/",
+		"iat":   now.Unix(),
+		"nbf":   now.Unix(),
+		"exp":   at.expires.Unix(),
+		"appid": at.appID,
+		"tid":   at.tenant,
+		"oid":   newGUID(),
+		"sub":   newGUID(),
+		"ver":   "1.0",
+		"uti":   randomToken(8),
+	}
+	if at.roles != nil {
+		claims["roles"] = at.roles
+	}
+	signed, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(s.tokenKey)
+	if err != nil {
+		panic(fmt.Sprintf("defendertest: signing an access token: %v", err)) // HS256 with a key cannot fail
+	}
+	return signed
 }
 
 func missingParam(name string) *tokenError {
