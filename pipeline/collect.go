@@ -79,9 +79,10 @@ func (p *Pipeline) jobEntry(ctx context.Context, id int64) (*Entry, error) {
 	return e, err
 }
 
-// collectMaxAttempts is the budget of POSTs for one decision, counted in
-// the audit entry (posts) across the inline try, collect jobs and restarts;
-// a 429 does not use one up.
+// collectMaxAttempts is the number of POSTs for one decision retried with
+// the job's backoff, counted in the audit entry (posts) across the inline
+// try, collect jobs and restarts (a 429 does not use one up). Past it the
+// collection is retried slowly until RetryFor, then recorded failed.
 const collectMaxAttempts = 8
 
 // collectJobMaxAttempts bounds a collect job's runs, which include look-ups
@@ -261,7 +262,15 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 		}
 	}
 	if e.Posts >= collectMaxAttempts {
-		return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d requests: %v", e.Posts, err), log)
+		// Past the quick retries: Defender is having an outage, not a
+		// blip. Keep trying, at most every RetryCap and without using the
+		// job's attempts, until the decision is RetryFor old.
+		age := p.cfg.Now().Sub(e.CreatedAt)
+		if age >= p.cfg.RetryFor {
+			return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d requests over %s: %v", e.Posts, age.Round(time.Second), err), log)
+		}
+		log.Warn("machine action request failed; Defender keeps failing, will retry", zap.Duration("waited", age.Round(time.Second)), zap.Error(err))
+		return river.JobSnooze(p.outageDelay(age))
 	}
 	log.Warn("machine action request failed; will retry", zap.Error(err))
 	return err

@@ -81,6 +81,7 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 	budget, cancel := context.WithTimeout(ctx, evaluateBudget-time.Duration(rand.Int64N(int64(evaluateBudget/4))))
 	defer cancel()
 	errs := make([]error, len(todo))
+	receivedAt := make([]time.Time, len(todo)) // of the alerts left undecided
 	ready := make(chan preparedAlert, len(todo))
 	sem := make(chan struct{}, evaluateParallel) // collections in flight
 	var prepared, collects sync.WaitGroup
@@ -101,9 +102,9 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 			// No per-job bound here: machine reads have their own
 			// (lookupSlot), and an alert waiting for a machine read must
 			// not hold up one whose machine is known.
-			item.alert, item.err = p.loadAlert(budget, rowID)
+			item.alert, item.received, item.err = p.loadAlert(budget, rowID)
 			if item.err == nil {
-				item.decision, item.notes, item.err = p.prepare(budget, job.JobRow, item.alert)
+				item.decision, item.notes, item.err = p.prepare(budget, job.JobRow, item.alert, item.received)
 			}
 			if item.err != nil && budget.Err() != nil && ctx.Err() == nil {
 				item.err = errBudget
@@ -126,6 +127,7 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 		for _, item := range group {
 			if item.err != nil {
 				errs[item.index] = item.err
+				receivedAt[item.index] = item.received
 				continue
 			}
 			batch = append(batch, decideItem{rowID: item.rowID, alert: item.alert, decision: item.decision, notes: item.notes})
@@ -168,7 +170,7 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 	}
 	var snooze time.Duration
 	var first error
-	for _, err := range errs {
+	for i, err := range errs {
 		var de *defender.Error
 		switch {
 		case err == nil:
@@ -176,6 +178,11 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 			snooze = max(snooze, time.Second)
 		case errors.As(err, &de) && de.Outcome == defender.OutcomeRateLimited:
 			snooze = max(snooze, de.RetryAfter, time.Second)
+		case errors.As(err, &de):
+			// Defender failing (an outage): wait without using up the
+			// job's attempts, for as long as RetryFor allows (prepare
+			// decides without Defender after that).
+			snooze = max(snooze, p.outageDelay(p.cfg.Now().Sub(receivedAt[i])))
 		case first == nil:
 			first = err
 		}
@@ -196,7 +203,8 @@ type preparedAlert struct {
 	alert    *alert.Alert
 	decision rules.Decision
 	notes    []string
-	err      error // left undecided
+	received time.Time // when intake stored the alert
+	err      error     // left undecided
 }
 
 // undecided returns the ids among rowIDs that have no audit entry yet.
@@ -238,26 +246,27 @@ func (p *Pipeline) undecided(ctx context.Context, rowIDs []int64) ([]int64, erro
 // loadAlert reads one stored alert. Each preparing goroutine reads its own,
 // so that jobs starting together do not hold the store for long reads while
 // webhooks wait to commit.
-func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, error) {
+func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, time.Time, error) {
 	var payload string
-	err := p.store.DB.QueryRowContext(ctx, `SELECT payload FROM responder_alert WHERE id = $1`, rowID).Scan(&payload)
+	var received int64
+	err := p.store.DB.QueryRowContext(ctx, `SELECT payload, received_at FROM responder_alert WHERE id = $1`, rowID).Scan(&payload, &received)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("alert row %d does not exist", rowID)
+		return nil, time.Time{}, fmt.Errorf("alert row %d does not exist", rowID)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("loading alert %d: %w", rowID, err)
+		return nil, time.Time{}, fmt.Errorf("loading alert %d: %w", rowID, err)
 	}
 	var a alert.Alert
 	if err := json.Unmarshal([]byte(payload), &a); err != nil {
-		return nil, fmt.Errorf("decoding stored alert %d: %w", rowID, err)
+		return nil, time.Time{}, fmt.Errorf("decoding stored alert %d: %w", rowID, err)
 	}
-	return &a, nil
+	return &a, fromMS(received), nil
 }
 
 // prepare readies the decision of one stored alert: resolve the machine,
 // read its attributes when a rule needs them, and evaluate the rules. It
 // returns an error only when the alert must stay undecided for now.
-func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.Alert) (rules.Decision, []string, error) {
+func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.Alert, received time.Time) (rules.Decision, []string, error) {
 	log := p.log.With(zap.String("source", string(a.Source)), zap.String("alert_id", a.ID))
 	attempt := job.Attempt
 
@@ -272,7 +281,7 @@ func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.
 				return rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil, nil
 			}
 			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", attempt), zap.Error(err))
-			if finalAttempt(job, err) {
+			if p.giveUp(received, err) {
 				return rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil, nil
 			}
 			return rules.Decision{}, nil, err
@@ -295,7 +304,7 @@ func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.
 				notes = append(notes, "Defender does not know the machine; machine attributes are empty")
 			default:
 				log.Warn("machine attributes unavailable", zap.String("machine_id", a.MachineID), zap.Int("attempt", attempt), zap.Error(err))
-				if finalAttempt(job, err) {
+				if p.giveUp(received, err) {
 					// Fail safe: rules that exclude machines by their
 					// attributes cannot be trusted on empty attributes.
 					return rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes, nil
@@ -775,10 +784,13 @@ func toMachine(m defender.Machine) alert.Machine {
 	}
 }
 
-// finalAttempt reports whether err ends the job: a permanent failure, or a
-// transient one on the last attempt. The caller then records a decision that
-// says so, so that no accepted alert is left without one.
-func finalAttempt(job *rivertype.JobRow, err error) bool {
+// giveUp reports whether an alert whose machine could not be read from
+// Defender is decided without it now: at once for a refusal that no retry
+// changes, never while the quota is only waited for, and for a transient
+// failure (an outage) once the alert has waited RetryFor. The caller then
+// records a decision that says so, so that no accepted alert is left
+// without one.
+func (p *Pipeline) giveUp(received time.Time, err error) bool {
 	if errors.Is(err, defender.ErrQuotaWait) {
 		return false // nothing was sent: waiting is not failing
 	}
@@ -788,7 +800,16 @@ func finalAttempt(job *rivertype.JobRow, err error) bool {
 	case defender.OutcomeRateLimited:
 		return false
 	}
-	return job.Attempt >= job.MaxAttempts
+	return p.cfg.Now().Sub(received) >= p.cfg.RetryFor
+}
+
+// outageDelay is how long to wait before trying Defender again for work
+// that has waited age already: half of it, between RetryBase and RetryCap,
+// with jitter so that many waiting jobs do not come back together. It grows
+// like a doubling backoff without counting attempts, which snoozes keep.
+func (p *Pipeline) outageDelay(age time.Duration) time.Duration {
+	d := min(max(age/2, p.cfg.RetryBase), p.cfg.RetryCap)
+	return d - time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
 // outcomeOf reads the outcome of a Defender error ("" for other errors).

@@ -47,6 +47,11 @@ type Config struct {
 	// RetryBase and RetryCap shape the retry backoff of transient failures
 	// (defaults 1s and 60s: about 1s, 2s, 4s, ... capped).
 	RetryBase, RetryCap time.Duration
+	// RetryFor is how long an alert keeps being retried through transient
+	// Defender failures (5xx, timeouts, resets) before it is decided
+	// without Defender or its collection recorded failed: an outage must
+	// not lose an accepted alert (default ActionTimeout).
+	RetryFor time.Duration
 	// QuotaWait bounds how long a job waits for the quota before it snoozes
 	// and frees its worker (default 5s).
 	QuotaWait time.Duration
@@ -79,6 +84,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetryCap <= 0 {
 		c.RetryCap = time.Minute
+	}
+	if c.RetryFor <= 0 {
+		c.RetryFor = c.ActionTimeout
 	}
 	if c.QuotaWait <= 0 {
 		c.QuotaWait = 5 * time.Second

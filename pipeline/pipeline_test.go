@@ -367,14 +367,14 @@ func TestRetriesOn429And5xx(t *testing.T) {
 }
 
 // TestGivesUpAfterThePostBudget: with Defender failing every POST, the
-// decision is given up after exactly collectMaxAttempts requests, counted
-// across the evaluator's inline try and the collect job's retries, and the
-// audit entry says how many were sent.
+// decision is retried past the quick budget of collectMaxAttempts requests
+// (counted across the evaluator's inline try and the collect job) until it
+// is RetryFor old, then recorded failed with the number of requests sent.
 func TestGivesUpAfterThePostBudget(t *testing.T) {
 	t.Parallel()
 	sim := newSim(t, defendertest.Options{})
 	sim.InjectFault(defendertest.Fault{Method: "POST", PathContains: "collectInvestigationPackage", Status: 500})
-	e := setup(t, envOpts{sim: sim})
+	e := setup(t, envOpts{sim: sim, cfg: Config{RetryFor: time.Second}})
 	e.submit(mdeAlert("da-budget", defendertest.DevWorkstationID, "high"))
 	got := e.waitEntry("da-budget", func(en *Entry) bool { return en.Outcome != "" })
 	if got.Outcome != OutcomeFailed {
@@ -386,14 +386,58 @@ func TestGivesUpAfterThePostBudget(t *testing.T) {
 			sent++
 		}
 	}
-	if sent != collectMaxAttempts {
-		t.Fatalf("%d POSTs, want %d", sent, collectMaxAttempts)
+	if sent < collectMaxAttempts || got.Posts != sent {
+		t.Fatalf("%d POSTs, posts = %d: want the same, at least %d", sent, got.Posts, collectMaxAttempts)
 	}
-	if got.Posts != collectMaxAttempts {
-		t.Fatalf("posts = %d, want %d", got.Posts, collectMaxAttempts)
-	}
-	if want := fmt.Sprintf("giving up after %d requests", collectMaxAttempts); !strings.Contains(got.Error+got.Reason, want) {
+	if want := fmt.Sprintf("giving up after %d requests over ", got.Posts); !strings.Contains(got.Error+got.Reason, want) {
 		t.Fatalf("entry error %q, reason %q: want %q", got.Error, got.Reason, want)
+	}
+	if got.FinishedAt.Sub(got.CreatedAt) < time.Second {
+		t.Fatalf("given up %s after the decision, before RetryFor (1s)", got.FinishedAt.Sub(got.CreatedAt))
+	}
+}
+
+// TestOutageDoesNotLoseAlerts: an accepted alert survives a Defender
+// outage longer than any attempt budget. Machine reads fail 11 times
+// (evaluate jobs allow 10 attempts) and then POSTs 10 times (more than
+// collectMaxAttempts): the alert is still evaluated on its machine's
+// attributes and collected once.
+func TestOutageDoesNotLoseAlerts(t *testing.T) {
+	t.Parallel()
+	sim := newSim(t, defendertest.Options{})
+	sim.InjectFault(defendertest.Fault{Method: "GET", PathContains: "/api/machines/", Status: 503, Times: 11})
+	sim.InjectFault(defendertest.Fault{Method: "POST", PathContains: "collectInvestigationPackage", Status: 503, Times: 10})
+	e := setup(t, envOpts{sim: sim})
+	e.submit(mdeAlert("da-outage", defendertest.DevWorkstationID, "high"))
+	// Each failure waits for a queue poll: allow more than waitEntry does.
+	var got *Entry
+	waitFor(t, "the collection after the outage", time.Minute, func() bool {
+		got = e.entryFor("da-outage")
+		return got != nil && got.Outcome != ""
+	})
+	if got.Decision != DecisionCollect || got.Outcome != OutcomeCreated || got.Posts != 11 {
+		t.Fatalf("entry = %+v, want collect, created after 11 requests", got)
+	}
+	if n := len(posts(sim, "collectInvestigationPackage")); n != 1 {
+		t.Fatalf("%d actions created, want 1", n)
+	}
+}
+
+// TestOutageBeyondRetryForDecidesWithoutDefender: when machine reads keep
+// failing for RetryFor, the alert is decided fail-safe (not evaluated on
+// empty attributes), never left undecided.
+func TestOutageBeyondRetryForDecidesWithoutDefender(t *testing.T) {
+	t.Parallel()
+	sim := newSim(t, defendertest.Options{})
+	sim.InjectFault(defendertest.Fault{Method: "GET", PathContains: "/api/machines/", Status: 503})
+	e := setup(t, envOpts{sim: sim, cfg: Config{RetryFor: time.Second}})
+	e.submit(mdeAlert("da-long-outage", defendertest.DevWorkstationID, "high"))
+	got := e.waitEntry("da-long-outage", func(*Entry) bool { return true })
+	if got.Decision != DecisionNoMatch || !strings.Contains(got.Reason, "not evaluated") {
+		t.Fatalf("entry = %+v", got)
+	}
+	if n := len(posts(sim, "collectInvestigationPackage")); n != 0 {
+		t.Fatalf("%d actions created for an alert not evaluated", n)
 	}
 }
 
