@@ -193,5 +193,5 @@ func Default() *Config {
 func (c *Config) WebhookAuthConfigured() bool {
 	w := c.Webhooks
 	return c.Secrets.WebhookBearerToken != "" || w.BasicAuth.Username != "" ||
-		c.Secrets.WebhookHMACSecret != "" || len(w.AllowCIDRs) > 0
+		c.Secrets.WebhookHMACSecret != "" || len(w.AllowCIDRs) > 0 || c.Server.TLSClientCAFile != ""
 }

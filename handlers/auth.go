@@ -40,6 +40,9 @@ type WebhookAuth struct {
 	TimestampHeader string
 	MaxSkew         time.Duration
 	AllowCIDRs      []netip.Prefix
+	// RequireClientCert (server.tls_client_ca_file) admits only requests
+	// whose TLS client certificate verified against the configured CA.
+	RequireClientCert bool
 	// Now is the clock for timestamp checks; time.Now when nil.
 	Now func() time.Time
 }
@@ -47,13 +50,14 @@ type WebhookAuth struct {
 // NewWebhookAuth builds the checks from the configuration.
 func NewWebhookAuth(c *config.Config) (*WebhookAuth, error) {
 	a := &WebhookAuth{
-		BearerToken:     c.Secrets.WebhookBearerToken,
-		BasicUser:       c.Webhooks.BasicAuth.Username,
-		BasicPassword:   c.Secrets.WebhookBasicPassword,
-		HMACSecret:      c.Secrets.WebhookHMACSecret,
-		HMACHeader:      c.Webhooks.HMAC.Header,
-		TimestampHeader: c.Webhooks.HMAC.TimestampHeader,
-		MaxSkew:         c.Webhooks.HMAC.MaxSkew,
+		BearerToken:       c.Secrets.WebhookBearerToken,
+		BasicUser:         c.Webhooks.BasicAuth.Username,
+		BasicPassword:     c.Secrets.WebhookBasicPassword,
+		HMACSecret:        c.Secrets.WebhookHMACSecret,
+		HMACHeader:        c.Webhooks.HMAC.Header,
+		TimestampHeader:   c.Webhooks.HMAC.TimestampHeader,
+		MaxSkew:           c.Webhooks.HMAC.MaxSkew,
+		RequireClientCert: c.Server.TLSClientCAFile != "",
 	}
 	for _, s := range c.Webhooks.AllowCIDRs {
 		p, err := netip.ParsePrefix(s)
@@ -78,8 +82,12 @@ type authError struct {
 
 func (e *authError) Error() string { return e.reason }
 
-// checkPeer applies the CIDR allow-list to the socket peer.
+// checkPeer applies the client certificate requirement and the CIDR
+// allow-list to the socket peer.
 func (a *WebhookAuth) checkPeer(r *http.Request) *authError {
+	if a.RequireClientCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		return &authError{http.StatusUnauthorized, "no verified client certificate (server.tls_client_ca_file)"}
+	}
 	if len(a.AllowCIDRs) == 0 {
 		return nil
 	}

@@ -144,7 +144,11 @@ func tlsConfig(c config.Server) (*tls.Config, error) {
 			return nil, fmt.Errorf("server.tls_client_ca_file %q holds no PEM certificate", c.TLSClientCAFile)
 		}
 		tc.ClientCAs = pool
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		// A certificate that is presented must verify, but the handshake
+		// does not demand one: the webhooks do (WebhookAuth), while the
+		// probes, /metrics and the token-protected admin API stay reachable
+		// by kubelet and Prometheus, which present none.
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	return tc, nil
 }

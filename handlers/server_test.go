@@ -46,7 +46,11 @@ func start(t *testing.T, cfg *config.Config, opts Options) *running {
 	m := metrics.New(reg)
 	opts.Config = cfg
 	if opts.Webhooks == nil {
-		opts.Webhooks = &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, MaxBodyBytes: cfg.Server.MaxBodyBytes, SubmitTimeout: time.Second, Metrics: m, Logger: zap.NewNop()}
+		auth, err := NewWebhookAuth(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Webhooks = &Webhooks{Auth: auth, Sink: &fakeSink{}, MaxBodyBytes: cfg.Server.MaxBodyBytes, SubmitTimeout: time.Second, Metrics: m, Logger: zap.NewNop()}
 	}
 	opts.Gatherer = reg
 	opts.Logger = zap.NewNop()
@@ -237,14 +241,43 @@ func TestMutualTLS(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(caCert)
 	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	if _, err := noCert.Get("https://" + r.addrs["webhooks"] + "/healthz"); err == nil {
-		t.Fatal("a client without a certificate was served")
-	}
 	withCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{{
 		Certificate: [][]byte{cliCert.Raw}, PrivateKey: cliKey,
 	}}}}}
-	if code, _ := get(t, withCert, "https://"+r.addrs["webhooks"]+"/healthz", ""); code != 200 {
-		t.Fatalf("mTLS healthz = %d", code)
+	otherCA, otherKey := newCert(t, nil, nil, "other-ca", true)
+	foreign, foreignKey := newCert(t, otherCA, otherKey, "intruder", false)
+	// Sent whatever CAs the server names (a client picking from
+	// Certificates would send none).
+	foreignCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &tls.Certificate{Certificate: [][]byte{foreign.Raw}, PrivateKey: foreignKey}, nil
+		}}}}
+	post := func(c *http.Client) int {
+		t.Helper()
+		resp, err := c.Post("https://"+r.addrs["webhooks"]+"/webhooks/defender", "application/json",
+			strings.NewReader(`{"id":"da1","machineId":"1e5bc9d7e413ddd7902c2932e418702b84d0cc07"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Webhooks need a client certificate signed by the CA.
+	if code := post(noCert); code != http.StatusUnauthorized {
+		t.Fatalf("webhook without a client certificate = %d, want 401", code)
+	}
+	if code := post(withCert); code != http.StatusAccepted {
+		t.Fatalf("webhook with a client certificate = %d, want 202", code)
+	}
+	// A certificate from another CA fails the handshake itself.
+	if _, err := foreignCert.Get("https://" + r.addrs["webhooks"] + "/healthz"); err == nil {
+		t.Fatal("a client certificate from another CA was accepted")
+	}
+	// Probes and /metrics stay reachable without one (kubelet, Prometheus).
+	for _, u := range []string{r.addrs["webhooks"] + "/healthz", r.addrs["webhooks"] + "/readyz", r.addrs["admin"] + "/metrics"} {
+		if code, _ := get(t, noCert, "https://"+u, ""); code != 200 {
+			t.Fatalf("GET %s without a client certificate = %d, want 200", u, code)
+		}
 	}
 }
 
