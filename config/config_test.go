@@ -35,7 +35,7 @@ func TestLoadInvalid(t *testing.T) {
 			`testdata/invalid-missing-tenant.yaml:3:1: defender.tenant_id: required unless defender.dry_run is true`,
 		}},
 		{"invalid-no-webhook-auth.yaml", []string{
-			`testdata/invalid-no-webhook-auth.yaml:1:1: webhooks: no webhook authentication is configured (bearer_token_file, basic_auth, hmac or allow_cidrs); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose`,
+			`testdata/invalid-no-webhook-auth.yaml:1:1: webhooks: no webhook authentication is configured (bearer_token_file, basic_auth, hmac, allow_cidrs or server.tls_client_ca_file); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose`,
 		}},
 		{"invalid-many.yaml", []string{
 			`testdata/invalid-many.yaml:2:19: server.max_body_bytes: must be positive, got -1`,
@@ -49,7 +49,11 @@ func TestLoadInvalid(t *testing.T) {
 		{"invalid-wrong-type.yaml", []string{
 			`testdata/invalid-wrong-type.yaml:2:26: webhooks.allow_unauthenticated: invalid boolean "yes please" (use true or false)`,
 			`testdata/invalid-wrong-type.yaml:3:16: webhooks.allow_cidrs: expected a list, got a scalar`,
-			`testdata/invalid-wrong-type.yaml:1:1: webhooks: no webhook authentication is configured (bearer_token_file, basic_auth, hmac or allow_cidrs); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose`,
+			`testdata/invalid-wrong-type.yaml:1:1: webhooks: no webhook authentication is configured (bearer_token_file, basic_auth, hmac, allow_cidrs or server.tls_client_ca_file); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose`,
+		}},
+		{"invalid-tls.yaml", []string{
+			`testdata/invalid-tls.yaml:3:17: server.tls_key_file: "testdata/not-a-cert.pem" and "testdata/not-a-cert.pem" are not a certificate and its key: tls: failed to find any PEM data in certificate input`,
+			`testdata/invalid-tls.yaml:4:23: server.tls_client_ca_file: "testdata/not-a-cert.pem" holds no PEM certificate`,
 		}},
 		{"invalid-syntax.yaml", []string{
 			`testdata/invalid-syntax.yaml:2:11: syntax error: could not find end character of double-quoted text`,

@@ -1,8 +1,11 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -300,6 +303,18 @@ func (l *loader) validate() {
 			l.problem(p.path, "cannot read %q: %v", p.file, errors.Unwrap(err))
 		}
 	}
+	// The TLS material is checked whole here, with the key's position, so
+	// that `check` catches it and serve fails before it opens anything.
+	if c.Server.TLSCertFile != "" && c.Server.TLSKeyFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.Server.TLSCertFile, c.Server.TLSKeyFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			l.problem("server.tls_key_file", "%q and %q are not a certificate and its key: %v", c.Server.TLSCertFile, c.Server.TLSKeyFile, err)
+		}
+	}
+	if ca := c.Server.TLSClientCAFile; ca != "" {
+		if pem, err := os.ReadFile(ca); err == nil && !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			l.problem("server.tls_client_ca_file", "%q holds no PEM certificate", ca)
+		}
+	}
 
 	if c.Webhooks.BasicAuth.Username != "" && c.Secrets.WebhookBasicPassword == "" {
 		l.problem("webhooks.basic_auth.password_file", "basic_auth.username is set but no password (password_file or %sWEBHOOKS_BASIC_AUTH_PASSWORD)", EnvPrefix)
@@ -321,7 +336,7 @@ func (l *loader) validate() {
 		}
 	}
 	if !c.WebhookAuthConfigured() && !c.Webhooks.AllowUnauthenticated {
-		l.problem("webhooks", "no webhook authentication is configured (bearer_token_file, basic_auth, hmac or allow_cidrs); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose")
+		l.problem("webhooks", "no webhook authentication is configured (bearer_token_file, basic_auth, hmac, allow_cidrs or server.tls_client_ca_file); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose")
 	}
 
 	if !oneOf(c.Store.Driver, drivers) {
