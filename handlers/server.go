@@ -219,6 +219,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
+		s.opts.Logger.Info("shutting down: no new connections; requests in flight finish", zap.Duration("shutdown_timeout", s.opts.Config.Server.ShutdownTimeout))
 	case serveErr = <-errc:
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.opts.Config.Server.ShutdownTimeout)
