@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -77,7 +78,16 @@ const startupTokenTimeout = 30 * time.Second
 func checkTokenAtStart(ctx context.Context, c *defender.Client, log *zap.Logger) {
 	tctx, cancel := context.WithTimeout(ctx, startupTokenTimeout)
 	defer cancel()
-	if err := c.CheckToken(tctx); err != nil && ctx.Err() == nil { // not when shutting down
-		log.Warn("cannot get a Defender token at start; alerts are accepted and calls will try again", zap.Error(err))
+	err := c.CheckToken(tctx)
+	if err == nil || ctx.Err() != nil { // not when shutting down
+		return
 	}
+	var de *defender.Error
+	if errors.As(err, &de) && (de.Outcome == defender.OutcomeUnauthorized || de.Outcome == defender.OutcomePermanent) {
+		// Refused credentials (a wrong secret, an unregistered
+		// certificate) need an administrator; retrying will not help.
+		log.Error("Defender refused the credentials at start; alerts are accepted, but no action can be sent until they are fixed", zap.Error(err))
+		return
+	}
+	log.Warn("cannot get a Defender token at start; alerts are accepted and calls will try again", zap.Error(err))
 }

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -114,8 +116,23 @@ func TestTokenCheckAtStart(t *testing.T) {
 		t.Fatalf("with only Machine.Read.All granted, error lines = %+v", errs)
 	}
 
+	// Refused credentials need an administrator: an error, not a warning.
 	checkTokenAtStart(context.Background(), client("wrong-secret"), log)
-	if n := logs.FilterMessage("cannot get a Defender token at start; alerts are accepted and calls will try again").Len(); n != 1 {
-		t.Fatalf("a failed login logged %d warnings, want 1: %+v", n, logs.All())
+	if n := logs.FilterMessage("Defender refused the credentials at start; alerts are accepted, but no action can be sent until they are fixed").FilterLevelExact(zap.ErrorLevel).Len(); n != 1 {
+		t.Fatalf("a refused login logged %d errors, want 1: %+v", n, logs.All())
+	}
+	// An unreachable login endpoint is transient: a warning.
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	defer down.Close()
+	c, err := defender.New(defender.Config{
+		APIURL: sim.URL(), TokenURL: down.URL, TenantID: defendertest.DevTenantID,
+		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret, UserAgent: "responder/test", Timeout: 5 * time.Second,
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkTokenAtStart(context.Background(), c, log)
+	if n := logs.FilterMessage("cannot get a Defender token at start; alerts are accepted and calls will try again").FilterLevelExact(zap.WarnLevel).Len(); n != 1 {
+		t.Fatalf("a login endpoint answering 503 logged %d warnings, want 1: %+v", n, logs.All())
 	}
 }
