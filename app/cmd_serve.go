@@ -108,8 +108,23 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		logger.Warn("new empty store created", zap.String("store", cfg.Store.Driver), zap.String("path", cfg.Store.DSN))
 	}
 
+	limiters, memory, err := quotaLimiters(ctx, cfg, store, logger)
+	if err != nil {
+		return err
+	}
+	if memory != nil {
+		// Registered after store.Close, so it runs before it: the last
+		// save needs the store.
+		memCtx, stopMemory := context.WithCancel(ctx)
+		memoryDone := make(chan struct{})
+		go func() {
+			defer close(memoryDone)
+			memory.Run(memCtx)
+		}()
+		defer func() { stopMemory(); <-memoryDone }()
+	}
 	perms := &permissionCheck{log: logger.Named("defender"), current: rm.Current, dryRun: cfg.Defender.DryRun}
-	client, err := newDefender(cfg, store, m, logger, perms.roles)
+	client, err := newDefender(cfg, limiters, m, logger, perms.roles)
 	if err != nil {
 		return err
 	}
@@ -127,7 +142,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	var quota defender.Limiter
 	if client != nil {
 		api = client
-		quota = actionQuota(cfg, store)
+		quota = limiters[defender.GroupActions]
 	}
 	p, err := pipeline.New(store, api, quota, rm, m, logger, pipeline.Config{
 		DryRun:                cfg.Defender.DryRun,
@@ -228,7 +243,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 
 // newDefender builds the Defender client, or returns nil in dry-run mode
 // without credentials (decisions are then recorded, nothing is looked up).
-func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, logger *zap.Logger, onRoles func([]string)) (*defender.Client, error) {
+func newDefender(cfg *config.Config, limiters map[defender.Group]defender.Limiter, m *metrics.Metrics, logger *zap.Logger, onRoles func([]string)) (*defender.Client, error) {
 	d := cfg.Defender
 	if cfg.Secrets.DefenderClientSecret == "" && d.CertificateFile == "" && d.FederatedTokenFile == "" {
 		if d.DryRun {
@@ -250,15 +265,12 @@ func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, 
 		dc.CertificatePEM = pem
 	}
 	// The pipeline takes the action quota itself, so that a job waiting for
-	// it frees its worker. On PostgreSQL every group's quota is shared by
-	// the replicas through the store.
+	// it frees its worker.
 	opts := []defender.Option{defender.WithLimiter(defender.GroupActions, nil), defender.WithTokenRoles(onRoles)}
-	if store.Driver == pipeline.DriverPostgres {
-		opts = append(opts,
-			defender.WithLimiter(defender.GroupMachineActions, pipeline.NewSharedLimiter(store, string(defender.GroupMachineActions), d.RateLimit.PerMinute, d.RateLimit.PerHour)),
-			defender.WithLimiter(defender.GroupMachines, pipeline.NewSharedLimiter(store, string(defender.GroupMachines), d.RateLimit.PerMinute, d.RateLimit.PerHour)),
-			defender.WithLimiter(defender.GroupPackageURI, pipeline.NewSharedLimiter(store, string(defender.GroupPackageURI), defender.PackageURIPerMinute, defender.PackageURIPerHour)),
-		)
+	for g, l := range limiters {
+		if g != defender.GroupActions {
+			opts = append(opts, defender.WithLimiter(g, l))
+		}
 	}
 	c, err := defender.New(dc, m, logger, opts...)
 	if err != nil {
@@ -267,14 +279,37 @@ func newDefender(cfg *config.Config, store *pipeline.Store, m *metrics.Metrics, 
 	return c, nil
 }
 
-// actionQuota is the limiter of action POSTs: in process on SQLite (one
-// node), shared through the store on PostgreSQL.
-func actionQuota(cfg *config.Config, store *pipeline.Store) defender.Limiter {
+// quotaLimiters returns the quota limiter of every API group. On PostgreSQL
+// they are shared by the replicas through the store. On SQLite (one node)
+// they run in process, and memory keeps their windows in the store so that a
+// restart does not grant a fresh quota while Defender still counts the calls
+// before it; the caller runs memory.
+func quotaLimiters(ctx context.Context, cfg *config.Config, store *pipeline.Store, logger *zap.Logger) (map[defender.Group]defender.Limiter, *pipeline.LimiterMemory, error) {
 	rl := cfg.Defender.RateLimit
-	if store.Driver == pipeline.DriverPostgres {
-		return pipeline.NewSharedLimiter(store, string(defender.GroupActions), rl.PerMinute, rl.PerHour)
+	quota := func(g defender.Group) (int, int) {
+		if g == defender.GroupPackageURI {
+			return defender.PackageURIPerMinute, defender.PackageURIPerHour
+		}
+		return rl.PerMinute, rl.PerHour
 	}
-	return defender.NewWindowLimiter(rl.PerMinute, rl.PerHour, nil).WithSlack(defender.DefaultLimiterSlack)
+	limiters := map[defender.Group]defender.Limiter{}
+	if store.Driver == pipeline.DriverPostgres {
+		for _, g := range defender.Groups {
+			perMinute, perHour := quota(g)
+			limiters[g] = pipeline.NewSharedLimiter(store, string(g), perMinute, perHour)
+		}
+		return limiters, nil, nil
+	}
+	memory := pipeline.NewLimiterMemory(store, logger.Named("quota"))
+	for _, g := range defender.Groups {
+		perMinute, perHour := quota(g)
+		l := defender.NewWindowLimiter(perMinute, perHour, nil).WithSlack(defender.DefaultLimiterSlack)
+		if err := memory.Add(ctx, g, l); err != nil {
+			return nil, nil, err
+		}
+		limiters[g] = l
+	}
+	return limiters, memory, nil
 }
 
 // adminAPI binds the admin endpoints to the pipeline and the rules.

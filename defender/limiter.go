@@ -3,6 +3,7 @@ package defender
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -164,6 +165,35 @@ func (l *WindowLimiter) reserve() (now, slot time.Time) {
 	}
 	l.log = append(l.log, slot)
 	return now, slot
+}
+
+// Calls returns the times of the calls admitted or reserved within the last
+// hour (and slack), oldest first: what a restarted process must not forget.
+func (l *WindowLimiter) Calls() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cutoff := l.clock.Now().Add(-time.Hour - l.slack)
+	var out []time.Time
+	for _, t := range l.log {
+		if t.After(cutoff) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Remember adds calls made before this limiter existed (by a previous
+// process), so that a restart does not grant a fresh quota.
+func (l *WindowLimiter) Remember(calls []time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cutoff := l.clock.Now().Add(-time.Hour - l.slack)
+	for _, t := range calls {
+		if t.After(cutoff) {
+			l.log = append(l.log, t)
+		}
+	}
+	slices.SortFunc(l.log, func(a, b time.Time) int { return a.Compare(b) })
 }
 
 // release gives back a reservation that was not used.

@@ -187,3 +187,32 @@ func TestInjectedLimiter(t *testing.T) {
 		t.Errorf("wait histogram %d %v", count, sum)
 	}
 }
+
+// TestWindowLimiterRemember: a limiter given the calls of an earlier one
+// (a restarted process) admits only what is left of both windows.
+func TestWindowLimiterRemember(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	first := NewWindowLimiter(2, 3, clk)
+	for range 2 {
+		if w, err := first.Wait(context.Background()); err != nil || w != 0 {
+			t.Fatalf("first limiter: waited %s, %v", w, err)
+		}
+	}
+	clk.Advance(10 * time.Second)
+	calls := first.Calls()
+	if len(calls) != 2 {
+		t.Fatalf("Calls() = %v, want the 2 admitted", calls)
+	}
+
+	second := NewWindowLimiter(2, 3, clk)
+	second.Remember(append(calls, clk.Now().Add(-2*time.Hour))) // too old to count
+	if got := second.Calls(); len(got) != 2 {
+		t.Fatalf("after Remember, Calls() = %v, want the 2 recent ones", got)
+	}
+	// The minute window is full: the next slot is 60 s after the first call.
+	now, slot := second.reserve()
+	if want := calls[0].Add(time.Minute); !slot.Equal(want) {
+		t.Fatalf("next slot at +%s, want +%s (a minute after the remembered call)", slot.Sub(now), want.Sub(now))
+	}
+}

@@ -1146,3 +1146,51 @@ func TestExplain(t *testing.T) {
 		t.Fatalf("unknown name: %+v", got)
 	}
 }
+
+// TestLimiterMemorySurvivesRestart: on SQLite the in-process quota windows
+// are saved in the store, and a restarted process starts with the calls of
+// the previous one instead of a fresh quota.
+func TestLimiterMemorySurvivesRestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "r.db")
+	store, err := OpenStore(ctx, DriverSQLite, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := NewLimiterMemory(store, zap.NewNop())
+	first := defender.NewWindowLimiter(3, 100, nil)
+	if err := mem.Add(ctx, defender.GroupMachines, first); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := first.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Run saves once more when it stops.
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); mem.Run(runCtx) }()
+	stop()
+	<-done
+	store.Close()
+
+	store, err = OpenStore(ctx, DriverSQLite, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	second := defender.NewWindowLimiter(3, 100, nil)
+	if err := NewLimiterMemory(store, zap.NewNop()).Add(ctx, defender.GroupMachines, second); err != nil {
+		t.Fatal(err)
+	}
+	if got := second.Calls(); len(got) != 3 {
+		t.Fatalf("restarted limiter remembers %d calls, want 3", len(got))
+	}
+	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := second.Wait(wctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a fourth call within the minute was admitted after the restart (err %v)", err)
+	}
+}
