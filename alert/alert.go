@@ -156,3 +156,17 @@ type SinkFunc func(ctx context.Context, alerts []Alert) (Receipt, error)
 func (f SinkFunc) Submit(ctx context.Context, alerts []Alert) (Receipt, error) {
 	return f(ctx, alerts)
 }
+
+// IgnoreReason says why intake does not store a, or "" when it does: the
+// alert names no machine, or it is resolved and no rule takes resolved
+// alerts (acceptResolved). The webhook and the evaluate API share it, so
+// that both say the same of the same alert.
+func IgnoreReason(a *Alert, acceptResolved bool) string {
+	switch {
+	case a.MachineID == "" && a.MachineName == "":
+		return "the alert names no machine"
+	case a.Status == StatusResolved && !acceptResolved:
+		return "resolved, and no rule sets on_resolved"
+	}
+	return ""
+}

@@ -153,14 +153,7 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 	acceptResolved := h.AcceptResolved != nil && h.AcceptResolved()
 	keep := make([]alert.Alert, 0, len(batch.Alerts))
 	for _, a := range batch.Alerts {
-		reason := ""
-		switch {
-		case a.MachineID == "" && a.MachineName == "":
-			reason = "names no machine"
-		case a.Status == alert.StatusResolved && !acceptResolved:
-			reason = "resolved, and no rule sets on_resolved"
-		}
-		if reason != "" {
+		if reason := alert.IgnoreReason(&a, acceptResolved); reason != "" {
 			ans.Ignored++
 			h.Metrics.AlertsReceived.WithLabelValues(string(a.Source), "ignored").Inc()
 			log.Info("alert ignored", zap.String("alert_id", a.ID), zap.String("reason", reason))

@@ -278,7 +278,7 @@ func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.
 		note, err := p.resolveName(ctx, a)
 		if err != nil {
 			if outcomeOf(err) == defender.OutcomeMachineNotFound {
-				return rules.Decision{Reason: fmt.Sprintf("no Defender machine is named %q", a.MachineName)}, nil, nil
+				return rules.Decision{Reason: unknownMachineName(a.MachineName)}, nil, nil
 			}
 			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", attempt), zap.Error(err))
 			if p.giveUp(received, err) {
@@ -746,6 +746,12 @@ func (p *Pipeline) machine(ctx context.Context, id string) (*alert.Machine, erro
 	m := toMachine(dm)
 	p.machines.put(m)
 	return &m, nil
+}
+
+// unknownMachineName is the reason of a decision whose machine name no
+// Defender machine has (the evaluator's and the evaluate API's).
+func unknownMachineName(name string) string {
+	return fmt.Sprintf("no Defender machine is named %q", name)
 }
 
 // resolveName sets a.MachineID from a.MachineName through Defender (several

@@ -65,13 +65,8 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 		var notes []string
 		// What intake ignores is never stored, so never decided: say so
 		// with intake's outcome, as the webhook would count it.
-		if a.MachineID == "" && a.MachineName == "" {
-			ex.Decision, ex.Reason = IgnoredAtIntake, "the alert names no machine"
-			out.Decisions = append(out.Decisions, ex)
-			continue
-		}
-		if a.Status == alert.StatusResolved && !set.AcceptsResolved() {
-			ex.Decision, ex.Reason = IgnoredAtIntake, "resolved, and no rule sets on_resolved"
+		if reason := alert.IgnoreReason(&a, set.AcceptsResolved()); reason != "" {
+			ex.Decision, ex.Reason = IgnoredAtIntake, reason
 			out.Decisions = append(out.Decisions, ex)
 			continue
 		}
@@ -85,7 +80,7 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 			if err != nil {
 				ex.Decision, ex.Reason = DecisionNoMatch, fmt.Sprintf("machine name %q not resolved: %v", a.MachineName, err)
 				if outcomeOf(err) == defender.OutcomeMachineNotFound {
-					ex.Reason = fmt.Sprintf("no Defender machine is named %q", a.MachineName)
+					ex.Reason = unknownMachineName(a.MachineName)
 				}
 				out.Decisions = append(out.Decisions, ex)
 				continue
