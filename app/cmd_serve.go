@@ -113,15 +113,9 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		return err
 	}
 	if memory != nil {
-		// Registered after store.Close, so it runs before it: the last
-		// save needs the store.
-		memCtx, stopMemory := context.WithCancel(ctx)
-		memoryDone := make(chan struct{})
-		go func() {
-			defer close(memoryDone)
-			memory.Run(memCtx)
-		}()
-		defer func() { stopMemory(); <-memoryDone }()
+		// Deferred after store.Close, so it runs before it: the last save
+		// needs the store.
+		defer goOwned(ctx, memory.Run)()
 	}
 	perms := &permissionCheck{log: logger.Named("defender"), current: rm.Current, dryRun: cfg.Defender.DryRun}
 	client, err := newDefender(cfg, limiters, m, logger, perms.roles)
@@ -129,13 +123,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		return err
 	}
 	if client != nil {
-		checkCtx, cancelCheck := context.WithCancel(ctx)
-		tokenChecked := make(chan struct{})
-		go func() {
-			defer close(tokenChecked)
-			checkTokenAtStart(checkCtx, client, logger.Named("defender"))
-		}()
-		defer func() { cancelCheck(); <-tokenChecked }()
+		defer goOwned(ctx, func(ctx context.Context) { checkTokenAtStart(ctx, client, logger.Named("defender")) })()
 	}
 	// A nil *Client must become a nil interface, not a typed nil.
 	var api defender.API
@@ -277,6 +265,18 @@ func newDefender(cfg *config.Config, limiters map[defender.Group]defender.Limite
 		return nil, fmt.Errorf("defender: %w", err)
 	}
 	return c, nil
+}
+
+// goOwned runs fn in a goroutine on a child of ctx and returns the function
+// that cancels it and waits for it to return, for the caller to defer.
+func goOwned(ctx context.Context, fn func(context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn(ctx)
+	}()
+	return func() { cancel(); <-done }
 }
 
 // quotaLimiters returns the quota limiter of every API group. On PostgreSQL
