@@ -108,14 +108,9 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		logger.Warn("new empty store created", zap.String("store", cfg.Store.Driver), zap.String("path", cfg.Store.DSN))
 	}
 
-	limiters, memory, err := quotaLimiters(ctx, cfg, store, logger)
+	limiters, err := quotaLimiters(ctx, cfg, store, logger)
 	if err != nil {
 		return err
-	}
-	if memory != nil {
-		// Deferred after store.Close, so it runs before it: the last save
-		// needs the store.
-		defer goOwned(ctx, memory.Run)()
 	}
 	perms := &permissionCheck{log: logger.Named("defender"), current: rm.Current, dryRun: cfg.Defender.DryRun}
 	client, err := newDefender(cfg, limiters, m, logger, perms.roles)
@@ -279,12 +274,11 @@ func goOwned(ctx context.Context, fn func(context.Context)) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-// quotaLimiters returns the quota limiter of every API group. On PostgreSQL
-// they are shared by the replicas through the store. On SQLite (one node)
-// they run in process, and memory keeps their windows in the store so that a
-// restart does not grant a fresh quota while Defender still counts the calls
-// before it; the caller runs memory.
-func quotaLimiters(ctx context.Context, cfg *config.Config, store *pipeline.Store, logger *zap.Logger) (map[defender.Group]defender.Limiter, *pipeline.LimiterMemory, error) {
+// quotaLimiters returns the quota limiter of every API group. Both keep
+// every call in the store before it is sent, so that a restart, even a
+// crash loop, never grants a fresh quota: on PostgreSQL they are shared by
+// the replicas; on SQLite (one node) they wait in process.
+func quotaLimiters(ctx context.Context, cfg *config.Config, store *pipeline.Store, logger *zap.Logger) (map[defender.Group]defender.Limiter, error) {
 	rl := cfg.Defender.RateLimit
 	quota := func(g defender.Group) (int, int) {
 		if g == defender.GroupPackageURI {
@@ -293,23 +287,19 @@ func quotaLimiters(ctx context.Context, cfg *config.Config, store *pipeline.Stor
 		return rl.PerMinute, rl.PerHour
 	}
 	limiters := map[defender.Group]defender.Limiter{}
-	if store.Driver == pipeline.DriverPostgres {
-		for _, g := range defender.Groups {
-			perMinute, perHour := quota(g)
-			limiters[g] = pipeline.NewSharedLimiter(store, string(g), perMinute, perHour)
-		}
-		return limiters, nil, nil
-	}
-	memory := pipeline.NewLimiterMemory(store, logger.Named("quota"))
 	for _, g := range defender.Groups {
 		perMinute, perHour := quota(g)
-		l := defender.NewWindowLimiter(perMinute, perHour, nil).WithSlack(defender.DefaultLimiterSlack)
-		if err := memory.Add(ctx, g, l); err != nil {
-			return nil, nil, err
+		if store.Driver == pipeline.DriverPostgres {
+			limiters[g] = pipeline.NewSharedLimiter(store, string(g), perMinute, perHour)
+			continue
+		}
+		l, err := pipeline.NewLocalLimiter(ctx, store, string(g), perMinute, perHour, logger.Named("quota"))
+		if err != nil {
+			return nil, err
 		}
 		limiters[g] = l
 	}
-	return limiters, memory, nil
+	return limiters, nil
 }
 
 // adminAPI binds the admin endpoints to the pipeline and the rules.

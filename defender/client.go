@@ -316,6 +316,10 @@ func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 		// scrub before the message is parsed and shortened.
 		e := classify(r.op, r.kind, status, header, []byte(c.tokens.scrub(string(body))), c.clock.Now())
 		e.Code, e.Message, e.Target = c.tokens.scrub(e.Code), c.tokens.scrub(e.Message), c.tokens.scrub(e.Target)
+		if e.Outcome == OutcomeRateLimited {
+			// Every call of the group would be refused until then.
+			throttle(c.limiters[r.group], c.clock.Now().Add(e.RetryAfter))
+		}
 		c.logFailure(&r, e)
 		return nil, e
 	}

@@ -32,6 +32,23 @@ type Limiter interface {
 	Wait(ctx context.Context) (waited time.Duration, err error)
 }
 
+// Throttler is a Limiter that a 429 can hold back: Throttle stops admitting
+// calls until until, including the calls already waiting for a slot. MDE
+// counts its quota per application and tenant, so when it answers one
+// request 429 with Retry-After, every request of that API group would get
+// the same answer until then: the whole group waits, not only the request
+// that was refused. Limiters shared by several replicas hold them all back.
+type Throttler interface {
+	Throttle(until time.Time)
+}
+
+// throttle holds back l's group until until, when l can be throttled.
+func throttle(l Limiter, until time.Time) {
+	if t, ok := l.(Throttler); ok {
+		t.Throttle(until)
+	}
+}
+
 // LimiterFunc adapts a function to the Limiter interface.
 type LimiterFunc func(ctx context.Context) (time.Duration, error)
 
@@ -86,6 +103,8 @@ type WindowLimiter struct {
 	// log holds admitted and reserved call times in ascending order, none
 	// older than an hour before the latest prune.
 	log []time.Time
+	// throttled holds back every call until then (a 429's Retry-After).
+	throttled time.Time
 }
 
 // NewWindowLimiter returns a limiter of perMinute calls per 60 s and perHour
@@ -116,22 +135,42 @@ func (l *WindowLimiter) Wait(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	start, slot := l.reserve()
-	if !slot.After(start) {
-		return 0, nil
-	}
 	for {
+		now := l.clock.Now()
+		if !now.Before(slot) {
+			// A 429 may have throttled the group while this call waited
+			// for its slot: take a new one after the throttle.
+			if until := l.throttledUntil(); now.Before(until) {
+				l.release(slot)
+				_, slot = l.reserve()
+				continue
+			}
+			return max(slot.Sub(start), 0), nil
+		}
 		select {
 		case <-ctx.Done():
 			l.release(slot)
 			return 0, ctx.Err()
-		case <-l.clock.After(slot.Sub(l.clock.Now())):
+		case <-l.clock.After(slot.Sub(now)):
 		}
-		// A clock may fire early (or be advanced in steps): wait again
-		// until the slot has come.
-		if now := l.clock.Now(); !now.Before(slot) {
-			return slot.Sub(start), nil
-		}
+		// A clock may fire early (or be advanced in steps): the loop waits
+		// again until the slot has come.
 	}
+}
+
+// Throttle implements Throttler: no call is admitted before until.
+func (l *WindowLimiter) Throttle(until time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if until.After(l.throttled) {
+		l.throttled = until
+	}
+}
+
+func (l *WindowLimiter) throttledUntil() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.throttled
 }
 
 // reserve records the earliest allowed slot and returns the time now and the
@@ -149,6 +188,9 @@ func (l *WindowLimiter) reserve() (now, slot time.Time) {
 		l.log = append(l.log[:0], l.log[cut:]...)
 	}
 	slot = now
+	if l.throttled.After(slot) {
+		slot = l.throttled
+	}
 	n := len(l.log)
 	if n > 0 && l.log[n-1].After(slot) {
 		slot = l.log[n-1] // first come, first served

@@ -216,3 +216,98 @@ func TestWindowLimiterRemember(t *testing.T) {
 		t.Fatalf("next slot at +%s, want +%s (a minute after the remembered call)", slot.Sub(now), want.Sub(now))
 	}
 }
+
+// TestWindowLimiterThrottle: a throttle holds back a caller already waiting
+// for an earlier slot, and every caller after it.
+func TestWindowLimiterThrottle(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	l := NewWindowLimiter(1, 100, clk)
+	start := clk.Now()
+	if _, err := l.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan time.Time, 1)
+	go func() {
+		if _, err := l.Wait(context.Background()); err != nil {
+			t.Error(err)
+		}
+		done <- clk.Now()
+	}()
+	for clk.Waiters() == 0 {
+		<-clk.changed
+	}
+	// The waiter's slot is +60 s; a 429 now asks for 90 s.
+	l.Throttle(start.Add(90 * time.Second))
+	var admitted time.Time
+wait:
+	for {
+		clk.AdvanceToNext()
+		select {
+		case admitted = <-done:
+			break wait
+		case <-clk.changed: // a new waiter: advance to it
+		}
+	}
+	if d := admitted.Sub(start); d != 90*time.Second {
+		t.Fatalf("the waiting call was admitted at +%s; want +90s, after the throttle", d)
+	}
+	// An earlier throttle does not shorten it.
+	l.Throttle(start)
+	if got := l.throttledUntil(); !got.Equal(start.Add(90 * time.Second)) {
+		t.Fatalf("throttle moved back to %s", got)
+	}
+}
+
+// TestRateLimitedThrottlesTheGroup: after a 429 with Retry-After the client
+// holds back every call of that API group until it has passed (MDE would
+// refuse them all), while other groups go on.
+func TestRateLimitedThrottlesTheGroup(t *testing.T) {
+	t.Parallel()
+	var (
+		mu    sync.Mutex
+		calls []time.Time
+		b     *bundle
+	)
+	b = setup(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Method == http.MethodGet {
+			writeJSON(w, http.StatusOK, actionJSON(testAction, "Pending"))
+			return
+		}
+		calls = append(calls, b.clock.Now())
+		if len(calls) == 1 {
+			w.Header().Set("Retry-After", "30")
+			writeJSON(w, http.StatusTooManyRequests, `{"error":{"code":"TooManyRequests","message":"slow down","target":"t"}}`)
+			return
+		}
+		writeJSON(w, http.StatusCreated, actionJSON(testAction, "Pending"))
+	})
+	ctx := context.Background()
+	start := b.clock.Now()
+	if _, err := b.client.CollectInvestigationPackage(ctx, testMachine, "c"); err == nil {
+		t.Fatal("the 429 was not an error")
+	}
+	// Another group is not held back.
+	if _, err := b.client.GetMachineAction(ctx, testAction); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.client.Isolate(ctx, testMachine, "c", IsolationFull)
+		done <- err
+	}()
+	for b.clock.Waiters() == 0 {
+		<-b.clock.changed
+	}
+	b.clock.AdvanceToNext()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 || calls[1].Sub(start) != 30*time.Second {
+		t.Fatalf("action POSTs at %v; want the second at +30s", calls)
+	}
+}

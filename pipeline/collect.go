@@ -248,6 +248,12 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 			ms(p.cfg.Now()), e.ID); err != nil {
 			return fmt.Errorf("requeueing a rate-limited collection: %w", err)
 		}
+		// MDE counts per application: every POST would get the same
+		// answer until Retry-After, so the whole group waits, not only
+		// this decision (every replica, through the store).
+		if t, ok := p.quota.(defender.Throttler); ok {
+			t.Throttle(p.cfg.Now().Add(de.RetryAfter))
+		}
 		log.Warn("Defender rate limited the request; waiting as asked", zap.Duration("retry_after", de.RetryAfter))
 		return river.JobSnooze(max(de.RetryAfter, time.Second))
 	}
