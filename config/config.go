@@ -224,6 +224,13 @@ func (c *Config) AdminTokens() []AdminToken {
 	return []AdminToken{{Name: AdminTokenName, Token: c.Secrets.AdminBearerToken}}
 }
 
+// AdminUnauthenticatedAllowed reports whether the admin API may be served
+// without a token: admin.allow_unauthenticated is set and the admin API has
+// a loopback-only listener of its own.
+func (c *Config) AdminUnauthenticatedAllowed() bool {
+	return c.Admin.AllowUnauthenticated && c.Server.AdminListen != "" && LoopbackOnly(c.Server.AdminListen)
+}
+
 // AdminAddr is the address the admin API is served on: server.admin_listen,
 // or server.listen when it is "".
 func (c *Config) AdminAddr() string {
