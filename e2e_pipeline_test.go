@@ -59,6 +59,7 @@ func newStack(t *testing.T, simOpts defendertest.Options, extraEnv ...string) *s
 	s.env = append([]string{
 		"RESPONDER_SERVER_LISTEN=127.0.0.1:0",
 		"RESPONDER_SERVER_ADMIN_LISTEN=127.0.0.1:0",
+		"RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED=true", // the tests read the admin API on loopback
 		"RESPONDER_WEBHOOKS_BEARER_TOKEN=" + e2eBearer,
 		"RESPONDER_STORE_DSN=" + filepath.Join(dir, "responder.db"),
 		"RESPONDER_RULES_FILES=" + rules,

@@ -308,6 +308,7 @@ func TestGrafanaHMACEndToEnd(t *testing.T) {
 	p := startResponder(t, []string{
 		"RESPONDER_SERVER_LISTEN=127.0.0.1:0",
 		"RESPONDER_SERVER_ADMIN_LISTEN=",
+		"RESPONDER_ADMIN_BEARER_TOKEN=" + e2eAdmin, // the admin API on the webhook listener needs one
 		"RESPONDER_WEBHOOKS_HMAC_SECRET=" + e2eHMAC,
 		"RESPONDER_WEBHOOKS_HMAC_TIMESTAMP_HEADER=X-Grafana-Alerting-Timestamp",
 		"RESPONDER_DEFENDER_DRY_RUN=true",
@@ -381,6 +382,7 @@ func TestSIGTERMDuringSlowRequest(t *testing.T) {
 	p := startResponder(t, []string{
 		"RESPONDER_SERVER_LISTEN=127.0.0.1:0",
 		"RESPONDER_SERVER_ADMIN_LISTEN=127.0.0.1:0",
+		"RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED=true", // pprof below, on loopback
 		"RESPONDER_WEBHOOKS_ALLOW_UNAUTHENTICATED=true",
 		"RESPONDER_DEFENDER_DRY_RUN=true",
 		"RESPONDER_RULES_FILES=" + mustAbs(t, "examples/rules.yaml"),

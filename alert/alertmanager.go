@@ -105,15 +105,20 @@ func (b *builder) webhookAlert(o object, source Source) error {
 	}
 
 	id, idPath := strings.TrimSpace(labels["alert_id"]), joinKey(o.at("labels"), "alert_id")
+	idLossy := o.lossyIn("labels", "alert_id", id)
 	var occurrence string
 	if id == "" {
 		id, idPath = strings.TrimSpace(fingerprint), o.at("fingerprint")
+		idLossy = o.lossy("fingerprint", id)
 		if id != "" && !startsAt.IsZero() {
 			occurrence = startsAt.Format(time.RFC3339Nano)
 		}
 	}
 	if id == "" {
 		return b.invalid(Problem{Path: o.path, Reason: "no alert_id label and no fingerprint", Source: source})
+	}
+	if idLossy {
+		return b.invalid(Problem{Path: idPath, Reason: "alert id is " + badUTF8, Source: source})
 	}
 	if reason := checkAlertID(id); reason != "" {
 		return b.invalid(Problem{Path: idPath, Reason: reason, Source: source})
@@ -138,6 +143,9 @@ func (b *builder) webhookAlert(o object, source Source) error {
 	}
 	for _, l := range machineIDLabels {
 		if v := strings.TrimSpace(labels[l]); v != "" {
+			if o.lossyIn("labels", l, v) {
+				return b.invalid(Problem{Path: joinKey(o.at("labels"), l), Reason: "machine id is " + badUTF8, Source: source, AlertID: id})
+			}
 			norm, reason := normalMachineID(v)
 			if reason != "" {
 				return b.invalid(Problem{Path: joinKey(o.at("labels"), l), Reason: reason, Source: source, AlertID: id})
@@ -149,6 +157,9 @@ func (b *builder) webhookAlert(o object, source Source) error {
 	if a.MachineID == "" {
 		for _, l := range machineNameLabels {
 			if host := hostOf(labels[l]); host != "" {
+				if o.lossyIn("labels", l, labels[l]) {
+					return b.invalid(Problem{Path: joinKey(o.at("labels"), l), Reason: "machine name is " + badUTF8, Source: source, AlertID: id})
+				}
 				a.MachineName = host
 				break
 			}

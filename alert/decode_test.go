@@ -183,6 +183,7 @@ func TestDecodeErrors(t *testing.T) {
 // file of testdata/dropped/ must be listed.
 func TestDecodeDropped(t *testing.T) {
 	t.Parallel()
+	const badUTF8 = `not valid UTF-8 (an invalid byte sequence or an unpaired \uD800-\uDFFF escape)`
 	const (
 		defender     = alert.SourceDefender
 		graph        = alert.SourceGraph
@@ -261,6 +262,43 @@ func TestDecodeDropped(t *testing.T) {
 			kept: []string{
 				`alertmanager|a-2|1e5bc9d7e413ddd7902c2932e418702b84d0cc07`,
 				`alertmanager|0000000000000005|04c99d46599f078f1c3da3783cf5b95f01ac61bb|2024-05-01T10:00:00Z`,
+			},
+		},
+		// Ids that are not valid UTF-8 would be read with U+FFFD in place
+		// of the bad bytes, so [0] and [1] would share one dedup key: they
+		// are refused, naming the field. A real U+FFFD, raw or escaped, and
+		// a surrogate pair are text like any other.
+		"defender-invalid-utf8.json": {
+			invalid: []alert.Problem{
+				{Path: "[0].id", Reason: "alert id is " + badUTF8, Source: defender},
+				{Path: "[1].id", Reason: "alert id is " + badUTF8, Source: defender},
+				{Path: "[2].id", Reason: "alert id is " + badUTF8, Source: defender},
+				{Path: "[3].id", Reason: "alert id is " + badUTF8, Source: defender},
+				{Path: "[5].machineId", Reason: "machine id is " + badUTF8, Source: defender, AlertID: "da637472900382838869_5"},
+				{Path: "[6].computerDnsName", Reason: "machine name is " + badUTF8, Source: defender, AlertID: "da637472900382838869_6"},
+				{Path: "[9].providerAlertId", Reason: "alert id is " + badUTF8, Source: graph},
+				{Path: "[10].evidence[0].deviceDnsName", Reason: "machine name is " + badUTF8, Source: graph, AlertID: "da637551227677560813_10"},
+			},
+			kept: []string{
+				"defender|da637472900382838869_4\U0001F600|1e5bc9d7e413ddd7902c2932e418702b84d0cc07",
+				"defender|da637472900382838869_7\uFFFD|1e5bc9d7e413ddd7902c2932e418702b84d0cc07",
+				"defender|da637472900382838869_8\uFFFD|1e5bc9d7e413ddd7902c2932e418702b84d0cc07",
+				"graph|da637551227677560813_10|04c99d46599f078f1c3da3783cf5b95f01ac61bb",
+			},
+		},
+		// The labels an id or a machine comes from are checked; labels that
+		// are not used as one (instance after hostname, team) and an unused
+		// fingerprint are not.
+		"alertmanager-invalid-utf8.json": {
+			invalid: []alert.Problem{
+				{Path: "alerts[0].labels.alert_id", Reason: "alert id is " + badUTF8, Source: alertmanager},
+				{Path: "alerts[1].fingerprint", Reason: "alert id is " + badUTF8, Source: alertmanager},
+				{Path: "alerts[2].labels.machine_id", Reason: "machine id is " + badUTF8, Source: alertmanager, AlertID: "am-2"},
+				{Path: "alerts[3].labels.hostname", Reason: "machine name is " + badUTF8, Source: alertmanager, AlertID: "am-3"},
+			},
+			kept: []string{
+				"alertmanager|am-4|name:web-01.corp",
+				"alertmanager|am-5|04c99d46599f078f1c3da3783cf5b95f01ac61bb",
 			},
 		},
 		"grafana-bad-alerts.json": {

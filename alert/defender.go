@@ -209,8 +209,16 @@ func (b *builder) defenderV1(o object) error {
 	if id == "" {
 		return b.invalid(Problem{Path: o.at("id"), Reason: "missing alert id", Source: SourceDefender})
 	}
+	if o.lossy("id", id) {
+		return b.invalid(Problem{Path: o.at("id"), Reason: "alert id is " + badUTF8, Source: SourceDefender})
+	}
 	if reason := checkAlertID(id); reason != "" {
 		return b.invalid(Problem{Path: o.at("id"), Reason: reason, Source: SourceDefender})
+	}
+	for _, f := range []struct{ key, value, what string }{{"machineId", machineID, "machine id"}, {"computerDnsName", machineName, "machine name"}} {
+		if o.lossy(f.key, f.value) {
+			return b.invalid(Problem{Path: o.at(f.key), Reason: f.what + " is " + badUTF8, Source: SourceDefender, AlertID: id})
+		}
 	}
 	a := c.alert(id, SourceDefender)
 	a.TenantID = tenant
@@ -262,12 +270,16 @@ func (b *builder) graph(o object) error {
 		return err
 	}
 
-	id, idPath := strings.TrimSpace(id), o.at("id")
+	id, idKey := strings.TrimSpace(id), "id"
 	if p := strings.TrimSpace(providerID); p != "" {
-		id, idPath = p, o.at("providerAlertId")
+		id, idKey = p, "providerAlertId"
 	}
+	idPath := o.at(idKey)
 	if id == "" {
 		return b.invalid(Problem{Path: o.at("id"), Reason: "missing alert id", Source: SourceGraph})
+	}
+	if o.lossy(idKey, id) {
+		return b.invalid(Problem{Path: idPath, Reason: "alert id is " + badUTF8, Source: SourceGraph})
 	}
 	if reason := checkAlertID(id); reason != "" {
 		return b.invalid(Problem{Path: idPath, Reason: reason, Source: SourceGraph})
@@ -334,6 +346,12 @@ func graphDevices(o object) ([]device, []Problem, error) {
 		name, err := ev.str("deviceDnsName")
 		if err != nil {
 			return err
+		}
+		for _, f := range []struct{ key, value, what string }{{"mdeDeviceId", id, "machine id"}, {"deviceDnsName", name, "machine name"}} {
+			if ev.lossy(f.key, f.value) {
+				problems = append(problems, Problem{Path: ev.at(f.key), Reason: f.what + " is " + badUTF8})
+				return nil
+			}
 		}
 		d := device{name: strings.TrimSpace(name)}
 		if id = strings.TrimSpace(id); id != "" {

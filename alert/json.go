@@ -525,6 +525,101 @@ func plainString(raw json.RawMessage) (string, bool) {
 	return string(inner), true
 }
 
+// badUTF8 ends the reason of an id refused for its encoding.
+const badUTF8 = `not valid UTF-8 (an invalid byte sequence or an unpaired \uD800-\uDFFF escape)`
+
+// exactText reports whether the JSON string literal raw decodes to exactly
+// the text it spells: its bytes are valid UTF-8 and every \u escape of a
+// UTF-16 surrogate is half of a pair. encoding/json replaces anything else
+// with U+FFFD, so that two different raw ids would decode to one id, and
+// one dedup key. raw must be a string literal from a validated body.
+func exactText(raw json.RawMessage) bool {
+	raw = trimJSONSpace(raw)
+	if !utf8.Valid(raw) {
+		return false
+	}
+	if !bytes.Contains(raw, []byte(`\u`)) {
+		return true
+	}
+	for i := 1; i < len(raw)-1; i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character
+		if raw[i] != 'u' {
+			continue
+		}
+		r, ok := hex4(raw, i+1)
+		if !ok {
+			return false // not from a validated body
+		}
+		i += 4
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return false // a low surrogate without its high one
+		case r >= 0xD800 && r <= 0xDBFF:
+			if i+6 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' {
+				return false
+			}
+			low, ok := hex4(raw, i+3)
+			if !ok || low < 0xDC00 || low > 0xDFFF {
+				return false
+			}
+			i += 6
+		}
+	}
+	return true
+}
+
+// hex4 reads the four hexadecimal digits of a \u escape at b[i:].
+func hex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[i : i+4] {
+		switch {
+		case '0' <= c && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case 'a' <= c && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case 'A' <= c && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+// lossy reports whether decoded, the string member key of o, did not
+// decode to the text the body spells (see exactText). It costs nothing
+// unless decoded holds U+FFFD, the mark such a decoding leaves.
+func (o object) lossy(key, decoded string) bool {
+	if !strings.ContainsRune(decoded, utf8.RuneError) {
+		return false
+	}
+	raw, ok := o.get(key)
+	return ok && kindOf(raw) == "string" && !exactText(raw)
+}
+
+// lossyIn is lossy for the member name of the object under key (a label
+// of an Alertmanager alert).
+func (o object) lossyIn(key, name, decoded string) bool {
+	if !strings.ContainsRune(decoded, utf8.RuneError) {
+		return false
+	}
+	raw, ok := o.get(key)
+	if !ok {
+		return false
+	}
+	inner, err := decodeObject(raw, o.at(key))
+	if err != nil {
+		return false // decoded once already: cannot happen
+	}
+	return inner.lossy(name, decoded)
+}
+
 // strList returns the array of strings under key, nil when absent or empty.
 func (o object) strList(key string) ([]string, error) {
 	raw, ok := o.get(key)

@@ -232,3 +232,46 @@ func FuzzParseBody(f *testing.F) {
 		}
 	})
 }
+
+// TestExactText: a string literal is exact unless encoding/json would put
+// U+FFFD in place of something: an invalid byte sequence or an unpaired
+// surrogate escape. Escaped backslashes and real U+FFFD are exact.
+func TestExactText(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		raw  string
+		want bool
+	}{
+		{`"da637472900382838869_1364969609"`, true},
+		{`"café"`, true},
+		{`"caf\u00e9"`, true},
+		{`"\ud83d\ude00"`, true},      // a surrogate pair
+		{`"\uD83D\uDE00 x"`, true},    // upper-case hex
+		{"\"\xef\xbf\xbd\"", true},    // a real U+FFFD
+		{`"\ufffd"`, true},            // the same, escaped
+		{`"\\ud800"`, true},           // an escaped backslash, then text
+		{`"a\"\\\/\b\f\n\r\t"`, true}, // every short escape
+		{` "x" `, true},
+		{"\"\xff\"", false},
+		{"\"da1\xc3\x28\"", false},  // a broken two-byte sequence
+		{"\"\xed\xa0\x80\"", false}, // a surrogate encoded in UTF-8
+		{`"\ud800"`, false},
+		{`"\ud800x"`, false},
+		{`"\ud800\u0041"`, false}, // a high surrogate, then not a low one
+		{`"\udc00"`, false},
+		{`"\ude00\ud83d"`, false}, // a pair in the wrong order
+		{`"\\\ud800"`, false},     // an escaped backslash, then a lone surrogate
+	} {
+		if got := exactText(json.RawMessage(c.raw)); got != c.want {
+			t.Errorf("exactText(%q) = %v, want %v", c.raw, got, c.want)
+		}
+		// The oracle: encoding/json gives U+FFFD for each lossy case.
+		var s string
+		if err := json.Unmarshal([]byte(c.raw), &s); err != nil {
+			t.Fatalf("%q is not a JSON string: %v", c.raw, err)
+		}
+		if !c.want && !bytes.ContainsRune([]byte(s), 0xFFFD) {
+			t.Errorf("%q decodes to %q, without U+FFFD", c.raw, s)
+		}
+	}
+}

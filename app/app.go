@@ -51,7 +51,7 @@ Usage:
   responder check [--config FILE] [RULES...] validate config and rule files
   responder test FILE...                      run rule unit tests
   responder eval --rules FILE [--format defender|alertmanager] [--machine FILE] < payload.json
-  responder actions [--config FILE] [--machine ID] [--status S] [--limit N]
+  responder actions [--config FILE] [--machine ID] [--status S] [--limit N] [--before-id ID] [--json]
   responder version                           print version information
 
 Run "responder COMMAND --help" for the flags of a command.

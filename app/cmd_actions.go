@@ -20,13 +20,18 @@ func cmdActions(args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "config file (default responder.yaml when present)")
 	machine := fs.String("machine", "", "only this machine id")
 	status := fs.String("status", "", "only entries whose decision, outcome, action status or state is this (e.g. collect, cooldown, created, Succeeded, tracking)")
-	limit := fs.Int("limit", 50, "at most this many entries")
-	asJSON := fs.Bool("json", false, "print one JSON object per line")
+	limit := fs.Int("limit", 50, "at most this many entries (up to 10000)")
+	beforeID := fs.Int64("before-id", 0, "only entries older than this id: the next page, as the previous one said")
+	asJSON := fs.Bool("json", false, `print the page as one JSON object, as GET /api/v1/actions answers it: {"actions":[...],"more":...,"next_before_id":...}`)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *limit <= 0 || *limit > 10000 {
-		fmt.Fprintln(stderr, "responder actions: --limit must be from 1 to 10000")
+	if *limit <= 0 || *limit > pipeline.MaxLimit {
+		fmt.Fprintf(stderr, "responder actions: --limit must be from 1 to %d\n", pipeline.MaxLimit)
+		return 2
+	}
+	if *beforeID < 0 {
+		fmt.Fprintln(stderr, "responder actions: --before-id must be a positive audit entry id")
 		return 2
 	}
 	path := *configPath
@@ -59,28 +64,29 @@ func cmdActions(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer store.Close()
-	entries, err := store.Entries(ctx, pipeline.Filter{MachineID: *machine, Status: *status, Limit: *limit})
+	page, err := store.EntriesPage(ctx, pipeline.Filter{MachineID: *machine, Status: *status, Limit: *limit, BeforeID: *beforeID})
 	if err != nil {
 		fmt.Fprintf(stderr, "responder actions: %s\n", oneLine(err))
 		return 1
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		for _, e := range entries {
-			if err := enc.Encode(e); err != nil {
-				return 1
-			}
+		if err := json.NewEncoder(stdout).Encode(page); err != nil {
+			return 1
 		}
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTIME\tSOURCE\tALERT\tMACHINE\tRULE\tDECISION\tOUTCOME\tSTATUS\tACTION\tREASON")
-	for _, e := range entries {
+	for _, e := range page.Actions {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.CreatedAt.Format(time.RFC3339), e.Source, e.AlertID,
 			dash(e.MachineID), dash(e.Rule), e.Decision, dash(e.Outcome), dash(e.ActionStatus), dash(e.ActionID), e.Reason)
 	}
 	if err := tw.Flush(); err != nil {
 		return 1
+	}
+	if page.More {
+		// On stderr, so that the table on stdout stays only the table.
+		fmt.Fprintf(stderr, "more entries: next page with --before-id %d\n", page.NextBeforeID)
 	}
 	return 0
 }

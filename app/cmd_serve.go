@@ -85,7 +85,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 
 // serve runs the service until ctx ends.
 func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger *zap.Logger, stdout io.Writer) error {
-	if dev != nil && !loopbackOnly(cfg.Server.Listen) && !cfg.WebhookAuthConfigured() {
+	if dev != nil && !config.LoopbackOnly(cfg.Server.Listen) && !cfg.WebhookAuthConfigured() {
 		return errors.New("--dev serves webhooks without authentication, so server.listen must be a loopback address (e.g. 127.0.0.1:8080)")
 	}
 	reg := prometheus.NewRegistry()
@@ -148,6 +148,9 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	if !cfg.WebhookAuthConfigured() {
 		logger.Warn("webhook authentication is off (webhooks.allow_unauthenticated)")
 	}
+	if len(cfg.AdminTokens()) == 0 {
+		logger.Warn("the admin API has no token (admin.allow_unauthenticated): any local user can pause, resume and reload", zap.String("admin_listen", cfg.Server.AdminListen))
+	}
 	if cfg.Defender.DryRun {
 		logger.Warn("dry run: decisions are recorded, Defender is never asked to act (defender.dry_run)")
 	}
@@ -207,9 +210,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 			case <-ctx.Done():
 				return
 			case <-hup:
-				if err := rm.Reload(); err != nil {
-					logger.Warn("rules reload on SIGHUP failed; the previous rules stay in force", zap.Error(err))
-				}
+				_ = rm.ReloadBy(rules.BySignal) // logged by ReloadBy
 			}
 		}
 	}()
@@ -309,22 +310,18 @@ func adminAPI(p *pipeline.Pipeline, rm *rules.Manager) handlers.AdminAPI {
 			set := rm.Current()
 			return map[string]any{"rules": set.Rules(), "files": set.Files()}
 		},
-		Reload: func(context.Context) error { return rm.Reload() },
+		Reload: func(ctx context.Context) error {
+			req, _ := handlers.RequesterFrom(ctx)
+			return rm.ReloadBy(req.By, zap.String("remote_addr", req.RemoteAddr))
+		},
 		Evaluate: func(ctx context.Context, format alert.Format, body []byte) (any, error) {
 			return p.Explain(ctx, format, body)
 		},
 		Pause:  p.Pause,
 		Resume: p.Resume,
 		Paused: p.Paused,
-		Actions: func(ctx context.Context, machine, status string, limit int) (any, error) {
-			es, err := p.Store().Entries(ctx, pipeline.Filter{MachineID: machine, Status: status, Limit: limit})
-			if err != nil {
-				return nil, err
-			}
-			if es == nil {
-				es = []*pipeline.Entry{}
-			}
-			return map[string]any{"actions": es}, nil
+		Actions: func(ctx context.Context, q handlers.ActionsQuery) (any, error) {
+			return p.Store().EntriesPage(ctx, pipeline.Filter{MachineID: q.Machine, Status: q.Status, Limit: q.Limit, BeforeID: q.BeforeID})
 		},
 		Action: func(ctx context.Context, id string) (any, error) {
 			n, err := strconv.ParseInt(strings.TrimSpace(id), 10, 64)

@@ -46,11 +46,23 @@ type Server struct {
 	TLSClientCAFile string `yaml:"tls_client_ca_file"`
 }
 
-// Admin configures the admin API.
+// Admin configures the admin API (/api/v1/*) and pprof.
 type Admin struct {
-	// BearerTokenFile protects /api/v1/*; /metrics, /healthz and /readyz stay
-	// open. Env: RESPONDER_ADMIN_BEARER_TOKEN.
+	// BearerTokenFile protects /api/v1/* and pprof; /metrics, /healthz and
+	// /readyz stay open. Env: RESPONDER_ADMIN_BEARER_TOKEN. serve refuses to
+	// start without an admin token unless AllowUnauthenticated is set and
+	// the admin listener is loopback-only.
 	BearerTokenFile string `yaml:"bearer_token_file"`
+	// AllowUnauthenticated serves the admin API without a token, which is
+	// accepted only on a loopback-only server.admin_listen (an IP loopback
+	// address or localhost). Default false. With a token it has no effect.
+	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
+	// AllowedHosts are the host names, besides IP literals, localhost and
+	// the admin listener's own host, that the admin API answers in the Host
+	// header (compared case-insensitively, port ignored): a name that
+	// resolves to the responder but is not listed is refused, which defeats
+	// DNS rebinding. Default none.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Webhooks configures inbound authentication. Several methods may be set;
@@ -187,6 +199,45 @@ func Default() *Config {
 		Safety: Safety{MaxCollectionsPerHour: 200, MaxMachinesPer10m: 50},
 		Log:    Log{Level: "info", Format: "json"},
 	}
+}
+
+// AdminTokenName is the name under which the admin token of
+// admin.bearer_token_file (or RESPONDER_ADMIN_BEARER_TOKEN) is logged as the
+// "by" of the state changes it makes.
+const AdminTokenName = "admin"
+
+// AdminToken is one credential of the admin API: the token and the name that
+// logs show for whoever presented it.
+type AdminToken struct {
+	Name  string
+	Token string
+}
+
+// AdminTokens returns the credentials that the admin API accepts; none means
+// the API is served without authentication (allowed only on loopback, see
+// admin.allow_unauthenticated). Named tokens with scopes (SPEC 14
+// admin.tokens) would be added here.
+func (c *Config) AdminTokens() []AdminToken {
+	if c.Secrets.AdminBearerToken == "" {
+		return nil
+	}
+	return []AdminToken{{Name: AdminTokenName, Token: c.Secrets.AdminBearerToken}}
+}
+
+// AdminUnauthenticatedAllowed reports whether the admin API may be served
+// without a token: admin.allow_unauthenticated is set and the admin API has
+// a loopback-only listener of its own.
+func (c *Config) AdminUnauthenticatedAllowed() bool {
+	return c.Admin.AllowUnauthenticated && c.Server.AdminListen != "" && LoopbackOnly(c.Server.AdminListen)
+}
+
+// AdminAddr is the address the admin API is served on: server.admin_listen,
+// or server.listen when it is "".
+func (c *Config) AdminAddr() string {
+	if c.Server.AdminListen == "" {
+		return c.Server.Listen
+	}
+	return c.Server.AdminListen
 }
 
 // WebhookAuthConfigured reports whether any webhook authentication method is set.

@@ -42,9 +42,24 @@ func TestLoadInvalid(t *testing.T) {
 			`testdata/invalid-many.yaml:3:23: server.tls_client_ca_file: requires tls_cert_file and tls_key_file (mTLS needs TLS)`,
 			`testdata/invalid-many.yaml:3:23: server.tls_client_ca_file: cannot read "testdata/ca.pem": no such file or directory`,
 			`testdata/invalid-many.yaml:6:17: webhooks.allow_cidrs[0]: invalid CIDR "10.0.0.0/33"`,
-			`testdata/invalid-many.yaml:8:10: defender.cloud: unknown cloud "azure-china" (want one of "commercial", "gcc", "gcc-high", "dod")`,
-			`testdata/invalid-many.yaml:10:28: defender.rate_limit.per_minute: must be positive, got 0`,
-			`testdata/invalid-many.yaml:12:10: log.level: unknown level "verbose" (want one of "debug", "info", "warn", "error")`,
+			`testdata/invalid-many.yaml:8:26: admin.allow_unauthenticated: is only accepted with a loopback-only server.admin_listen (an IP loopback address or localhost), not ":9090"; set admin.bearer_token_file (or RESPONDER_ADMIN_BEARER_TOKEN)`,
+			`testdata/invalid-many.yaml:10:10: defender.cloud: unknown cloud "azure-china" (want one of "commercial", "gcc", "gcc-high", "dod")`,
+			`testdata/invalid-many.yaml:12:28: defender.rate_limit.per_minute: must be positive, got 0`,
+			`testdata/invalid-many.yaml:14:10: log.level: unknown level "verbose" (want one of "debug", "info", "warn", "error")`,
+		}},
+		// The admin API is closed by default (SPEC 10): without a token it is
+		// served only on a loopback-only listener of its own, on purpose.
+		{"invalid-admin-no-token.yaml", []string{
+			`testdata/invalid-admin-no-token.yaml:1:1: admin: no admin token is set: set admin.bearer_token_file (or RESPONDER_ADMIN_BEARER_TOKEN), or set admin.allow_unauthenticated: true to serve the admin API on "127.0.0.1:9090" without one`,
+		}},
+		{"invalid-admin-webhook-listener.yaml", []string{
+			`testdata/invalid-admin-webhook-listener.yaml:2:17: server.admin_listen: is "", which serves the admin API on the webhook listener: that needs an admin token; set admin.bearer_token_file (or RESPONDER_ADMIN_BEARER_TOKEN), or give the admin API a listener of its own`,
+		}},
+		{"invalid-admin-not-loopback.yaml", []string{
+			`testdata/invalid-admin-not-loopback.yaml:7:44: admin.allowed_hosts[1]: "https://responder.example.com" is not a host name (give the name alone: no scheme, port, path or wildcard)`,
+			`testdata/invalid-admin-not-loopback.yaml:7:77: admin.allowed_hosts[2]: "responder:9090" is not a host name (give the name alone: no scheme, port, path or wildcard)`,
+			`testdata/invalid-admin-not-loopback.yaml:7:95: admin.allowed_hosts[3]: "*.example.com" is not a host name (give the name alone: no scheme, port, path or wildcard)`,
+			`testdata/invalid-admin-not-loopback.yaml:6:26: admin.allow_unauthenticated: is only accepted with a loopback-only server.admin_listen (an IP loopback address or localhost), not "127.0.0.1.nip.io:9090"; set admin.bearer_token_file (or RESPONDER_ADMIN_BEARER_TOKEN)`,
 		}},
 		{"invalid-wrong-type.yaml", []string{
 			`testdata/invalid-wrong-type.yaml:2:26: webhooks.allow_unauthenticated: invalid boolean "yes please" (use true or false)`,
@@ -114,6 +129,8 @@ func TestDefaultsWithEnvOnly(t *testing.T) {
 		"RESPONDER_WEBHOOKS_ALLOW_CIDRS":           "10.0.0.0/8, 127.0.0.1",
 		"RESPONDER_SAFETY_PAUSED":                  "true",
 		"RESPONDER_SERVER_ADMIN_LISTEN":            "",
+		"RESPONDER_ADMIN_BEARER_TOKEN":             " adm ",
+		"RESPONDER_ADMIN_ALLOWED_HOSTS":            "responder.example.com, Responder",
 		"RESPONDER_LOG_LEVEL":                      "debug",
 	})
 	cfg, err := Load("", nil, env)
@@ -127,8 +144,137 @@ func TestDefaultsWithEnvOnly(t *testing.T) {
 	if len(cfg.Webhooks.AllowCIDRs) != 2 || !cfg.Safety.Paused || cfg.Server.AdminListen != "" || cfg.Log.Level != "debug" {
 		t.Fatalf("config = %+v", cfg)
 	}
-	if cfg.Secrets.WebhookBearerToken != "tok" || cfg.Secrets.DefenderClientSecret != "s" {
+	if cfg.Secrets.WebhookBearerToken != "tok" || cfg.Secrets.DefenderClientSecret != "s" || cfg.Secrets.AdminBearerToken != "adm" {
 		t.Fatalf("secrets = %+v", cfg.Secrets)
+	}
+	if tokens := cfg.AdminTokens(); len(tokens) != 1 || tokens[0] != (AdminToken{Name: "admin", Token: "adm"}) {
+		t.Fatalf("admin tokens = %+v", tokens)
+	}
+	if len(cfg.Admin.AllowedHosts) != 2 || cfg.Admin.AllowedHosts[1] != "Responder" {
+		t.Fatalf("admin.allowed_hosts = %q", cfg.Admin.AllowedHosts)
+	}
+}
+
+// TestAdminAccess: the admin API needs a token unless it has a loopback-only
+// listener of its own and admin.allow_unauthenticated says so; the problem
+// names the variable that set the value.
+func TestAdminAccess(t *testing.T) {
+	t.Parallel()
+	base := map[string]string{"RESPONDER_WEBHOOKS_ALLOW_UNAUTHENTICATED": "true", "RESPONDER_DEFENDER_DRY_RUN": "true"}
+	const setToken = "set admin.bearer_token_file (or RESPONDER_ADMIN_BEARER_TOKEN)"
+	cases := []struct {
+		name string
+		env  map[string]string
+		want string // the only problem, "" for none
+	}{
+		{"default listener, no token", nil,
+			`config: server.admin_listen: ":9090" is not loopback-only and no admin token is set: ` + setToken + ` to protect the admin API and pprof`},
+		{"default listener, token", map[string]string{"RESPONDER_ADMIN_BEARER_TOKEN": "t"}, ""},
+		{"every interface, allow_unauthenticated", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "0.0.0.0:9090", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"},
+			`env RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED: admin.allow_unauthenticated: is only accepted with a loopback-only server.admin_listen (an IP loopback address or localhost), not "0.0.0.0:9090"; ` + setToken},
+		{"a name that only looks like loopback", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "localhost.example.com:9090", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"},
+			`env RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED: admin.allow_unauthenticated: is only accepted with a loopback-only server.admin_listen (an IP loopback address or localhost), not "localhost.example.com:9090"; ` + setToken},
+		{"every interface, token and allow_unauthenticated", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "0.0.0.0:9090", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true", "RESPONDER_ADMIN_BEARER_TOKEN": "t"}, ""},
+		{"loopback, not allowed", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "127.0.0.1:9090"},
+			`config: admin: no admin token is set: ` + setToken + `, or set admin.allow_unauthenticated: true to serve the admin API on "127.0.0.1:9090" without one`},
+		{"127.0.0.1, allowed", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "127.0.0.1:9090", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"}, ""},
+		{"127.0.0.2, allowed", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "127.0.0.2:0", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"}, ""},
+		{"::1, allowed", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "[::1]:9090", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"}, ""},
+		{"localhost, allowed", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "localhost:9090", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"}, ""},
+		{"webhook listener, no token", map[string]string{"RESPONDER_SERVER_LISTEN": "127.0.0.1:8080", "RESPONDER_SERVER_ADMIN_LISTEN": "", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"},
+			`env RESPONDER_SERVER_ADMIN_LISTEN: server.admin_listen: is "", which serves the admin API on the webhook listener: that needs an admin token; ` + setToken + `, or give the admin API a listener of its own`},
+		{"webhook listener, token", map[string]string{"RESPONDER_SERVER_ADMIN_LISTEN": "", "RESPONDER_ADMIN_BEARER_TOKEN": "t"}, ""},
+		// A token of blanks is a mistake to report, not "no token".
+		{"blank admin token", map[string]string{"RESPONDER_ADMIN_BEARER_TOKEN": " \t "},
+			`env RESPONDER_ADMIN_BEARER_TOKEN: is set but empty or blank; give the secret a value (or admin.bearer_token_file) or unset the variable`},
+		{"empty admin token on loopback with allow_unauthenticated", map[string]string{"RESPONDER_ADMIN_BEARER_TOKEN": "", "RESPONDER_SERVER_ADMIN_LISTEN": "127.0.0.1:9090", "RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED": "true"},
+			`env RESPONDER_ADMIN_BEARER_TOKEN: is set but empty or blank; give the secret a value (or admin.bearer_token_file) or unset the variable`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			_, err := Load("", nil, envMap(env))
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Fatalf("problems\n got: %s\nwant: %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestBlankSecretFromEnv: every secret variable set to blanks is a problem
+// naming it (and only that problem: not also "no authentication").
+func TestBlankSecretFromEnv(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ env, key string }{
+		{"RESPONDER_ADMIN_BEARER_TOKEN", "admin.bearer_token_file"},
+		{"RESPONDER_WEBHOOKS_BEARER_TOKEN", "webhooks.bearer_token_file"},
+		{"RESPONDER_WEBHOOKS_BASIC_AUTH_PASSWORD", "webhooks.basic_auth.password_file"},
+		{"RESPONDER_WEBHOOKS_HMAC_SECRET", "webhooks.hmac.secret_file"},
+		{"RESPONDER_DEFENDER_CLIENT_SECRET", "defender.client_secret_file"},
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{
+				"RESPONDER_ADMIN_BEARER_TOKEN":           "a",
+				"RESPONDER_WEBHOOKS_BEARER_TOKEN":        "w",
+				"RESPONDER_WEBHOOKS_BASIC_AUTH_USERNAME": "am",
+				"RESPONDER_WEBHOOKS_BASIC_AUTH_PASSWORD": "p",
+				"RESPONDER_WEBHOOKS_HMAC_SECRET":         "h",
+				"RESPONDER_DEFENDER_TENANT_ID":           "t",
+				"RESPONDER_DEFENDER_CLIENT_ID":           "c",
+				"RESPONDER_DEFENDER_CLIENT_SECRET":       "s",
+			}
+			if tc.env != "RESPONDER_WEBHOOKS_BEARER_TOKEN" {
+				// Leave the blank one the only webhook credential when it is one.
+				delete(env, "RESPONDER_WEBHOOKS_BEARER_TOKEN")
+			}
+			env[tc.env] = "   "
+			if tc.env == "RESPONDER_WEBHOOKS_BEARER_TOKEN" {
+				delete(env, "RESPONDER_WEBHOOKS_BASIC_AUTH_USERNAME")
+				delete(env, "RESPONDER_WEBHOOKS_BASIC_AUTH_PASSWORD")
+				delete(env, "RESPONDER_WEBHOOKS_HMAC_SECRET")
+			}
+			_, err := Load("", nil, envMap(env))
+			want := "env " + tc.env + ": is set but empty or blank; give the secret a value (or " + tc.key + ") or unset the variable"
+			if err == nil || err.Error() != want {
+				t.Fatalf("error\n got: %v\nwant: %s", err, want)
+			}
+		})
+	}
+}
+
+func TestGoodAdminLoopback(t *testing.T) {
+	t.Parallel()
+	cfg, err := Load("testdata/good-admin-loopback.yaml", nil, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Admin.AllowUnauthenticated || len(cfg.AdminTokens()) != 0 || cfg.AdminAddr() != "[::1]:9090" {
+		t.Fatalf("admin = %+v, tokens %v", cfg.Admin, cfg.AdminTokens())
+	}
+}
+
+func TestLoopbackOnly(t *testing.T) {
+	t.Parallel()
+	for listen, want := range map[string]bool{
+		"127.0.0.1:9090": true, "127.9.9.9:1": true, "[::1]:9090": true, "localhost:9090": true, "LocalHost:0": true,
+		":9090": false, "0.0.0.0:9090": false, "[::]:9090": false, "10.0.0.1:9090": false, "responder:9090": false,
+		"localhost.example.com:9090": false, "127.0.0.1.nip.io:9090": false, "127.0.0.1": false, "": false,
+	} {
+		if got := LoopbackOnly(listen); got != want {
+			t.Errorf("LoopbackOnly(%q) = %v, want %v", listen, got, want)
+		}
 	}
 }
 

@@ -218,6 +218,10 @@ func (l *loader) resolve(p string) string {
 }
 
 // readSecrets fills Secrets from each *_file key or its environment variable.
+// A secret that is given but blank (an empty file, a variable of blanks) is
+// a problem, never "no secret": an operator who sets it means to protect
+// something. Such a key is marked failed, so that validation does not add
+// "no token configured" to the problem that says why.
 func (l *loader) readSecrets() {
 	c := l.cfg
 	read := func(filePath, fileKey, envName string, dst *string) {
@@ -225,18 +229,26 @@ func (l *loader) readSecrets() {
 		switch {
 		case filePath != "" && envSet:
 			l.problem(fileKey, "set either %s or %s, not both", fileKey, envName)
+			l.decodeFailed[fileKey] = true
 		case filePath != "":
 			data, err := os.ReadFile(filePath)
 			if err != nil {
 				l.problem(fileKey, "cannot read secret file: %v", errors.Unwrap(err))
+				l.decodeFailed[fileKey] = true
 				return
 			}
 			*dst = strings.TrimSpace(string(data))
 			if *dst == "" {
 				l.problem(fileKey, "secret file %q is empty", filePath)
+				l.decodeFailed[fileKey] = true
 			}
 		case envSet:
 			*dst = strings.TrimSpace(envVal)
+			if *dst == "" {
+				l.problems = append(l.problems, &Problem{Where: "env " + envName,
+					Msg: "is set but empty or blank; give the secret a value (or " + fileKey + ") or unset the variable"})
+				l.decodeFailed[fileKey] = true
+			}
 		}
 	}
 	read(c.Admin.BearerTokenFile, "admin.bearer_token_file", EnvPrefix+"ADMIN_BEARER_TOKEN", &c.Secrets.AdminBearerToken)
@@ -335,9 +347,11 @@ func (l *loader) validate() {
 			}
 		}
 	}
-	if !c.WebhookAuthConfigured() && !c.Webhooks.AllowUnauthenticated {
+	webhookSecretFailed := l.decodeFailed["webhooks.bearer_token_file"] || l.decodeFailed["webhooks.basic_auth.password_file"] || l.decodeFailed["webhooks.hmac.secret_file"]
+	if !c.WebhookAuthConfigured() && !c.Webhooks.AllowUnauthenticated && !webhookSecretFailed {
 		l.problem("webhooks", "no webhook authentication is configured (bearer_token_file, basic_auth, hmac, allow_cidrs or server.tls_client_ca_file); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose")
 	}
+	l.validateAdmin()
 
 	if !oneOf(c.Store.Driver, drivers) {
 		l.problem("store.driver", "unknown driver %q (want one of %s)", c.Store.Driver, quoteList(drivers))
@@ -409,6 +423,51 @@ func (l *loader) validate() {
 	if !oneOf(c.Log.Format, logFormats) {
 		l.problem("log.format", "unknown format %q (want one of %s)", c.Log.Format, quoteList(logFormats))
 	}
+}
+
+// validateAdmin keeps the admin API closed by default: without an admin
+// token it is served only on a loopback-only listener of its own, and only
+// when admin.allow_unauthenticated says so.
+func (l *loader) validateAdmin() {
+	c := l.cfg
+	for i, h := range c.Admin.AllowedHosts {
+		if !validHostName(h) {
+			l.problem(fmt.Sprintf("admin.allowed_hosts[%d]", i), "%q is not a host name (give the name alone: no scheme, port, path or wildcard)", h)
+		}
+	}
+	if len(c.AdminTokens()) > 0 || l.decodeFailed["admin.bearer_token_file"] ||
+		l.decodeFailed["server.admin_listen"] || l.decodeFailed["admin.allow_unauthenticated"] {
+		return
+	}
+	const setToken = "set admin.bearer_token_file (or " + EnvPrefix + "ADMIN_BEARER_TOKEN)"
+	admin := c.Server.AdminListen
+	switch {
+	case admin == "":
+		l.problem("server.admin_listen", `is "", which serves the admin API on the webhook listener: that needs an admin token; %s, or give the admin API a listener of its own`, setToken)
+	case !LoopbackOnly(admin) && c.Admin.AllowUnauthenticated:
+		l.problem("admin.allow_unauthenticated", "is only accepted with a loopback-only server.admin_listen (an IP loopback address or localhost), not %q; %s", admin, setToken)
+	case !LoopbackOnly(admin):
+		l.problem("server.admin_listen", "%q is not loopback-only and no admin token is set: %s to protect the admin API and pprof", admin, setToken)
+	case !c.Admin.AllowUnauthenticated:
+		l.problem("admin", "no admin token is set: %s, or set admin.allow_unauthenticated: true to serve the admin API on %q without one", setToken, admin)
+	}
+}
+
+// validHostName reports whether s can be an entry of admin.allowed_hosts:
+// a DNS name (letters, digits, '-', '_' and dots) or an IP address.
+func validHostName(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	if s == "" || len(s) > 253 || strings.HasPrefix(s, ".") || strings.Contains(s, "..") {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '-' || r == '_' || r == '.' || '0' <= r && r <= '9' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // Keys lists every key path of the configuration with its environment

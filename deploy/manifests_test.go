@@ -739,6 +739,13 @@ func TestKubernetesConfigPassesCheck(t *testing.T) {
 			t.Errorf("%s: responder check: %v\n%s", tc.name, err, out)
 		}
 	}
+	// The admin listener binds every interface of the pod: without the
+	// Secret's admin token the configuration is refused.
+	cmd := exec.Command(binary, "check", "--config", filepath.Join(base, "responder.yaml"))
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), env[0], env[1]}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "no admin token is set") {
+		t.Errorf("responder check without the admin token: %v\n%s", err, out)
+	}
 }
 
 // TestRulesConfigMapIsTheExample keeps the rules of the base equal to
@@ -893,9 +900,10 @@ func TestAlertRules(t *testing.T) {
 }
 
 // TestCompose checks the compose file: the three services, the responder
-// built from the repository's Dockerfile in --dev mode with webhook auth (so
-// that it may listen on every interface), loopback-only published ports, and
-// bind mounts of files that exist.
+// built from the repository's Dockerfile in --dev mode with webhook and admin
+// tokens (so that it may listen on every interface), loopback-only published
+// ports, and bind mounts of files that exist; and that the responder starts
+// with the compose file's environment.
 func TestCompose(t *testing.T) {
 	t.Parallel()
 	var c struct {
@@ -932,6 +940,33 @@ func TestCompose(t *testing.T) {
 	}
 	if r.Environment["RESPONDER_WEBHOOKS_BEARER_TOKEN"] == "" || !strings.HasPrefix(r.Environment["RESPONDER_SERVER_LISTEN"], "0.0.0.0:") {
 		t.Errorf("responder environment %v: --dev needs webhook auth to listen beyond loopback", r.Environment)
+	}
+	if r.Environment["RESPONDER_ADMIN_BEARER_TOKEN"] == "" || !strings.HasPrefix(r.Environment["RESPONDER_SERVER_ADMIN_LISTEN"], "0.0.0.0:") {
+		t.Errorf("responder environment %v: the admin API needs a token to listen beyond loopback", r.Environment)
+	}
+	// Start it as the container would (every interface), on free ports.
+	var env []string
+	for k, v := range r.Environment {
+		if k == "RESPONDER_SERVER_LISTEN" || k == "RESPONDER_SERVER_ADMIN_LISTEN" {
+			v = "0.0.0.0:0"
+		}
+		env = append(env, k+"="+v)
+	}
+	started := make(chan struct{}, 1)
+	p := start(t, binary, env, func(line string) {
+		if strings.Contains(line, `"msg":"responder starting"`) {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+		}
+	}, r.Command...)
+	select {
+	case <-started:
+	case <-p.exited:
+		t.Fatalf("responder with the compose environment exited: %v\n%s", p.err, p.output())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("responder with the compose environment did not start within 30s:\n%s", p.output())
 	}
 	for name, s := range c.Services {
 		for _, p := range s.Ports {

@@ -208,18 +208,3 @@ func (a *WebhookAuth) signatureFailure(r *http.Request, body []byte) string {
 	}
 	return ""
 }
-
-// BearerGuard protects the admin API with a bearer token (constant-time).
-// An empty token leaves the API open (its listener should then be private).
-func BearerGuard(token string) func(r *http.Request) bool {
-	return func(r *http.Request) bool {
-		if token == "" {
-			return true
-		}
-		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			return false
-		}
-		return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
-	}
-}

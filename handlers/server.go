@@ -12,12 +12,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -29,29 +26,6 @@ import (
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/config"
 )
-
-// AdminAPI holds the operations behind /api/v1/*. A nil function leaves its
-// endpoint unmounted.
-type AdminAPI struct {
-	// Rules describes the rule set in force (GET /api/v1/rules).
-	Rules func() any
-	// Reload reloads the rule files (POST /api/v1/reload).
-	Reload func(ctx context.Context) error
-	// Evaluate decides a payload without side effects (POST /api/v1/evaluate).
-	Evaluate func(ctx context.Context, format alert.Format, body []byte) (any, error)
-	// Pause and Resume flip the kill switch (POST /api/v1/pause, /resume);
-	// Paused reads it (GET /api/v1/pause).
-	Pause  func(ctx context.Context) error
-	Resume func(ctx context.Context) error
-	Paused func(ctx context.Context) (bool, error)
-	// Actions lists the audit trail (GET /api/v1/actions) with the query
-	// parameters machine, status and limit; Action returns one entry.
-	Actions func(ctx context.Context, machine, status string, limit int) (any, error)
-	Action  func(ctx context.Context, id string) (any, error)
-}
-
-// ErrNotFound is returned by AdminAPI.Action for an unknown id.
-var ErrNotFound = errors.New("not found")
 
 // Options configures the HTTP servers.
 type Options struct {
@@ -101,8 +75,14 @@ func New(opts Options) (*Server, error) {
 		admin.GET("/readyz", s.readyz)
 	}
 	admin.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})))
-	s.mountAdminAPI(admin, c.Secrets.AdminBearerToken)
-	s.mountPprof(admin, c.Secrets.AdminBearerToken)
+	if len(c.AdminTokens()) == 0 && !c.AdminUnauthenticatedAllowed() {
+		// config.Load refuses this; a caller that built its own config
+		// must not open the admin API by mistake.
+		return nil, errors.New("the admin API needs an admin token, or admin.allow_unauthenticated with a loopback-only server.admin_listen")
+	}
+	guard := newAdminGuard(c, opts.Logger.Named("admin"))
+	s.mountAdminAPI(admin, guard)
+	s.mountPprof(admin, guard)
 
 	s.add("webhooks", c.Server.Listen, public, c)
 	if c.Server.AdminListen != "" {
@@ -247,127 +227,6 @@ func (s *Server) readyz(c echo.Context) error {
 		}
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
-}
-
-func (s *Server) mountPprof(e *echo.Echo, token string) {
-	g := e.Group("/debug/pprof", guard(token))
-	g.GET("/", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
-	g.GET("/cmdline", echo.WrapHandler(http.HandlerFunc(pprof.Cmdline)))
-	g.GET("/profile", echo.WrapHandler(http.HandlerFunc(pprof.Profile)))
-	g.GET("/symbol", echo.WrapHandler(http.HandlerFunc(pprof.Symbol)))
-	g.GET("/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))
-	g.GET("/:name", func(c echo.Context) error {
-		pprof.Handler(c.Param("name")).ServeHTTP(c.Response(), c.Request())
-		return nil
-	})
-}
-
-func guard(token string) echo.MiddlewareFunc {
-	ok := BearerGuard(token)
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			if !ok(c.Request()) {
-				return c.JSON(http.StatusUnauthorized, ErrorAnswer{Error: "unauthorized"})
-			}
-			return next(c)
-		}
-	}
-}
-
-func (s *Server) mountAdminAPI(e *echo.Echo, token string) {
-	a := s.opts.Admin
-	g := e.Group("/api/v1", guard(token))
-	if a.Rules != nil {
-		g.GET("/rules", func(c echo.Context) error { return c.JSON(http.StatusOK, a.Rules()) })
-	}
-	if a.Reload != nil {
-		g.POST("/reload", func(c echo.Context) error {
-			if err := a.Reload(c.Request().Context()); err != nil {
-				return c.JSON(http.StatusUnprocessableEntity, ErrorAnswer{Error: err.Error()})
-			}
-			return c.JSON(http.StatusOK, map[string]string{"status": "reloaded"})
-		})
-	}
-	for path, fn := range map[string]func(context.Context) error{"/pause": a.Pause, "/resume": a.Resume} {
-		if fn == nil {
-			continue
-		}
-		g.POST(path, func(c echo.Context) error {
-			if err := fn(c.Request().Context()); err != nil {
-				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
-			}
-			return c.JSON(http.StatusOK, map[string]bool{"paused": path == "/pause"})
-		})
-	}
-	if a.Paused != nil {
-		g.GET("/pause", func(c echo.Context) error {
-			on, err := a.Paused(c.Request().Context())
-			if err != nil {
-				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
-			}
-			return c.JSON(http.StatusOK, map[string]bool{"paused": on})
-		})
-	}
-	if a.Evaluate != nil {
-		maxBody := s.opts.Config.Server.MaxBodyBytes
-		g.POST("/evaluate", func(c echo.Context) error {
-			var format alert.Format
-			if q := c.QueryParam("format"); q != "" {
-				f, err := alert.ParseFormat(q)
-				if err != nil {
-					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: err.Error()})
-				}
-				format = f
-			}
-			body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, maxBody))
-			if err != nil {
-				return c.JSON(http.StatusRequestEntityTooLarge, ErrorAnswer{Error: "body too large"})
-			}
-			hint := ""
-			if format == "" {
-				format = detectFormat(body)
-				hint = formatHints[format]
-			}
-			out, err := a.Evaluate(c.Request().Context(), format, body)
-			if err != nil {
-				var de *alert.DecodeError
-				if errors.As(err, &de) {
-					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: de.Error() + hint})
-				}
-				return c.JSON(http.StatusInternalServerError, ErrorAnswer{Error: err.Error()})
-			}
-			return c.JSON(http.StatusOK, out)
-		})
-	}
-	if a.Actions != nil {
-		g.GET("/actions", func(c echo.Context) error {
-			limit := 100
-			if q := c.QueryParam("limit"); q != "" {
-				n, err := strconv.Atoi(q)
-				if err != nil || n <= 0 || n > 10000 {
-					return c.JSON(http.StatusBadRequest, ErrorAnswer{Error: "limit must be an integer from 1 to 10000"})
-				}
-				limit = n
-			}
-			out, err := a.Actions(c.Request().Context(), c.QueryParam("machine"), c.QueryParam("status"), limit)
-			if err != nil {
-				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
-			}
-			return c.JSON(http.StatusOK, out)
-		})
-	}
-	if a.Action != nil {
-		g.GET("/actions/:id", func(c echo.Context) error {
-			out, err := a.Action(c.Request().Context(), c.Param("id"))
-			if errors.Is(err, ErrNotFound) {
-				return c.JSON(http.StatusNotFound, ErrorAnswer{Error: "no action with that id"})
-			}
-			if err != nil {
-				return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
-			}
-			return c.JSON(http.StatusOK, out)
-		})
-	}
 }
 
 // formatHints end the decoding error of an evaluate body whose format was

@@ -76,6 +76,9 @@ func testConfig() *config.Config {
 	c.Server.Listen = "127.0.0.1:0"
 	c.Server.AdminListen = "127.0.0.1:0"
 	c.Server.ShutdownTimeout = 5 * time.Second
+	// The admin API of these tests is on loopback without a token, as
+	// config allows only on purpose; tests of the token set one.
+	c.Admin.AllowUnauthenticated = true
 	return c
 }
 
@@ -137,12 +140,19 @@ func TestSingleListenerWhenAdminListenEmpty(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig()
 	cfg.Server.AdminListen = ""
-	r := start(t, cfg, Options{})
+	cfg.Secrets.AdminBearerToken = "admin-token" // required with the admin API on the webhook listener
+	r := start(t, cfg, Options{Admin: AdminAPI{Rules: func() any { return map[string]int{"rules": 3} }}})
 	if len(r.addrs) != 1 {
 		t.Fatalf("listeners = %v", r.addrs)
 	}
 	if code, _ := get(t, http.DefaultClient, "http://"+r.addrs["webhooks"]+"/metrics", ""); code != 200 {
 		t.Fatalf("metrics = %d", code)
+	}
+	if code, _ := get(t, http.DefaultClient, "http://"+r.addrs["webhooks"]+"/api/v1/rules", ""); code != 401 {
+		t.Fatalf("admin API without token on the webhook listener = %d, want 401", code)
+	}
+	if code, _ := get(t, http.DefaultClient, "http://"+r.addrs["webhooks"]+"/api/v1/rules", "admin-token"); code != 200 {
+		t.Fatalf("admin API on the webhook listener = %d", code)
 	}
 }
 
@@ -362,7 +372,7 @@ func TestGetPause(t *testing.T) {
 			cfg := testConfig()
 			cfg.Secrets.AdminBearerToken = "admin-token"
 			h := adminHandler(t, cfg, AdminAPI{Paused: tc.paused})
-			req := httptest.NewRequest(http.MethodGet, "/api/v1/pause", nil)
+			req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:9090/api/v1/pause", nil)
 			if tc.token != "" {
 				req.Header.Set("Authorization", "Bearer "+tc.token)
 			}
@@ -409,7 +419,8 @@ func TestEvaluateFormat(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			h := adminHandler(t, testConfig(), AdminAPI{Evaluate: evaluate})
-			req := httptest.NewRequest(http.MethodPost, "/api/v1/evaluate"+tc.query, strings.NewReader(tc.body))
+			req := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:9090/api/v1/evaluate"+tc.query, strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", "application/json")
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
 			var out map[string]string

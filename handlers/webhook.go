@@ -80,6 +80,11 @@ func (h *Webhooks) Handler(format alert.Format) echo.HandlerFunc {
 		if code == http.StatusMethodNotAllowed {
 			c.Response().Header().Set(echo.HeaderAllow, strings.Join(webhookMethods, ", "))
 		}
+		if c.Request().ContentLength > h.MaxBodyBytes {
+			// The body was not read: close the connection after the answer
+			// rather than let net/http read what is left of it first.
+			c.Response().Header().Set(echo.HeaderConnection, "close")
+		}
 		h.Metrics.WebhookRequests.WithLabelValues(endpoint, strconv.Itoa(code)).Inc()
 		return c.JSON(code, body)
 	}
@@ -103,7 +108,9 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 	}
 	tooLarge := "body is larger than server.max_body_bytes (" + strconv.FormatInt(h.MaxBodyBytes, 10) + " bytes)"
 	if r.ContentLength > h.MaxBodyBytes {
-		drain(r.Body, h.MaxBodyBytes)
+		// Refused on the declared length, before reading a byte: a sender
+		// announcing 10 GiB and trickling it would otherwise hold the
+		// connection until server.read_timeout for a 413 known now.
 		return reject(log, r, http.StatusRequestEntityTooLarge, tooLarge)
 	}
 	raw, err := io.ReadAll(io.LimitReader(r.Body, h.MaxBodyBytes+1))

@@ -113,11 +113,40 @@ func (s *Store) Entry(ctx context.Context, id int64) (*Entry, error) {
 type Filter struct {
 	MachineID string
 	Status    string
-	Limit     int
+	// Limit is the page size, from 1 to MaxLimit; anything else is 100.
+	Limit int
+	// BeforeID, when positive, keeps only the entries with a smaller id:
+	// the page after one whose last entry had that id.
+	BeforeID int64
+}
+
+// MaxLimit is the largest page of the audit trail.
+const MaxLimit = 10000
+
+// Page is one page of the audit trail, newest first, as the admin API
+// answers it: More says that older entries match the filter too, and
+// NextBeforeID (set only then) is the BeforeID of the next page, the id of
+// the last entry of this one.
+type Page struct {
+	Actions      []*Entry `json:"actions"`
+	More         bool     `json:"more"`
+	NextBeforeID int64    `json:"next_before_id,omitempty"`
 }
 
 // Entries lists audit entries, newest first.
 func (s *Store) Entries(ctx context.Context, f Filter) ([]*Entry, error) {
+	p, err := s.EntriesPage(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	return p.Actions, nil
+}
+
+// EntriesPage lists one page of audit entries, newest first, and whether
+// more exist: it reads one entry more than the page to know. Paging by id
+// (a keyset, not an offset) stays correct while entries are added and
+// costs the same on the last page as on the first.
+func (s *Store) EntriesPage(ctx context.Context, f Filter) (*Page, error) {
 	var where []string
 	var args []any
 	if f.MachineID != "" {
@@ -129,29 +158,43 @@ func (s *Store) Entries(ctx context.Context, f Filter) ([]*Entry, error) {
 		n := len(args)
 		where = append(where, fmt.Sprintf("(decision = $%d OR outcome = $%d OR action_status = $%d OR state = $%d)", n, n, n, n))
 	}
+	if f.BeforeID > 0 {
+		args = append(args, f.BeforeID)
+		where = append(where, fmt.Sprintf("id < $%d", len(args)))
+	}
 	q := `SELECT ` + entryColumns + ` FROM responder_audit`
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	limit := f.Limit
-	if limit <= 0 || limit > 10000 {
+	if limit <= 0 || limit > MaxLimit {
 		limit = 100
 	}
-	q += fmt.Sprintf(` ORDER BY id DESC LIMIT %d`, limit)
+	q += fmt.Sprintf(` ORDER BY id DESC LIMIT %d`, limit+1)
 	rows, err := s.DB.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing the audit trail: %w", err)
 	}
 	defer rows.Close()
-	var out []*Entry
+	page := &Page{Actions: []*Entry{}}
 	for rows.Next() {
 		e, err := scanEntry(rows)
 		if err != nil {
 			return nil, fmt.Errorf("listing the audit trail: %w", err)
 		}
-		out = append(out, e)
+		if len(page.Actions) == limit {
+			page.More = true
+			break
+		}
+		page.Actions = append(page.Actions, e)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing the audit trail: %w", err)
+	}
+	if page.More {
+		page.NextBeforeID = page.Actions[len(page.Actions)-1].ID
+	}
+	return page, nil
 }
 
 // entryUpdate changes the work fields of an audit entry.

@@ -21,6 +21,13 @@ import (
 // reloads, so that an editor's or Kubernetes' several writes load once.
 const DefaultDebounce = 250 * time.Millisecond
 
+// ByFileWatcher and BySignal are the "by" of the reloads the rule file
+// watcher and SIGHUP make.
+const (
+	ByFileWatcher = "file watcher"
+	BySignal      = "signal"
+)
+
 // Manager holds the rule set in force and replaces it on reload, only ever
 // with a completely valid set. It is safe for concurrent use: evaluations
 // read Current while a reload runs and always see one whole set.
@@ -97,22 +104,31 @@ func (mg *Manager) succeeded(at time.Time) {
 // file changed (same SHA-256), the set is kept but the reload still counts as
 // a success. The file watcher, SIGHUP and POST /api/v1/reload all call it.
 // Reload logs its outcome itself; callers need not log the returned error.
-func (mg *Manager) Reload() error {
+func (mg *Manager) Reload() error { return mg.ReloadBy("") }
+
+// ReloadBy is Reload with who asked for it in its log lines: by ("signal",
+// "file watcher", an admin token's name) and the fields given (the admin
+// API adds remote_addr).
+func (mg *Manager) ReloadBy(by string, fields ...zap.Field) error {
 	mg.mu.Lock()
 	defer mg.mu.Unlock()
-	changed, err := mg.reload()
+	log := mg.logger
+	if by != "" {
+		log = log.With(append([]zap.Field{zap.String("by", by)}, fields...)...)
+	}
+	changed, err := mg.reload(log)
 	if mg.afterReload != nil {
 		mg.afterReload(changed, err)
 	}
 	return err
 }
 
-func (mg *Manager) reload() (bool, error) {
+func (mg *Manager) reload(log *zap.Logger) (bool, error) {
 	old := mg.current.Load()
 	srcs, err := readSources(mg.paths)
 	if err == nil && sameFiles(old, srcs) {
 		mg.succeeded(mg.now())
-		mg.logger.Debug("rules unchanged", zap.Int("rules", old.Len()))
+		log.Info("rules unchanged", zap.Int("rules", old.Len()))
 		return false, nil
 	}
 	var set *Set
@@ -121,12 +137,12 @@ func (mg *Manager) reload() (bool, error) {
 	}
 	if err != nil {
 		mg.metrics.RulesReloadOK.Set(0)
-		mg.logger.Error("rules reload failed; the previous rules stay in force",
+		log.Error("rules reload failed; the previous rules stay in force",
 			zap.Strings("problems", problems(err)), zap.Int("rules", old.Len()))
 		return false, err
 	}
 	mg.install(set)
-	mg.logger.Info("rules reloaded", zap.Int("rules", set.Len()), zap.Strings("files", mg.paths))
+	log.Info("rules reloaded", zap.Int("rules", set.Len()), zap.Strings("files", mg.paths))
 	return true, nil
 }
 
@@ -218,7 +234,7 @@ func (mg *Manager) Run(ctx context.Context) error {
 			}
 			mg.logger.Warn("rule file watch error", zap.Error(err))
 		case <-timer.C:
-			_ = mg.Reload() // logged by Reload
+			_ = mg.ReloadBy(ByFileWatcher) // logged by Reload
 		}
 	}
 }

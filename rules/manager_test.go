@@ -212,6 +212,38 @@ func TestManagerRunReloadsOnWrite(t *testing.T) {
 	startRun(t, b.mg)
 	writeAtomic(t, b.path, rulesV2)
 	waitFor(t, reloaded, "the watcher to load 3 rules", func() bool { return b.mg.Current().Len() == 3 })
+	// The reload line says who made it.
+	lines := b.logs.FilterMessage("rules reloaded").All()
+	if len(lines) == 0 || lines[0].ContextMap()["by"] != ByFileWatcher {
+		t.Fatalf("reload lines %v, want by %q", lines, ByFileWatcher)
+	}
+}
+
+// TestManagerReloadBy: each outcome of a reload is logged with who asked
+// and the fields given (the admin API's remote_addr).
+func TestManagerReloadBy(t *testing.T) {
+	t.Parallel()
+	b := setupManager(t, rulesV1)
+	peer := zap.String("remote_addr", "192.0.2.10:5555")
+	for _, step := range []struct {
+		content, by, msg string
+		fields           []zap.Field
+	}{
+		{rulesV1, BySignal, "rules unchanged", nil},
+		{rulesV2, "admin", "rules reloaded", []zap.Field{peer}},
+		{rulesXX, "admin", "rules reload failed; the previous rules stay in force", []zap.Field{peer}},
+	} {
+		writeAtomic(t, b.path, step.content)
+		_ = b.mg.ReloadBy(step.by, step.fields...)
+		lines := b.logs.FilterMessage(step.msg).All()
+		if len(lines) != 1 {
+			t.Fatalf("%d lines %q, want 1", len(lines), step.msg)
+		}
+		ctx := lines[0].ContextMap()
+		if ctx["by"] != step.by || (step.fields != nil) != (ctx["remote_addr"] == "192.0.2.10:5555") {
+			t.Fatalf("%q logged with %v, want by %q", step.msg, ctx, step.by)
+		}
+	}
 }
 
 // TestManagerRunConfigMapSwap replays how the kubelet updates a ConfigMap
