@@ -348,6 +348,13 @@ func (l *loader) validate() {
 		l.problem("store.dsn", "postgres needs a postgres:// URL or a key=value connection string")
 	}
 
+	switch r := c.Store.Retention; {
+	case r <= 0:
+		l.problem("store.retention", "must be positive, got %s (there is no \"keep forever\": write a long period such as 3650d)", r)
+	case r < MinRetention:
+		l.problem("store.retention", "must be at least 1d, got %s", r)
+	}
+
 	if len(c.Rules.Files) == 0 {
 		l.problem("rules.files", "at least one rules file is required")
 	}
