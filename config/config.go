@@ -96,8 +96,9 @@ type Store struct {
 	DSN string `yaml:"dsn"`
 	// Retention is how long alert payloads and finished audit entries are
 	// kept; older ones are deleted by a background job (live entries and
-	// cooldowns in force never are). Default 90d; at least MinRetention;
-	// there is no "keep forever" (write a long period such as 3650d).
+	// cooldowns in force never are). Default 90d; at least MinRetention
+	// and Defender.ActionTimeout; there is no "keep forever" (write a long
+	// period such as 3650d).
 	Retention time.Duration `yaml:"retention"`
 }
 

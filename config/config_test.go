@@ -157,22 +157,25 @@ func TestStoreRetention(t *testing.T) {
 	const base = "webhooks:\n  allow_unauthenticated: true\ndefender:\n  dry_run: true\nstore:\n  retention: "
 	const days = 24 * time.Hour
 	cases := []struct {
-		value string // in the file ("" leaves the key out)
-		env   string // RESPONDER_STORE_RETENTION, when set
-		want  time.Duration
-		err   string // the problem, after "<file>:"
+		value  string // in the file ("" leaves the key out)
+		env    string // RESPONDER_STORE_RETENTION, when set
+		action string // defender.action_timeout, when set
+		want   time.Duration
+		err    string // the problem, after "<file>:"
 	}{
 		{value: "", want: 90 * days},
 		{value: "90d", want: 90 * days},
 		{value: "30d", env: "2w", want: 14 * days},
-		{value: "1d12h", want: 36 * time.Hour},
-		{value: "1d", want: days},
+		{value: "1d12h", action: "1d", want: 36 * time.Hour},
+		{value: "1d", action: "1d", want: days},
 		{value: "2160h", want: 90 * days},
 		{value: "3650d", want: 3650 * days},
 		{value: "0", err: `6:14: store.retention: must be positive, got 0s (there is no "keep forever": write a long period such as 3650d)`},
 		{value: "-1d", err: `6:14: store.retention: must be positive, got -24h0m0s (there is no "keep forever": write a long period such as 3650d)`},
 		{value: "90s", err: `6:14: store.retention: must be at least 1d, got 1m30s`},
 		{value: "23h59m", err: `6:14: store.retention: must be at least 1d, got 23h59m0s`},
+		{value: "2d", err: `6:14: store.retention: must be at least defender.action_timeout (72h0m0s): an alert may wait that long for its decision, got 48h0m0s`},
+		{value: "3d", want: 3 * days},
 		{value: "90 days", err: `6:14: store.retention: invalid duration "90 days" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
 		{value: "90", err: `6:14: store.retention: invalid duration "90" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
 		{value: "90d", env: "12h", err: `store.retention: must be at least 1d, got 12h0m0s`},
@@ -193,6 +196,9 @@ func TestStoreRetention(t *testing.T) {
 			env := map[string]string{}
 			if tc.env != "" {
 				env["RESPONDER_STORE_RETENTION"] = tc.env
+			}
+			if tc.action != "" {
+				env["RESPONDER_DEFENDER_ACTION_TIMEOUT"] = tc.action
 			}
 			cfg, err := Load(p, nil, envMap(env))
 			if tc.err != "" {

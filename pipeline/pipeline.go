@@ -60,7 +60,9 @@ type Config struct {
 	// certainly ended.
 	RequestTimeout time.Duration
 	// Retention is how long finished audit entries and their alerts are
-	// kept (store.retention, default 90d; see retention.go).
+	// kept (store.retention, default 90d; see retention.go). It must exceed
+	// RetryFor: an evaluate job names every alert of its batch, and those
+	// decided early must outlive the job (the config enforces it).
 	Retention time.Duration
 	// RetentionInterval is how often a retention pass runs (default 10m);
 	// the first runs a tenth of it after Start.
