@@ -136,6 +136,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		MaxMachinesPer10m:     cfg.Safety.MaxMachinesPer10m,
 		Paused:                cfg.Safety.Paused,
 		RequestTimeout:        requestTimeout,
+		Retention:             cfg.Store.Retention,
 	})
 	if err != nil {
 		return err

@@ -106,7 +106,22 @@ type Store struct {
 	Driver string `yaml:"driver"`
 	// DSN is a file path for sqlite, a postgres:// URL for postgres.
 	DSN string `yaml:"dsn"`
+	// Retention is how long alert payloads and finished audit entries are
+	// kept; older ones are deleted by a background job (live entries and
+	// cooldowns in force never are). Default 90d; at least MinRetention
+	// and Defender.ActionTimeout; there is no "keep forever" (write a long
+	// period such as 3650d).
+	Retention time.Duration `yaml:"retention"`
 }
+
+// DefaultRetention is the default of store.retention (SPEC section 16).
+const DefaultRetention = 90 * 24 * time.Hour
+
+// MinRetention is the shortest store.retention accepted: a deleted alert
+// row forgets its dedup key, and a finished entry may still get its package
+// downloaded, so anything shorter than a day is most likely a unit typo
+// (90s for 90d).
+const MinRetention = 24 * time.Hour
 
 // Rules configures the rule files.
 type Rules struct {
@@ -188,7 +203,7 @@ func Default() *Config {
 		Webhooks: Webhooks{
 			HMAC: HMAC{Header: "X-Grafana-Alerting-Signature", MaxSkew: 5 * time.Minute},
 		},
-		Store: Store{Driver: "sqlite", DSN: "responder.db"},
+		Store: Store{Driver: "sqlite", DSN: "responder.db", Retention: DefaultRetention},
 		Rules: Rules{Files: []string{"rules.yaml"}},
 		Defender: Defender{
 			Cloud:         "commercial",

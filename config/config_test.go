@@ -26,7 +26,7 @@ func TestLoadInvalid(t *testing.T) {
 			`testdata/invalid-unknown-key-deep.yaml:3:3: webhooks.basic_auth.password_file: basic_auth.username is set but no password (password_file or RESPONDER_WEBHOOKS_BASIC_AUTH_PASSWORD)`,
 		}},
 		{"invalid-bad-duration.yaml", []string{
-			`testdata/invalid-bad-duration.yaml:2:17: server.read_timeout: invalid duration "10 seconds" (use Go syntax such as 90s, 5m or 24h)`,
+			`testdata/invalid-bad-duration.yaml:2:17: server.read_timeout: invalid duration "10 seconds" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`,
 		}},
 		{"invalid-store-driver.yaml", []string{
 			`testdata/invalid-store-driver.yaml:4:11: store.driver: unknown driver "mysql" (want one of "sqlite", "postgres")`,
@@ -110,6 +110,9 @@ func TestLoadGoodFull(t *testing.T) {
 	if cfg.Rules.Files[0] != filepath.Join("testdata", "rules.yaml") || cfg.Rules.Files[1] != "/etc/responder/extra.yaml" {
 		t.Fatalf("rules files = %v", cfg.Rules.Files)
 	}
+	if cfg.Store.Retention != 10*24*time.Hour+12*time.Hour || cfg.Defender.ActionTimeout != 24*time.Hour {
+		t.Fatalf("durations with days: retention %s, action_timeout %s", cfg.Store.Retention, cfg.Defender.ActionTimeout)
+	}
 	// Unset keys keep their defaults.
 	if cfg.Webhooks.HMAC.MaxSkew != 2*time.Minute || cfg.Defender.PollInterval != time.Minute {
 		t.Fatalf("defaults lost: %+v", cfg.Defender)
@@ -136,6 +139,9 @@ func TestDefaultsWithEnvOnly(t *testing.T) {
 	cfg, err := Load("", nil, env)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.Store.Retention != DefaultRetention || DefaultRetention != 90*24*time.Hour {
+		t.Fatalf("store.retention = %s, want the default 90d", cfg.Store.Retention)
 	}
 	d := cfg.Defender
 	if d.APIURL != "https://eu.api.security.microsoft.com" || d.PollInterval != 45*time.Second || d.RateLimit.PerMinute != 10 || d.RateLimit.PerHour != 1500 {
@@ -282,10 +288,82 @@ func TestEnvOverridesFileAndNamesVariableInErrors(t *testing.T) {
 	t.Parallel()
 	env := envMap(map[string]string{"RESPONDER_STORE_DRIVER": "oracle", "RESPONDER_SERVER_READ_TIMEOUT": "soon"})
 	_, err := Load("testdata/good-full.yaml", nil, env)
-	want := "env RESPONDER_SERVER_READ_TIMEOUT: server.read_timeout: invalid duration \"soon\" (use Go syntax such as 90s, 5m or 24h)\n" +
+	want := "env RESPONDER_SERVER_READ_TIMEOUT: server.read_timeout: invalid duration \"soon\" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)\n" +
 		"env RESPONDER_STORE_DRIVER: store.driver: unknown driver \"oracle\" (want one of \"sqlite\", \"postgres\")"
 	if err == nil || err.Error() != want {
 		t.Fatalf("error\n got: %v\nwant: %s", err, want)
+	}
+}
+
+// TestStoreRetention: store.retention takes days and weeks, must be at
+// least a day, and a bad value is reported at its position, from the file
+// or from the environment.
+func TestStoreRetention(t *testing.T) {
+	t.Parallel()
+	const base = "webhooks:\n  allow_unauthenticated: true\ndefender:\n  dry_run: true\nstore:\n  retention: "
+	const days = 24 * time.Hour
+	cases := []struct {
+		value  string // in the file ("" leaves the key out)
+		env    string // RESPONDER_STORE_RETENTION, when set
+		action string // defender.action_timeout, when set
+		want   time.Duration
+		err    string // the problem, after "<file>:"
+	}{
+		{value: "", want: 90 * days},
+		{value: "90d", want: 90 * days},
+		{value: "30d", env: "2w", want: 14 * days},
+		{value: "1d12h", action: "1d", want: 36 * time.Hour},
+		{value: "1d", action: "1d", want: days},
+		{value: "2160h", want: 90 * days},
+		{value: "3650d", want: 3650 * days},
+		{value: "0", err: `6:14: store.retention: must be positive, got 0s (there is no "keep forever": write a long period such as 3650d)`},
+		{value: "-1d", err: `6:14: store.retention: must be positive, got -24h0m0s (there is no "keep forever": write a long period such as 3650d)`},
+		{value: "90s", err: `6:14: store.retention: must be at least 1d, got 1m30s`},
+		{value: "23h59m", err: `6:14: store.retention: must be at least 1d, got 23h59m0s`},
+		{value: "2d", err: `6:14: store.retention: must be at least defender.action_timeout (72h0m0s): an alert may wait that long for its decision, got 48h0m0s`},
+		{value: "3d", want: 3 * days},
+		{value: "90 days", err: `6:14: store.retention: invalid duration "90 days" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
+		{value: "90", err: `6:14: store.retention: invalid duration "90" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
+		{value: "90d", env: "12h", err: `store.retention: must be at least 1d, got 12h0m0s`},
+		{value: "90d", env: "forever", err: `store.retention: invalid duration "forever" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.value+"/"+tc.env, func(t *testing.T) {
+			t.Parallel()
+			src := base + tc.value + "\n"
+			if tc.value == "" {
+				src = base + "90d\n"
+				src = strings.Replace(src, "store:\n  retention: 90d\n", "", 1)
+			}
+			p := filepath.Join(t.TempDir(), "c.yaml")
+			if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			env := map[string]string{}
+			if tc.env != "" {
+				env["RESPONDER_STORE_RETENTION"] = tc.env
+			}
+			if tc.action != "" {
+				env["RESPONDER_DEFENDER_ACTION_TIMEOUT"] = tc.action
+			}
+			cfg, err := Load(p, nil, envMap(env))
+			if tc.err != "" {
+				want := p + ":" + tc.err
+				if tc.env != "" {
+					want = "env RESPONDER_STORE_RETENTION: " + tc.err
+				}
+				if err == nil || err.Error() != want {
+					t.Fatalf("error\n got: %v\nwant: %s", err, want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Store.Retention != tc.want {
+				t.Fatalf("retention = %s, want %s", cfg.Store.Retention, tc.want)
+			}
+		})
 	}
 }
 

@@ -362,6 +362,18 @@ func (l *loader) validate() {
 		l.problem("store.dsn", "postgres needs a postgres:// URL or a key=value connection string")
 	}
 
+	switch r := c.Store.Retention; {
+	case r <= 0:
+		l.problem("store.retention", "must be positive, got %s (there is no \"keep forever\": write a long period such as 3650d)", r)
+	case r < MinRetention:
+		l.problem("store.retention", "must be at least 1d, got %s", r)
+	case r < c.Defender.ActionTimeout:
+		// An alert is retried through a Defender outage for up to
+		// action_timeout, and its evaluation job names the alerts decided
+		// beside it: they must outlive it.
+		l.problem("store.retention", "must be at least defender.action_timeout (%s): an alert may wait that long for its decision, got %s", c.Defender.ActionTimeout, r)
+	}
+
 	if len(c.Rules.Files) == 0 {
 		l.problem("rules.files", "at least one rules file is required")
 	}

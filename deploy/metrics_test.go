@@ -23,8 +23,9 @@ type family struct {
 	labels []string // label names, sorted; "le" of histograms excluded
 }
 
-// specMetrics is SPEC section 9's table: every responder_* family, its type
-// and its label names. The exposition must have exactly these.
+// specMetrics is SPEC section 9's table and section 16's store gauges: every
+// responder_* family, its type and its label names. The exposition must have
+// exactly these.
 var specMetrics = map[string]family{
 	"responder_webhook_requests_total":                      {dto.MetricType_COUNTER, []string{"code", "source"}},
 	"responder_alerts_received_total":                       {dto.MetricType_COUNTER, []string{"outcome", "source"}},
@@ -41,6 +42,9 @@ var specMetrics = map[string]family{
 	"responder_rules_last_reload_successful":                {dto.MetricType_GAUGE, nil},
 	"responder_rules_last_reload_success_timestamp_seconds": {dto.MetricType_GAUGE, nil},
 	"responder_build_info":                                  {dto.MetricType_GAUGE, []string{"goversion", "version"}},
+	// SPEC section 16.
+	"responder_store_rows":  {dto.MetricType_GAUGE, []string{"table"}},
+	"responder_store_bytes": {dto.MetricType_GAUGE, nil},
 }
 
 // specValues are the closed label value sets SPEC section 9 spells out; all
@@ -51,6 +55,7 @@ var specValues = map[[2]string][]string{
 	{"responder_collections_total", "outcome"}:              {"created", "already_running", "machine_not_found", "forbidden", "failed"},
 	{"responder_machine_actions_finished_total", "status"}:  {"Succeeded", "Failed", "TimeOut", "Cancelled", "Untracked"},
 	{"responder_machine_action_duration_seconds", "status"}: {"Succeeded", "Failed", "TimeOut", "Cancelled", "Untracked"},
+	{"responder_store_rows", "table"}:                       {"alert", "audit", "cooldown", "quota", "job"},
 }
 
 // TestMetricsContract scrapes a freshly started `responder serve --dev` and

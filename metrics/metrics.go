@@ -32,6 +32,10 @@ var (
 	ActionStatuses = []string{"Succeeded", "Failed", "TimeOut", "Cancelled", "Untracked"}
 	// NoRule is the rule label of a decision that no rule took (no_match).
 	NoRule = "none"
+	// StoreTables are the tables counted by responder_store_rows: the
+	// responder's alerts, audit entries, cooldowns and quota log, and the
+	// queue's jobs.
+	StoreTables = []string{"alert", "audit", "cooldown", "quota", "job"}
 )
 
 // Metrics holds every metric of the responder.
@@ -51,6 +55,8 @@ type Metrics struct {
 	RulesReloadOK      prometheus.Gauge
 	RulesReloadSuccess prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
+	StoreRows          *prometheus.GaugeVec
+	StoreBytes         prometheus.Gauge
 }
 
 // New registers every metric on reg. A nil reg gives working metrics that are
@@ -124,6 +130,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: namespace, Name: "build_info",
 			Help: "Always 1; labels carry the responder version and the Go version it was built with.",
 		}, []string{"version", "goversion"}),
+		StoreRows: f.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "store_rows",
+			Help: "Rows in the store, by table (PostgreSQL: an estimate for tables over 100000 rows).",
+		}, []string{"table"}),
+		StoreBytes: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "store_bytes",
+			Help: "Size of the store: the SQLite database and its WAL, or the responder's and the queue's PostgreSQL tables with their indexes.",
+		}),
 	}
 	for _, s := range WebhookSources {
 		for _, c := range WebhookCodes {
@@ -141,6 +155,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, s := range ActionStatuses {
 		m.ActionsFinished.WithLabelValues(s)
 		m.ActionDuration.WithLabelValues(s)
+	}
+	for _, t := range StoreTables {
+		m.StoreRows.WithLabelValues(t)
 	}
 	m.InitRules(nil)
 	return m

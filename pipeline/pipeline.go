@@ -59,6 +59,14 @@ type Config struct {
 	// 15s): a POST whose answer was lost is looked for only once it has
 	// certainly ended.
 	RequestTimeout time.Duration
+	// Retention is how long finished audit entries and their alerts are
+	// kept (store.retention, default 90d; see retention.go). It must exceed
+	// RetryFor: an evaluate job names every alert of its batch, and those
+	// decided early must outlive the job (the config enforces it).
+	Retention time.Duration
+	// RetentionInterval is how often a retention pass runs (default 10m);
+	// the first runs a tenth of it after Start.
+	RetentionInterval time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -93,6 +101,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 15 * time.Second
+	}
+	if c.Retention <= 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.RetentionInterval <= 0 {
+		c.RetentionInterval = DefaultRetentionInterval
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -162,6 +176,7 @@ type Pipeline struct {
 	insertSQLs    map[int]string // the committer's insert statements, by rows
 	bgCancel      context.CancelFunc
 	bgDone        chan struct{}
+	retentionDone chan struct{}
 }
 
 // New builds the pipeline on an open store. api may be nil in dry-run mode;
@@ -221,7 +236,7 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 }
 
 // Start recovers work left in flight by a crash and starts the workers and
-// the background loops (queue gauges, circuit state). Stop ends them, and
+// the background loops (queue gauges, circuit state, retention). Stop ends them, and
 // the group committer that New started.
 func (p *Pipeline) Start(ctx context.Context) error {
 	if p.store.Driver == DriverSQLite {
@@ -247,6 +262,11 @@ func (p *Pipeline) Start(ctx context.Context) error {
 		defer close(p.dispatchDone)
 		p.dispatcher(bg)
 	}()
+	p.retentionDone = make(chan struct{})
+	go func() {
+		defer close(p.retentionDone)
+		p.retentionLoop(bg)
+	}()
 	return nil
 }
 
@@ -262,6 +282,7 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 			p.bgCancel()
 			<-p.bgDone
 			<-p.dispatchDone
+			<-p.retentionDone
 		}
 		err = p.client.Stop(ctx)
 		if err != nil {

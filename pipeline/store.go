@@ -343,6 +343,16 @@ DROP INDEX responder_audit_decision;
 	sql: `
 ALTER TABLE responder_audit ADD COLUMN posts INTEGER NOT NULL DEFAULT 0;
 `,
+}, {
+	// Retention (retention.go) walks the finished entries in the order
+	// they last changed, and skips those a cooldown still points at; the
+	// id makes the walk's cursor unique on both drivers (SQLite would add
+	// the rowid by itself).
+	version: 5,
+	sql: `
+CREATE INDEX responder_audit_retention ON responder_audit (state, updated_at, id);
+CREATE INDEX responder_cooldown_audit ON responder_cooldown (audit_id);
+`,
 }}
 
 // forDriver adapts a migration written for SQLite to the driver: the only

@@ -29,7 +29,7 @@ func TestLoadInvalid(t *testing.T) {
 		{[]string{"invalid-action-unknown.yaml"},
 			`testdata/invalid-action-unknown.yaml:4:13: rules[0].action: unknown action "collect" ` + actions},
 		{[]string{"invalid-cooldown-duration.yaml"},
-			`testdata/invalid-cooldown-duration.yaml:4:15: rules[0].cooldown: invalid duration "1d" (use Go syntax such as 90s, 5m or 24h)`},
+			`testdata/invalid-cooldown-duration.yaml:4:15: rules[0].cooldown: invalid duration "1 day" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
 		{[]string{"invalid-cooldown-negative.yaml"},
 			"testdata/invalid-cooldown-negative.yaml:2:13: defaults.cooldown: must not be negative\n" +
 				"testdata/invalid-cooldown-negative.yaml:6:15: rules[0].cooldown: must not be negative"},
@@ -72,7 +72,7 @@ func TestLoadInvalid(t *testing.T) {
 		{[]string{"invalid-many.yaml"}, strings.Join([]string{
 			`testdata/invalid-many.yaml:2:11: defaults.action: unknown action "colect" ` + actions,
 			`testdata/invalid-many.yaml:5:17: rules[0].when: unknown field alert.sevrity (did you mean alert.severity?)`,
-			`testdata/invalid-many.yaml:6:15: rules[0].cooldown: invalid duration "soon" (use Go syntax such as 90s, 5m or 24h)`,
+			`testdata/invalid-many.yaml:6:15: rules[0].cooldown: invalid duration "soon" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`,
 			`testdata/invalid-many.yaml:7:11: rules[1].name: duplicate rule name "one" (first defined at testdata/invalid-many.yaml:4:11)`,
 			`testdata/invalid-many.yaml:9:14: rules[1].enabled: invalid boolean "maybe" (use true or false)`,
 			`testdata/invalid-many.yaml:11:25: rules[2].when: invalid operation: == (mismatched types []string and string)`,
@@ -298,5 +298,24 @@ func TestRuleInfoJSON(t *testing.T) {
 	want := `[{"name":"a","file":"rules.yaml","line":2,"action":"collect_investigation_package","dry_run":false,"enabled":true,"on_resolved":false,"when":"true","cooldown":"1h30m0s"}]`
 	if string(b) != want {
 		t.Fatalf("JSON\n got: %s\nwant: %s", b, want)
+	}
+}
+
+// TestCooldownInDays: rule cooldowns go through the config's duration
+// parser, so days and weeks work in defaults and rules alike.
+func TestCooldownInDays(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "rules.yaml")
+	src := "defaults:\n  cooldown: 2w\nrules:\n  - name: a\n    when: 'true'\n    cooldown: 1d12h\n  - name: b\n    when: 'true'\n"
+	if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set, err := LoadFiles(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := set.Rules()
+	if got[0].Cooldown != 36*time.Hour || got[1].Cooldown != 14*24*time.Hour {
+		t.Fatalf("cooldowns = %s, %s; want 36h and 336h", got[0].Cooldown, got[1].Cooldown)
 	}
 }

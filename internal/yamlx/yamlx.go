@@ -524,9 +524,9 @@ func kindName(t reflect.Type) string {
 // environment-variable overrides so that both accept the same syntax.
 func SetScalar(v reflect.Value, text string) error {
 	if v.Type() == durationType {
-		dur, err := time.ParseDuration(strings.TrimSpace(text))
+		dur, err := ParseDuration(strings.TrimSpace(text))
 		if err != nil {
-			return fmt.Errorf("invalid duration %q (use Go syntax such as 90s, 5m or 24h)", text)
+			return fmt.Errorf("invalid duration %q (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)", text)
 		}
 		v.SetInt(int64(dur))
 		return nil
@@ -640,4 +640,74 @@ func (d *decoder) anyValue(n ast.Node, path string) (any, bool) {
 	}
 	d.errorf(n, path, "unsupported YAML value")
 	return nil, false
+}
+
+// ParseDuration parses a duration in Go syntax (time.ParseDuration: "90s",
+// "1h30m", "-5m") with two more units, d (24h) and w (7d), so that the
+// periods people write for retention and cooldowns read as they are said:
+// "90d", "1d12h", "2w", "1.5d". A day is always 24 hours: these are
+// durations, not calendar dates. Every duration of the config and the rule
+// files goes through it.
+func ParseDuration(s string) (time.Duration, error) {
+	orig := s
+	neg := false
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		neg = s[0] == '-'
+		s = s[1:]
+	}
+	if s == "0" {
+		return 0, nil
+	}
+	if s == "" {
+		return 0, fmt.Errorf("invalid duration %q", orig)
+	}
+	var total time.Duration
+	for s != "" {
+		// One component: a number (digits and at most one point), then
+		// its unit (everything up to the next digit or point).
+		i := 0
+		for i < len(s) && (s[i] == '.' || ('0' <= s[i] && s[i] <= '9')) {
+			i++
+		}
+		j := i
+		for j < len(s) && s[j] != '.' && (s[j] < '0' || s[j] > '9') {
+			j++
+		}
+		num, unit := s[:i], s[i:j]
+		s = s[j:]
+		if num == "" || unit == "" {
+			return 0, fmt.Errorf("invalid duration %q", orig)
+		}
+		var d time.Duration
+		switch unit {
+		case "d", "w":
+			// The number read as hours, then scaled: exact for every
+			// decimal Go accepts ("1.5h" is 90 minutes exactly).
+			h, err := time.ParseDuration(num + "h")
+			if err != nil {
+				return 0, fmt.Errorf("invalid duration %q", orig)
+			}
+			mult := time.Duration(24)
+			if unit == "w" {
+				mult = 24 * 7
+			}
+			if h > math.MaxInt64/mult {
+				return 0, fmt.Errorf("invalid duration %q: too long", orig)
+			}
+			d = h * mult
+		default:
+			var err error
+			if d, err = time.ParseDuration(num + unit); err != nil {
+				return 0, fmt.Errorf("invalid duration %q", orig)
+			}
+		}
+		if total > math.MaxInt64-d {
+			return 0, fmt.Errorf("invalid duration %q: too long", orig)
+		}
+		total += d
+	}
+	if neg {
+		total = -total
+	}
+	return total, nil
 }

@@ -31,12 +31,14 @@ func TestDecodeErrors(t *testing.T) {
 		name, src, want string
 	}{
 		{"unknown key three levels deep", "server:\n  tls:\n    inner:\n      depp: x\n", `f.yaml:4:7: server.tls.inner.depp: unknown key (did you mean "deep"?)`},
-		{"bad duration", "server:\n  timeout: 10x\n", `f.yaml:2:12: server.timeout: invalid duration "10x" (use Go syntax such as 90s, 5m or 24h)`},
+		{"bad duration", "server:\n  timeout: 10x\n", `f.yaml:2:12: server.timeout: invalid duration "10x" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
+		{"bad day duration", "server:\n  timeout: 1 day\n", `f.yaml:2:12: server.timeout: invalid duration "1 day" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
+		{"day without number", "server:\n  timeout: d\n", `f.yaml:2:12: server.timeout: invalid duration "d" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)`},
 		{"wrong type", "server:\n  max: [1]\n", `f.yaml:2:8: server.max: expected an integer, got a list`},
 		{"list expected", "server:\n  tls:\n    list: a\n", `f.yaml:3:11: server.tls.list: expected a list, got a scalar`},
 		{"syntax", "server: {listen: 'a'\n", `f.yaml:1:9: syntax error: could not find flow mapping end token '}'`},
 		{"duplicate key", "server:\n  listen: a\n  listen: b\n", `f.yaml:3:3: syntax error: mapping key "listen" already defined at [2:3]`},
-		{"several problems", "server:\n  timeout: x\n  bogus: 1\n", "f.yaml:2:12: server.timeout: invalid duration \"x\" (use Go syntax such as 90s, 5m or 24h)\nf.yaml:3:3: server.bogus: unknown key"},
+		{"several problems", "server:\n  timeout: x\n  bogus: 1\n", "f.yaml:2:12: server.timeout: invalid duration \"x\" (use a number and a unit such as 90s, 5m, 24h, 90d or 2w, or several: 1d12h)\nf.yaml:3:3: server.bogus: unknown key"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -76,6 +78,47 @@ func TestDecodeValues(t *testing.T) {
 	}
 	if p := pos.Lookup("f.yaml", "server.tls.cert"); p.Line != 5 {
 		t.Fatalf("lookup of absent key = %+v, want its parent key's position", p)
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	t.Parallel()
+	const day = 24 * time.Hour
+	good := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"0", 0},
+		{"90s", 90 * time.Second},
+		{"1h30m", 90 * time.Minute},
+		{"-5m", -5 * time.Minute},
+		{"+5m", 5 * time.Minute},
+		{"90d", 90 * day},
+		{"1d12h", 36 * time.Hour},
+		{"1.5d", 36 * time.Hour},
+		{".5d", 12 * time.Hour},
+		{"2w", 14 * day},
+		{"1w2d3h4m5s", 9*day + 3*time.Hour + 4*time.Minute + 5*time.Second},
+		{"12h1d", 36 * time.Hour},
+		{"0d", 0},
+		{"-1d", -day},
+		{"36500d", 36500 * day},
+		{"250ms", 250 * time.Millisecond},
+	}
+	for _, tc := range good {
+		got, err := ParseDuration(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseDuration(%q) = %s, %v; want %s", tc.in, got, err, tc.want)
+		}
+		// Durations without the new units parse exactly as Go parses them.
+		if want, err := time.ParseDuration(tc.in); err == nil && want != got {
+			t.Errorf("ParseDuration(%q) = %s, Go says %s", tc.in, got, want)
+		}
+	}
+	for _, in := range []string{"", "d", "90", "1 d", "1 day", "1d 12h", "1dd", "1y", "1D", "-", "1..5d", "1d-2h", "200000d", "20000w", "106751d23h48m", "5000000h1d"} {
+		if got, err := ParseDuration(in); err == nil {
+			t.Errorf("ParseDuration(%q) = %s, want an error", in, got)
+		}
 	}
 }
 
