@@ -667,7 +667,7 @@ func TestGetPackageURI(t *testing.T) {
 func TestPackageURIQuota(t *testing.T) {
 	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, `{"value":"https://storage.example.com/p.zip?sig=x"}`)
+		writeJSON(w, 200, `{"value":"https://userrequests-eu.securitycenter.windows.com/p.zip?sig=x"}`)
 	})
 	for range 2 {
 		if _, err := b.client.GetPackageURI(context.Background(), testAction); err != nil {
