@@ -108,7 +108,7 @@ func TestConfigValidation(t *testing.T) {
 		"bad alg":          {func(c *Config) { c.CertificateAlg = "ES256" }, "certificate algorithm"},
 		"negative rate":    {func(c *Config) { c.RateLimit.PerMinute = -1 }, "rate_limit"},
 		"missing fed file": {func(c *Config) { c.ClientSecret = ""; c.FederatedTokenFile = "/nonexistent/token" }, "federated_token_file"},
-		"bad pem":          {func(c *Config) { c.ClientSecret = ""; c.CertificatePEM = []byte("junk") }, "no CERTIFICATE block"},
+		"bad pem":          {func(c *Config) { c.ClientSecret = ""; c.CertificatePEM = []byte("junk") }, "no PEM data"},
 	} {
 		cfg := base
 		tc.mod(&cfg)

@@ -78,12 +78,14 @@ func parseCertificate(pemData []byte) (*x509.Certificate, *rsa.PrivateKey, error
 	var cert *x509.Certificate
 	var key *rsa.PrivateKey
 	rest := pemData
+	blocks := 0
 	for {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
 			break
 		}
+		blocks++
 		switch block.Type {
 		case "CERTIFICATE":
 			if cert != nil {
@@ -115,6 +117,9 @@ func parseCertificate(pemData []byte) (*x509.Certificate, *rsa.PrivateKey, error
 		case "EC PRIVATE KEY":
 			return nil, nil, errors.New("certificate private key is EC; want RSA")
 		}
+	}
+	if blocks == 0 {
+		return nil, nil, errors.New("certificate: no PEM data (want a PEM certificate and its RSA private key)")
 	}
 	if cert == nil {
 		return nil, nil, errors.New("certificate: no CERTIFICATE block in PEM")
