@@ -744,3 +744,47 @@ func TestLargeAnswerMemoryBounded(t *testing.T) {
 		t.Errorf("%d calls allocated %d bytes; want at most %d (about the cap per call)", calls, alloc, limit)
 	}
 }
+
+// endsOnCancel is a body that sends one byte, then nothing until its
+// request is cancelled, and then ends cleanly: a server that closes its
+// answer when the client gives up can make a cut body look whole.
+type endsOnCancel struct {
+	ctx  context.Context
+	sent bool
+}
+
+func (b *endsOnCancel) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		p[0] = 'P'
+		return 1, nil
+	}
+	<-b.ctx.Done()
+	return 0, io.EOF
+}
+
+func (b *endsOnCancel) Close() error { return nil }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestDownloadStallEndedByServer: a body that ends after the no-progress
+// timeout fired is not kept as a package.
+func TestDownloadStallEndedByServer(t *testing.T) {
+	t.Parallel()
+	hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 200, Header: http.Header{}, ContentLength: -1,
+			Body: &endsOnCancel{ctx: r.Context()}, Request: r}, nil
+	})}
+	b := setup(t, nil, setupOpts{cfg: func(c *Config) {
+		c.HTTPClient = hc
+		c.DownloadStallTimeout = 50 * time.Millisecond
+	}})
+	dir := t.TempDir()
+	_, _, err := b.client.DownloadPackage(context.Background(), b.srv.URL+"/safedownload/p.zip?token="+pkgToken, filepath.Join(dir, "p.zip"))
+	if e := asError(t, err); e.Outcome != OutcomeRetryable || !strings.Contains(err.Error(), "no data received for 50ms") {
+		t.Errorf("got %v", err)
+	}
+	dirEmpty(t, dir)
+}

@@ -219,7 +219,7 @@ func (c *Client) DownloadPackage(ctx context.Context, uri, destPath string) (siz
 		return 0, "", tooLarge(limit, resp.StatusCode)
 	}
 	body := &progressReader{r: resp.Body, timer: timer, d: c.cfg.DownloadStallTimeout}
-	size, sum, err := writeFile(destPath, body, limit)
+	size, sum, err := writeFile(sctx, destPath, body, limit)
 	c.observe(op, code, begin)
 	if err != nil {
 		var e *Error
@@ -260,8 +260,10 @@ func (p *progressReader) Read(b []byte) (int, error) {
 
 // writeFile streams body to path+".part", hashing it, then fsyncs and renames
 // it to path and fsyncs the directory. A body longer than limit is cut
-// there, and the part file removed.
-func writeFile(path string, body io.Reader, limit int64) (int64, string, error) {
+// there, and the part file removed. A body that ends after ctx was
+// cancelled is not kept: the end may be the server answering the
+// cancellation, not the whole package.
+func writeFile(ctx context.Context, path string, body io.Reader, limit int64) (int64, string, error) {
 	const op = opDownloadPackage
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -284,6 +286,9 @@ func writeFile(path string, body io.Reader, limit int64) (int64, string, error) 
 	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(&readSide{body}, min(limit, math.MaxInt64-1)+1))
 	if err == nil && n > limit {
 		return 0, "", tooLarge(limit, 0)
+	}
+	if cause := context.Cause(ctx); err == nil && cause != nil {
+		err = readError{cause}
 	}
 	if err != nil {
 		var rs readError
