@@ -46,7 +46,7 @@ func (c *Client) GetPackageURI(ctx context.Context, actionID string) (string, er
 		return "", &Error{Op: opGetPackageURI, Outcome: OutcomePermanent, StatusCode: http.StatusOK, Message: err.Error()}
 	}
 	if err := c.checkPackageHost(u); err != nil {
-		c.logRefusedLink(&r, u, "package link")
+		c.logRefusedLink(&r, u.Hostname(), err.Error())
 		return "", &Error{Op: opGetPackageURI, Outcome: OutcomePermanent, StatusCode: http.StatusOK, Message: err.Error(), Err: ErrPackageHostRefused}
 	}
 	return uri, nil
@@ -130,15 +130,16 @@ func (c *Client) checkDownloadRedirect(req *http.Request, via []*http.Request) e
 	return nil
 }
 
-// logRefusedLink logs a refused package link loudly (an attack, or a
-// storage host missing from defender.package_hosts), naming its host only.
-func (c *Client) logRefusedLink(r *request, u *url.URL, what string) {
-	c.logger.Error("defender package link refused: its host is not allowed",
-		r.fields(zap.String("host", clean(u.Hostname())), zap.String("link", what))...)
+// logRefusedLink logs a refused package link or redirect loudly (an
+// attack, or a storage host missing from defender.package_hosts), naming
+// its host only: the link is a credential.
+func (c *Client) logRefusedLink(r *request, host, reason string) {
+	c.logger.Error("defender package link refused",
+		r.fields(zap.String("host", clean(host)), zap.String("reason", reason))...)
 }
 
 // errStalled is the cause of a download cancelled for lack of progress.
-var errStalled = errors.New("no data received")
+var errStalled = errors.New("download aborted")
 
 // DownloadPackage downloads a package from the link GetPackageURI returned
 // into destPath. It streams to destPath+".part" while hashing, syncs it and
@@ -167,7 +168,7 @@ func (c *Client) DownloadPackage(ctx context.Context, uri, destPath string) (siz
 		}
 	}()
 	if err := c.checkPackageHost(u); err != nil {
-		c.logRefusedLink(&r, u, "package link")
+		c.logRefusedLink(&r, u.Hostname(), err.Error())
 		return 0, "", &Error{Op: op, Outcome: OutcomePermanent, Message: err.Error(), Err: ErrPackageHostRefused}
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.DownloadTimeout)
@@ -181,7 +182,8 @@ func (c *Client) DownloadPackage(ctx context.Context, uri, destPath string) (siz
 	stalled := func(e *Error) *Error {
 		if errors.Is(context.Cause(sctx), errStalled) {
 			e.Outcome = OutcomeRetryable
-			e.Message = fmt.Sprintf("no data received for %s; download aborted", c.cfg.DownloadStallTimeout)
+			e.Message = fmt.Sprintf("no data received for %s", c.cfg.DownloadStallTimeout)
+			e.Err = errStalled
 		}
 		return e
 	}
@@ -199,8 +201,7 @@ func (c *Client) DownloadPackage(ctx context.Context, uri, destPath string) (siz
 		c.observe(op, "error", begin)
 		var rr *redirectRefused
 		if errors.As(err, &rr) {
-			c.logger.Error("defender package link refused: its host is not allowed",
-				r.fields(zap.String("host", clean(rr.host)), zap.String("link", "redirect"))...)
+			c.logRefusedLink(&r, rr.host, rr.reason)
 			return 0, "", &Error{Op: op, Outcome: OutcomePermanent, Message: rr.reason, Err: ErrPackageHostRefused}
 		}
 		return 0, "", stalled(transportError(op, err))
