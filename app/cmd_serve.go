@@ -241,6 +241,7 @@ func newDefender(cfg *config.Config, limiters map[defender.Group]defender.Limite
 		ClientSecret: cfg.Secrets.DefenderClientSecret, FederatedTokenFile: d.FederatedTokenFile,
 		RateLimit: defender.RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
 		UserAgent: UserAgent(), Timeout: requestTimeout, LimiterSlack: defender.DefaultLimiterSlack,
+		PackageHosts: d.PackageHosts, MaxPackageBytes: d.MaxPackageBytes,
 	}
 	if d.CertificateFile != "" {
 		pem, err := os.ReadFile(d.CertificateFile)

@@ -6,6 +6,8 @@ package config
 
 import (
 	"time"
+
+	"github.com/responder-dev/responder/defender"
 )
 
 // Config is the whole service configuration.
@@ -154,6 +156,13 @@ type Defender struct {
 	ActionTimeout time.Duration `yaml:"action_timeout"`
 	// DownloadDir, when set, receives each finished package.
 	DownloadDir string `yaml:"download_dir"`
+	// PackageHosts are the hosts a package download link and each of its
+	// redirects may lead to: ".domain" matches any subdomain, any other
+	// entry that exact host. Empty: the cloud's package storage hosts
+	// (defender.DefaultPackageHosts). The API host is always allowed.
+	PackageHosts []string `yaml:"package_hosts"`
+	// MaxPackageBytes caps a package download, in bytes. Default 2 GiB.
+	MaxPackageBytes int64 `yaml:"max_package_bytes"`
 	// DryRun decides, logs, counts and audits but never calls a write endpoint.
 	DryRun bool `yaml:"dry_run"`
 }
@@ -206,10 +215,11 @@ func Default() *Config {
 		Store: Store{Driver: "sqlite", DSN: "responder.db", Retention: DefaultRetention},
 		Rules: Rules{Files: []string{"rules.yaml"}},
 		Defender: Defender{
-			Cloud:         "commercial",
-			RateLimit:     RateLimit{PerMinute: 100, PerHour: 1500},
-			PollInterval:  30 * time.Second,
-			ActionTimeout: 72 * time.Hour,
+			Cloud:           "commercial",
+			RateLimit:       RateLimit{PerMinute: 100, PerHour: 1500},
+			PollInterval:    30 * time.Second,
+			ActionTimeout:   72 * time.Hour,
+			MaxPackageBytes: defender.DefaultMaxPackageBytes,
 		},
 		Safety: Safety{MaxCollectionsPerHour: 200, MaxMachinesPer10m: 50},
 		Log:    Log{Level: "info", Format: "json"},

@@ -70,6 +70,29 @@ func TestLoadInvalid(t *testing.T) {
 			`testdata/invalid-tls.yaml:3:17: server.tls_key_file: "testdata/not-a-cert.pem" and "testdata/not-a-cert.pem" are not a certificate and its key: tls: failed to find any PEM data in certificate input`,
 			`testdata/invalid-tls.yaml:4:23: server.tls_client_ca_file: "testdata/not-a-cert.pem" holds no PEM certificate`,
 		}},
+		// check refuses what the Defender client refuses: the host is
+		// parsed, not matched by prefix.
+		{"invalid-defender-urls.yaml", []string{
+			`testdata/invalid-defender-urls.yaml:4:12: defender.api_url: "http://localhost.evil.example": http is allowed only to a loopback host; use https`,
+			`testdata/invalid-defender-urls.yaml:5:14: defender.token_url: "http://127.0.0.1.nip.io/tenant/oauth2/v2.0/token": http is allowed only to a loopback host; use https`,
+		}},
+		{"invalid-defender-userinfo.yaml", []string{
+			`testdata/invalid-defender-userinfo.yaml:4:12: defender.api_url: "http://127.0.0.1@evil.example": want an absolute URL without user info`,
+			`testdata/invalid-defender-userinfo.yaml:5:14: defender.tenant_id: "contoso.onmicrosoft.com/../evil": want a GUID or a domain name`,
+			`testdata/invalid-defender-userinfo.yaml:8:50: defender.package_hosts[1]: "https://storage.example.com": not a host name (want e.g. .securitycenter.windows.com or storage.example.com, no scheme or port)`,
+			`testdata/invalid-defender-userinfo.yaml:8:81: defender.package_hosts[2]: "storage.example.com:443": not a host name (want e.g. .securitycenter.windows.com or storage.example.com, no scheme or port)`,
+			`testdata/invalid-defender-userinfo.yaml:9:22: defender.max_package_bytes: must be positive, got 0`,
+		}},
+		// The certificate is loaded as the client loads it.
+		{"invalid-defender-cert-not-pem.yaml", []string{
+			`testdata/invalid-defender-cert-not-pem.yaml:6:21: defender.certificate_file: "testdata/not-a-cert.pem": certificate: no PEM data (want a PEM certificate and its RSA private key)`,
+		}},
+		{"invalid-defender-cert-no-key.yaml", []string{
+			`testdata/invalid-defender-cert-no-key.yaml:6:21: defender.certificate_file: "testdata/cert-no-key.pem": certificate: no RSA private key in PEM`,
+		}},
+		{"invalid-defender-cert-wrong-key.yaml", []string{
+			`testdata/invalid-defender-cert-wrong-key.yaml:6:21: defender.certificate_file: "testdata/cert-wrong-key.pem": certificate: private key does not match the certificate`,
+		}},
 		{"invalid-syntax.yaml", []string{
 			`testdata/invalid-syntax.yaml:2:11: syntax error: could not find end character of double-quoted text`,
 		}},
@@ -158,6 +181,9 @@ func TestDefaultsWithEnvOnly(t *testing.T) {
 	}
 	if len(cfg.Admin.AllowedHosts) != 2 || cfg.Admin.AllowedHosts[1] != "Responder" {
 		t.Fatalf("admin.allowed_hosts = %q", cfg.Admin.AllowedHosts)
+	}
+	if d.MaxPackageBytes != 2<<30 || d.PackageHosts != nil {
+		t.Fatalf("package defaults: %d %v", d.MaxPackageBytes, d.PackageHosts)
 	}
 }
 
@@ -284,6 +310,62 @@ func TestLoopbackOnly(t *testing.T) {
 	}
 }
 
+// TestDefenderKeysFromEnv: the Defender client's own rules apply to values
+// from the environment too, named by their variable; loopback http passes.
+func TestDefenderKeysFromEnv(t *testing.T) {
+	t.Parallel()
+	base := map[string]string{
+		"RESPONDER_ADMIN_BEARER_TOKEN":     "adm",
+		"RESPONDER_WEBHOOKS_BEARER_TOKEN":  "tok",
+		"RESPONDER_DEFENDER_TENANT_ID":     "contoso.onmicrosoft.com",
+		"RESPONDER_DEFENDER_CLIENT_ID":     "c",
+		"RESPONDER_DEFENDER_CLIENT_SECRET": "s",
+	}
+	with := func(kv ...string) LookupEnv {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return envMap(m)
+	}
+	for _, ok := range [][]string{
+		{"RESPONDER_DEFENDER_API_URL", "http://127.0.0.1:8080", "RESPONDER_DEFENDER_TOKEN_URL", "http://localhost:9/t/oauth2/v2.0/token"},
+		{"RESPONDER_DEFENDER_API_URL", "http://[::1]:8080/", "RESPONDER_DEFENDER_TOKEN_URL", "https://login.example.com/t?x=1"},
+		{"RESPONDER_DEFENDER_API_URL", "https://eu.api.security.microsoft.com"},
+		{"RESPONDER_DEFENDER_PACKAGE_HOSTS", ".securitycenter.windows.com, storage.example.com", "RESPONDER_DEFENDER_MAX_PACKAGE_BYTES", "1048576"},
+	} {
+		if _, err := Load("", nil, with(ok...)); err != nil {
+			t.Errorf("%v: %v", ok, err)
+		}
+	}
+	cases := []struct {
+		kv   []string
+		want string
+	}{
+		{[]string{"RESPONDER_DEFENDER_API_URL", "http://localhost.evil.example"},
+			`env RESPONDER_DEFENDER_API_URL: defender.api_url: "http://localhost.evil.example": http is allowed only to a loopback host; use https`},
+		{[]string{"RESPONDER_DEFENDER_API_URL", "https://api.example.com/?x=1"},
+			`env RESPONDER_DEFENDER_API_URL: defender.api_url: "https://api.example.com/?x=1": must have no query or fragment`},
+		{[]string{"RESPONDER_DEFENDER_TOKEN_URL", "http://127.0.0.1@evil.example/token"},
+			`env RESPONDER_DEFENDER_TOKEN_URL: defender.token_url: "http://127.0.0.1@evil.example/token": want an absolute URL without user info`},
+		{[]string{"RESPONDER_DEFENDER_TOKEN_URL", "ftp://127.0.0.1/token"},
+			`env RESPONDER_DEFENDER_TOKEN_URL: defender.token_url: "ftp://127.0.0.1/token": want https`},
+		{[]string{"RESPONDER_DEFENDER_PACKAGE_HOSTS", "*.securitycenter.windows.com"},
+			`env RESPONDER_DEFENDER_PACKAGE_HOSTS: defender.package_hosts[0]: "*.securitycenter.windows.com": not a host name (want e.g. .securitycenter.windows.com or storage.example.com, no scheme or port)`},
+		{[]string{"RESPONDER_DEFENDER_MAX_PACKAGE_BYTES", "-1"},
+			`env RESPONDER_DEFENDER_MAX_PACKAGE_BYTES: defender.max_package_bytes: must be positive, got -1`},
+	}
+	for _, tc := range cases {
+		_, err := Load("", nil, with(tc.kv...))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%v:\n got: %v\nwant: %s", tc.kv, err, tc.want)
+		}
+	}
+}
+
 func TestEnvOverridesFileAndNamesVariableInErrors(t *testing.T) {
 	t.Parallel()
 	env := envMap(map[string]string{"RESPONDER_STORE_DRIVER": "oracle", "RESPONDER_SERVER_READ_TIMEOUT": "soon"})
@@ -339,7 +421,7 @@ func TestStoreRetention(t *testing.T) {
 			if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			env := map[string]string{}
+			env := map[string]string{"RESPONDER_ADMIN_BEARER_TOKEN": "adm"}
 			if tc.env != "" {
 				env["RESPONDER_STORE_RETENTION"] = tc.env
 			}

@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strings"
 
+	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/internal/yamlx"
 )
 
@@ -126,7 +127,10 @@ func EnvName(path string) string {
 
 // where names the origin of the value at path.
 func (l *loader) where(path string) string {
-	if name, ok := l.fromEnv[path]; ok {
+	// A list item (key[i]) set from the environment is named by the
+	// list's variable.
+	key, _, _ := strings.Cut(path, "[")
+	if name, ok := l.fromEnv[key]; ok {
 		return "env " + name
 	}
 	if l.file == "" {
@@ -260,7 +264,6 @@ func (l *loader) readSecrets() {
 
 var (
 	drivers    = []string{"sqlite", "postgres"}
-	clouds     = []string{"commercial", "gcc", "gcc-high", "dod"}
 	logLevels  = []string{"debug", "info", "warn", "error"}
 	logFormats = []string{"json", "console"}
 )
@@ -379,13 +382,40 @@ func (l *loader) validate() {
 	}
 
 	d := c.Defender
-	if !oneOf(d.Cloud, clouds) {
-		l.problem("defender.cloud", "unknown cloud %q (want one of %s)", d.Cloud, quoteList(clouds))
+	if !oneOf(d.Cloud, defender.Clouds) {
+		l.problem("defender.cloud", "unknown cloud %q (want one of %s)", d.Cloud, quoteList(defender.Clouds))
 	}
-	for _, u := range []struct{ path, val string }{{"defender.api_url", d.APIURL}, {"defender.token_url", d.TokenURL}} {
-		if u.val != "" && !strings.HasPrefix(u.val, "https://") && !strings.HasPrefix(u.val, "http://127.0.0.1") && !strings.HasPrefix(u.val, "http://localhost") && !strings.HasPrefix(u.val, "http://[::1]") {
-			l.problem(u.path, "must be an https:// URL (plain http is only allowed on loopback), got %q", u.val)
+	// The Defender client's own rules, so that check refuses what serve
+	// would (the host is parsed, not matched by prefix).
+	if d.APIURL != "" {
+		if err := defender.CheckAPIURL(d.APIURL); err != nil {
+			l.problem("defender.api_url", "%v", err)
 		}
+	}
+	if d.TokenURL != "" {
+		if err := defender.CheckURL(d.TokenURL); err != nil {
+			l.problem("defender.token_url", "%v", err)
+		}
+	} else if d.TenantID != "" {
+		if err := defender.CheckTenantID(d.TenantID); err != nil {
+			l.problem("defender.tenant_id", "%v", err)
+		}
+	}
+	if d.CertificateFile != "" {
+		// A missing file is reported above.
+		if pem, err := os.ReadFile(d.CertificateFile); err == nil {
+			if err := defender.CheckCertificate(pem); err != nil {
+				l.problem("defender.certificate_file", "%q: %v", d.CertificateFile, err)
+			}
+		}
+	}
+	for i, h := range d.PackageHosts {
+		if err := defender.CheckPackageHost(h); err != nil {
+			l.problem(fmt.Sprintf("defender.package_hosts[%d]", i), "%v", err)
+		}
+	}
+	if d.MaxPackageBytes <= 0 {
+		l.problem("defender.max_package_bytes", "must be positive, got %d", d.MaxPackageBytes)
 	}
 	if !d.DryRun {
 		if d.TenantID == "" {

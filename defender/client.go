@@ -143,7 +143,8 @@ type Client struct {
 	clock    Clock
 	limiters map[Group]Limiter
 	tokens   *tokenSource
-	http     *http.Client
+	http     *http.Client // API calls: follows no redirect
+	download *http.Client // package downloads: every hop checked
 	onRoles  func(roles []string)
 }
 
@@ -174,9 +175,19 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 		logger:   logger.Named("defender"),
 		clock:    o.clock,
 		limiters: map[Group]Limiter{},
-		http:     r.HTTPClient,
 		onRoles:  o.onRoles,
 	}
+	// One clone of the caller's client per purpose, each with its own
+	// redirect policy; the caller's client is left as it was. MDE does not
+	// redirect: a 3xx is answered as an error, and the bearer token never
+	// reaches its Location (Go forwards Authorization to another port of
+	// the same host).
+	api := *r.HTTPClient
+	api.CheckRedirect = noRedirect
+	c.http = &api
+	dl := *r.HTTPClient
+	dl.CheckRedirect = c.checkDownloadRedirect
+	c.download = &dl
 	for _, g := range Groups {
 		if l, ok := o.limiters[g]; ok {
 			if l != nil {
@@ -203,7 +214,10 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 	default:
 		cred = &fileCredential{path: r.FederatedTokenFile, every: o.fedCheck}
 	}
+	// The token client follows no redirect: it would post the client
+	// secret or assertion again to wherever Location points.
 	tokenHTTP := *r.HTTPClient
+	tokenHTTP.CheckRedirect = noRedirect
 	base := tokenHTTP.Transport
 	if base == nil {
 		base = http.DefaultTransport
@@ -242,6 +256,9 @@ func (c *Client) APIURL() string { return c.cfg.apiBase.String() }
 // TokenURL returns the token endpoint the client calls.
 func (c *Client) TokenURL() string { return c.cfg.tokenURL }
 
+// noRedirect makes a client return a 3xx answer instead of following it.
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
 // request is one API call.
 type request struct {
 	op        string
@@ -252,10 +269,24 @@ type request struct {
 	body      []byte
 	machineID string
 	actionID  string
+	// limit caps a 2xx answer (0: maxObjectAnswer).
+	limit int64
 }
 
-// Answer size caps.
-const maxAnswer = 64 << 20
+// Answer size caps: MDE's single objects are a few KiB and a page of
+// 10,000 machine actions a few MiB; anything larger is not MDE.
+const (
+	maxObjectAnswer = 1 << 20
+	maxPageAnswer   = 16 << 20
+)
+
+// answerLimit is the cap of r's 2xx answer.
+func (r *request) answerLimit() int64 {
+	if r.limit > 0 {
+		return r.limit
+	}
+	return maxObjectAnswer
+}
 
 func (r *request) fields(extra ...zap.Field) []zap.Field {
 	f := make([]zap.Field, 0, 4+len(extra))
@@ -299,13 +330,14 @@ func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 			return nil, err
 		}
 		if status >= 200 && status < 300 {
-			if len(body) > maxAnswer {
-				e := &Error{Op: r.op, Outcome: OutcomePermanent, StatusCode: status, Message: "answer too large"}
-				c.logFailure(&r, e)
-				return nil, e
-			}
 			c.logger.Debug("defender request succeeded", r.fields(zap.Int("http_status", status))...)
 			return body, nil
+		}
+		if status >= 300 && status < 400 {
+			// Nothing of the answer is kept: Location may point anywhere.
+			e := &Error{Op: r.op, Outcome: OutcomePermanent, StatusCode: status, Message: "unexpected redirect"}
+			c.logFailure(&r, e)
+			return nil, e
 		}
 		if status == http.StatusUnauthorized && attempt == 1 {
 			c.tokens.invalidate(tok)
@@ -366,20 +398,79 @@ func (c *Client) roundTrip(ctx context.Context, r *request, tok string) (int, ht
 		c.observe(r.op, "error", begin)
 		return 0, nil, nil, transportError(r.op, err)
 	}
-	limit := int64(maxAnswer)
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
+	limit := r.answerLimit()
+	if !ok {
 		limit = maxErrorBody
 	}
-	data, rerr := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	var data []byte
+	var rerr error
+	over := ok && resp.ContentLength > limit // refused unread
+	if !over {
+		data, over, rerr = readCapped(resp.Body, limit, resp.ContentLength)
+	}
+	// Closing a body that was not read to its end drops the connection.
 	_ = resp.Body.Close()
 	c.observe(r.op, strconv.Itoa(resp.StatusCode), begin)
-	if rerr != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+	if !ok {
+		return resp.StatusCode, resp.Header, data, nil // an error body is only read in part
+	}
+	if over {
+		e := &Error{Op: r.op, Outcome: OutcomePermanent, StatusCode: resp.StatusCode,
+			Message: fmt.Sprintf("answer larger than %d bytes", limit)}
+		if r.kind == kindAction {
+			// MDE accepted the action, but its id is unreadable: look it
+			// up as an action already running; never post again.
+			e.Outcome = OutcomeAlreadyRunning
+			e.Message += "; the action may exist: look it up"
+		}
+		return 0, nil, nil, e
+	}
+	if rerr != nil {
 		// The answer was cut: for an action POST the action may exist.
 		e := transportError(r.op, rerr)
 		e.StatusCode = resp.StatusCode
 		return 0, nil, nil, e
 	}
 	return resp.StatusCode, resp.Header, data, nil
+}
+
+// readCapped reads r to its end, but at most limit bytes; over reports
+// that more followed. hint is the announced length (-1: unknown). The
+// buffer grows by doubling up to limit, so an answer costs about twice its
+// size, and one over the cap about twice the cap, whatever its length.
+func readCapped(r io.Reader, limit, hint int64) (data []byte, over bool, err error) {
+	size := int64(512)
+	if hint >= 0 {
+		size = hint
+	}
+	buf := make([]byte, 0, min(max(size, 1), limit))
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) >= limit {
+				var one [1]byte
+				n, err := io.ReadFull(r, one[:])
+				if n > 0 {
+					return buf, true, nil
+				}
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				return buf, false, err
+			}
+			grown := make([]byte, len(buf), min(max(2*int64(cap(buf)), 512), limit))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			return buf, false, err
+		}
+	}
 }
 
 // observe records one request's status code and duration.
@@ -469,6 +560,7 @@ const maxPages = 100
 // list sends r and follows @odata.nextLink on the API host, up to max items
 // (0: no limit).
 func list[T any](ctx context.Context, c *Client, r request, max int) ([]T, error) {
+	r.limit = maxPageAnswer
 	var out []T
 	for i := 0; ; i++ {
 		var p page[T]

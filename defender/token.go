@@ -65,16 +65,27 @@ type certCredential struct {
 	key      *rsa.PrivateKey
 }
 
-func newCertCredential(pemData []byte, alg, clientID, aud string) (*certCredential, error) {
+// CheckCertificate validates the PEM of Config.CertificatePEM as New does:
+// a certificate (the first CERTIFICATE block is the leaf), an unencrypted
+// RSA private key (PKCS#1 or PKCS#8), and the key matching the certificate.
+func CheckCertificate(pemData []byte) error {
+	_, _, err := parseCertificate(pemData)
+	return err
+}
+
+// parseCertificate reads the leaf certificate and its RSA key from PEM.
+func parseCertificate(pemData []byte) (*x509.Certificate, *rsa.PrivateKey, error) {
 	var cert *x509.Certificate
 	var key *rsa.PrivateKey
 	rest := pemData
+	blocks := 0
 	for {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
 			break
 		}
+		blocks++
 		switch block.Type {
 		case "CERTIFICATE":
 			if cert != nil {
@@ -82,40 +93,51 @@ func newCertCredential(pemData []byte, alg, clientID, aud string) (*certCredenti
 			}
 			c, err := x509.ParseCertificate(block.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("certificate: %w", err)
+				return nil, nil, fmt.Errorf("certificate: %w", err)
 			}
 			cert = c
 		case "PRIVATE KEY":
 			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("certificate private key: %w", err)
+				return nil, nil, fmt.Errorf("certificate private key: %w", err)
 			}
 			rk, ok := k.(*rsa.PrivateKey)
 			if !ok {
-				return nil, fmt.Errorf("certificate private key is %T; want RSA", k)
+				return nil, nil, fmt.Errorf("certificate private key is %T; want RSA", k)
 			}
 			key = rk
 		case "RSA PRIVATE KEY":
 			k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("certificate private key: %w", err)
+				return nil, nil, fmt.Errorf("certificate private key: %w", err)
 			}
 			key = k
 		case "ENCRYPTED PRIVATE KEY":
-			return nil, errors.New("certificate private key is encrypted; want an unencrypted key")
+			return nil, nil, errors.New("certificate private key is encrypted; want an unencrypted key")
 		case "EC PRIVATE KEY":
-			return nil, errors.New("certificate private key is EC; want RSA")
+			return nil, nil, errors.New("certificate private key is EC; want RSA")
 		}
 	}
+	if blocks == 0 {
+		return nil, nil, errors.New("certificate: no PEM data (want a PEM certificate and its RSA private key)")
+	}
 	if cert == nil {
-		return nil, errors.New("certificate: no CERTIFICATE block in PEM")
+		return nil, nil, errors.New("certificate: no CERTIFICATE block in PEM")
 	}
 	if key == nil {
-		return nil, errors.New("certificate: no RSA private key in PEM")
+		return nil, nil, errors.New("certificate: no RSA private key in PEM")
 	}
 	pub, ok := cert.PublicKey.(*rsa.PublicKey)
 	if !ok || !pub.Equal(&key.PublicKey) {
-		return nil, errors.New("certificate: private key does not match the certificate")
+		return nil, nil, errors.New("certificate: private key does not match the certificate")
+	}
+	return cert, key, nil
+}
+
+func newCertCredential(pemData []byte, alg, clientID, aud string) (*certCredential, error) {
+	cert, key, err := parseCertificate(pemData)
+	if err != nil {
+		return nil, err
 	}
 	c := &certCredential{clientID: clientID, aud: aud, key: key}
 	if alg == AlgRS256 {
@@ -388,6 +410,13 @@ func (ts *tokenSource) classify(err error, parent context.Context) *Error {
 		var header http.Header
 		if re.Response != nil {
 			status, header = re.Response.StatusCode, re.Response.Header
+		}
+		if status >= 300 && status < 400 {
+			// The token client follows no redirect (it would post the
+			// secret or assertion to Location): nothing of the answer is
+			// copied, Location included.
+			return &Error{Op: opToken, Outcome: OutcomePermanent, StatusCode: status,
+				Message: fmt.Sprintf("login endpoint redirected (%d); redirects are not followed", status)}
 		}
 		e := &Error{Op: opToken, StatusCode: status, Code: clean(re.ErrorCode),
 			Message: clean(ts.scrub(firstLine(re.ErrorDescription)))}
