@@ -282,7 +282,9 @@ func TestCrashRecoverySQLite(t *testing.T) {
 	for i := 0; i < 8; i++ {
 		machines = append(machines, defendertest.Machine{ID: fmt.Sprintf("%040x", 0xc0ffee00+i), ComputerDNSName: fmt.Sprintf("crash-%d.example.com", i), HealthStatus: "Active"})
 	}
-	s := newStack(t, defendertest.Options{Machines: machines})
+	// The shortest settle: a POST cut short by the kill is looked for once
+	// it has certainly timed out, then sent again.
+	s := newStack(t, defendertest.Options{Machines: machines}, "RESPONDER_DEFENDER_POST_SETTLE=16s")
 
 	kill := func() {
 		_ = s.proc.cmd.Process.Signal(syscall.SIGKILL)

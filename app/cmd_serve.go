@@ -30,7 +30,7 @@ const submitTimeout = 10 * time.Second
 
 // requestTimeout bounds each Defender request; jobs must finish well within
 // the queue's job timeout.
-const requestTimeout = 15 * time.Second
+const requestTimeout = config.DefenderRequestTimeout
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", stderr)
@@ -136,6 +136,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		MaxMachinesPer10m:     cfg.Safety.MaxMachinesPer10m,
 		Paused:                cfg.Safety.Paused,
 		RequestTimeout:        requestTimeout,
+		PostSettle:            cfg.Defender.PostSettle,
 		Retention:             cfg.Store.Retention,
 	})
 	if err != nil {

@@ -154,6 +154,11 @@ type Defender struct {
 	PollInterval time.Duration `yaml:"poll_interval"`
 	// ActionTimeout stops tracking an action after this long. Default 72h.
 	ActionTimeout time.Duration `yaml:"action_timeout"`
+	// PostSettle is how long after an action request whose answer was lost
+	// (a timeout, a crash) the responder only looks for the action it may
+	// have created before it sends the request again. Default 5m; at least
+	// DefenderRequestTimeout and a second.
+	PostSettle time.Duration `yaml:"post_settle"`
 	// DownloadDir, when set, receives each finished package.
 	DownloadDir string `yaml:"download_dir"`
 	// PackageHosts are the hosts a package download link and each of its
@@ -198,6 +203,9 @@ type Secrets struct {
 	DefenderClientSecret string
 }
 
+// DefenderRequestTimeout bounds each request to Defender (API and login).
+const DefenderRequestTimeout = 15 * time.Second
+
 // Default returns the configuration with every default of SPEC section 4.
 // It is the single place where defaults are stated.
 func Default() *Config {
@@ -219,6 +227,7 @@ func Default() *Config {
 			RateLimit:       RateLimit{PerMinute: 100, PerHour: 1500},
 			PollInterval:    30 * time.Second,
 			ActionTimeout:   72 * time.Hour,
+			PostSettle:      5 * time.Minute,
 			MaxPackageBytes: defender.DefaultMaxPackageBytes,
 		},
 		Safety: Safety{MaxCollectionsPerHour: 200, MaxMachinesPer10m: 50},

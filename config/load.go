@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/internal/yamlx"
@@ -450,6 +451,12 @@ func (l *loader) validate() {
 		l.problem("defender.action_timeout", "must be positive, got %s", d.ActionTimeout)
 	} else if d.PollInterval > 0 && d.ActionTimeout < d.PollInterval {
 		l.problem("defender.action_timeout", "must be at least poll_interval (%s), got %s", d.PollInterval, d.ActionTimeout)
+	}
+
+	if minSettle := DefenderRequestTimeout + time.Second; d.PostSettle < minSettle {
+		// Sooner, a request still in flight could create its action after
+		// the look that did not find it, and the second POST a second one.
+		l.problem("defender.post_settle", "must be at least %s (the request timeout and a second), got %s", minSettle, d.PostSettle)
 	}
 
 	if c.Safety.MaxCollectionsPerHour <= 0 {

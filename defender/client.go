@@ -24,9 +24,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -317,12 +319,12 @@ func (c *Client) endpoint(segments ...string) string {
 func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 	for attempt := 1; ; attempt++ {
 		if err := c.wait(ctx, &r); err != nil {
-			return nil, err
+			return nil, notSent(err)
 		}
 		tok, err := c.tokens.token(ctx)
 		if err != nil {
 			c.logFailure(&r, err)
-			return nil, err
+			return nil, notSent(err)
 		}
 		status, header, body, err := c.roundTrip(ctx, &r, tok)
 		if err != nil {
@@ -355,6 +357,16 @@ func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 		c.logFailure(&r, e)
 		return nil, e
 	}
+}
+
+// notSent marks the error of a call that failed before its request was
+// sent (the quota, the token).
+func notSent(err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		e.NotSent = true
+	}
+	return err
 }
 
 // wait waits for r's quota and records the wait.
@@ -392,11 +404,19 @@ func (c *Client) roundTrip(ctx context.Context, r *request, tok string) (int, ht
 	if r.body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	// Whether a connection was ever had tells a request that never left
+	// from one whose answer was lost (see Error.NotSent).
+	var connected atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+	}))
 	begin := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		c.observe(r.op, "error", begin)
-		return 0, nil, nil, transportError(r.op, err)
+		e := transportError(r.op, err)
+		e.NotSent = !connected.Load()
+		return 0, nil, nil, e
 	}
 	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
 	limit := r.answerLimit()

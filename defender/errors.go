@@ -84,6 +84,11 @@ type Error struct {
 	Code, Message, Target string
 	// RetryAfter is the delay asked by a 429 (Retry-After), else 0.
 	RetryAfter time.Duration
+	// NotSent reports that the request certainly never reached Defender:
+	// no connection was made (a refused dial, a failed name lookup or TLS
+	// handshake). A request that failed later may have been received and
+	// acted on, its answer lost.
+	NotSent bool
 	// Err is the underlying error, if any (transport errors have their URL
 	// redacted).
 	Err error

@@ -66,27 +66,28 @@ type Entry struct {
 	// Posts counts the requests sent to Defender for this decision.
 	Posts int `json:"posts,omitempty"`
 
-	alertRowID int64
-	postedAt   time.Time
+	alertRowID  int64
+	postedAt    time.Time
+	settleUntil time.Time // see collect: 0 on entries from before it existed
 }
 
 const entryColumns = `id, alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name, rule, action,
 decision, reason, comment, dry_run, state, posted_at, outcome, action_id, action_status, action_created_at,
-finished_at, package_path, package_sha256, package_size, error, posts`
+finished_at, package_path, package_sha256, package_size, error, posts, settle_until`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanEntry(row scanner) (*Entry, error) {
 	var e Entry
-	var created, updated, posted, actionCreated, finished int64
+	var created, updated, posted, actionCreated, finished, settle int64
 	var dry int
 	err := row.Scan(&e.ID, &e.alertRowID, &created, &updated, &e.Source, &e.AlertID, &e.MachineID, &e.MachineName,
 		&e.Rule, &e.Action, &e.Decision, &e.Reason, &e.Comment, &dry, &e.State, &posted, &e.Outcome, &e.ActionID,
-		&e.ActionStatus, &actionCreated, &finished, &e.PackagePath, &e.PackageSHA256, &e.PackageSize, &e.Error, &e.Posts)
+		&e.ActionStatus, &actionCreated, &finished, &e.PackagePath, &e.PackageSHA256, &e.PackageSize, &e.Error, &e.Posts, &settle)
 	if err != nil {
 		return nil, err
 	}
-	e.CreatedAt, e.UpdatedAt, e.postedAt = fromMS(created), fromMS(updated), fromMS(posted)
+	e.CreatedAt, e.UpdatedAt, e.postedAt, e.settleUntil = fromMS(created), fromMS(updated), fromMS(posted), fromMS(settle)
 	e.ActionCreatedAt, e.FinishedAt = fromMS(actionCreated), fromMS(finished)
 	e.DryRun = dry != 0
 	return &e, nil
@@ -200,7 +201,7 @@ func (s *Store) EntriesPage(ctx context.Context, f Filter) (*Page, error) {
 // entryUpdate changes the work fields of an audit entry.
 type entryUpdate struct {
 	state, outcome, actionID, actionStatus, errText *string
-	postedAt, actionCreatedAt, finishedAt           *time.Time
+	postedAt, actionCreatedAt, finishedAt, settle   *time.Time
 	packagePath, packageSHA                         *string
 	packageSize                                     *int64
 }
@@ -233,6 +234,9 @@ func (s *Store) updateEntry(ctx context.Context, q interface {
 	}
 	if u.postedAt != nil {
 		add("posted_at", ms(*u.postedAt))
+	}
+	if u.settle != nil {
+		add("settle_until", ms(*u.settle))
 	}
 	if u.actionCreatedAt != nil {
 		add("action_created_at", ms(*u.actionCreatedAt))

@@ -171,11 +171,16 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 	typ := actionType(rules.Action(e.Action))
 
 	if e.State == StatePosting {
-		// An earlier POST may still be on its way to MDE, or being
-		// processed there: wait until it has certainly timed out on our
-		// side before looking, or a late action would go unseen.
-		if settle := e.postedAt.Add(p.cfg.RequestTimeout + time.Second); p.cfg.Now().Before(settle) {
-			return river.JobSnooze(settle.Sub(p.cfg.Now()))
+		// An earlier POST may have reached Defender with its answer lost
+		// (a timeout, a crash). Look for the action it made; until the
+		// request has settled, not finding it does not prove it was not
+		// received, and posting again could make a second action.
+		now := p.cfg.Now()
+		settle := p.settleUntil(e)
+		// Not before the request has certainly timed out on our side: a
+		// late action would go unseen.
+		if first := e.postedAt.Add(p.cfg.RequestTimeout + time.Second); now.Before(first) && now.Before(settle) {
+			return river.JobSnooze(min(first.Sub(now), settle.Sub(now)))
 		}
 		a, found, err := p.findPosted(ctx, e, typ)
 		if err != nil {
@@ -186,6 +191,14 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 			log.Info("earlier request found in Defender; tracking it instead of posting again", zap.String("action_id", a.ID))
 			return p.adopt(ctx, e, a, OutcomeCreated, log)
 		}
+		if now.Before(settle) {
+			// Looked for at about 1, 2, 4, ... times the request's age,
+			// and once more when it has settled.
+			next := min(max(now.Sub(e.postedAt), time.Second), settle.Sub(now))
+			log.Info("earlier request not found in Defender yet; looking again before posting", zap.Duration("next_look", next))
+			return river.JobSnooze(next)
+		}
+		log.Info("earlier request not found in Defender after it settled; posting again")
 	}
 
 	if p.quota != nil {
@@ -258,12 +271,19 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 		return river.JobSnooze(max(de.RetryAfter, time.Second))
 	}
 	// Transient: the POST may or may not have created the action. The entry
-	// stays "posting", so the next attempt looks before posting again. When
-	// MDE did answer (a 5xx), nothing of the request is still in flight and
-	// the look-up need not wait for it to settle.
-	if de.StatusCode != 0 {
-		settled := p.cfg.Now().Add(-p.cfg.RequestTimeout - time.Second)
-		if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{postedAt: &settled}, p.cfg.Now()); err != nil {
+	// stays "posting", so the next attempt looks before posting again, and
+	// until the request has settled, only looks. When MDE did answer (a
+	// 5xx), nothing of the request is in flight: one look, then a POST.
+	// When the request never left (no connection), there is nothing to
+	// look for.
+	switch now := p.cfg.Now(); {
+	case de.NotSent:
+		if _, err := p.store.DB.ExecContext(ctx, `UPDATE responder_audit SET state = 'queued', updated_at = $1 WHERE id = $2 AND state = 'posting'`,
+			ms(now), e.ID); err != nil {
+			return fmt.Errorf("requeueing a collection that was not sent: %w", err)
+		}
+	case de.StatusCode != 0:
+		if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{settle: &now}, now); err != nil {
 			return err
 		}
 	}
@@ -286,16 +306,27 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 // if nobody changed it since; it reports whether this caller owns the POST.
 func (p *Pipeline) claimPosting(ctx context.Context, e *Entry, now time.Time) (bool, error) {
 	var posts int
-	err := p.store.DB.QueryRowContext(ctx, `UPDATE responder_audit SET state = 'posting', posted_at = $1, updated_at = $1, posts = posts + 1
-WHERE id = $2 AND state = $3 AND posted_at = $4 RETURNING posts`, ms(now), e.ID, e.State, ms(e.postedAt)).Scan(&posts)
+	settle := now.Add(p.cfg.PostSettle)
+	err := p.store.DB.QueryRowContext(ctx, `UPDATE responder_audit SET state = 'posting', posted_at = $1, updated_at = $1, posts = posts + 1, settle_until = $5
+WHERE id = $2 AND state = $3 AND posted_at = $4 RETURNING posts`, ms(now), e.ID, e.State, ms(e.postedAt), ms(settle)).Scan(&posts)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("claiming the collection: %w", err)
 	}
-	e.State, e.postedAt, e.Posts = StatePosting, time.UnixMilli(ms(now)).UTC(), posts
+	e.State, e.postedAt, e.Posts, e.settleUntil = StatePosting, time.UnixMilli(ms(now)).UTC(), posts, time.UnixMilli(ms(settle)).UTC()
 	return true, nil
+}
+
+// settleUntil is until when the POST of a posting entry may still show up
+// in Defender (Config.PostSettle after it was sent, unless Defender
+// answered it).
+func (p *Pipeline) settleUntil(e *Entry) time.Time {
+	if !e.settleUntil.IsZero() {
+		return e.settleUntil
+	}
+	return e.postedAt.Add(p.cfg.PostSettle) // an entry from before settle_until existed
 }
 
 // findPosted looks for the action an earlier, unanswered POST of this

@@ -59,6 +59,12 @@ type Config struct {
 	// 15s): a POST whose answer was lost is looked for only once it has
 	// certainly ended.
 	RequestTimeout time.Duration
+	// PostSettle is how long after a POST whose answer was lost the
+	// decision only looks for the action it may have created, and never
+	// posts again (default 5m): Defender may take a while to process a
+	// request and list its action, and a second POST then would make a
+	// second action for one decision.
+	PostSettle time.Duration
 	// Retention is how long finished audit entries and their alerts are
 	// kept (store.retention, default 90d; see retention.go). It must exceed
 	// RetryFor: an evaluate job names every alert of its batch, and those
@@ -101,6 +107,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 15 * time.Second
+	}
+	if c.PostSettle <= 0 {
+		c.PostSettle = 5 * time.Minute
 	}
 	if c.Retention <= 0 {
 		c.Retention = DefaultRetention

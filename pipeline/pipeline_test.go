@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -56,6 +57,10 @@ type envOpts struct {
 	noStart  bool
 	simOpts  defendertest.Options
 	rulesSrc string
+	// clientTimeout is the Defender client's request timeout (default 5s).
+	clientTimeout time.Duration
+	// transport, when set, carries the Defender client's requests.
+	transport http.RoundTripper
 }
 
 func newSim(t *testing.T, o defendertest.Options) *defendertest.Simulator {
@@ -91,10 +96,17 @@ func setup(t *testing.T, o envOpts) *testEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
+	if o.clientTimeout == 0 {
+		o.clientTimeout = 5 * time.Second
+	}
+	var hc *http.Client
+	if o.transport != nil {
+		hc = &http.Client{Transport: o.transport}
+	}
 	api, err := defender.New(defender.Config{
 		APIURL: o.sim.URL(), TokenURL: o.sim.TokenURL(), TenantID: defendertest.DevTenantID,
 		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret,
-		UserAgent: "responder/test", Timeout: 5 * time.Second,
+		UserAgent: "responder/test", Timeout: o.clientTimeout, HTTPClient: hc,
 	}, m, logger, defender.WithLimiter(defender.GroupActions, nil))
 	if err != nil {
 		t.Fatal(err)
@@ -488,7 +500,7 @@ func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {
 
 func TestPostingStateWithoutActionPostsAgain(t *testing.T) {
 	t.Parallel()
-	e := setup(t, envOpts{noStart: true})
+	e := setup(t, envOpts{noStart: true, cfg: Config{PostSettle: 300 * time.Millisecond}})
 	a := mdeAlert("da-lost", defendertest.DevWorkstationID, "high")
 	e.submit(a)
 	ctx := context.Background()
@@ -500,7 +512,8 @@ func TestPostingStateWithoutActionPostsAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	en := e.entryFor("da-lost")
-	// The POST never reached MDE: the look-up finds nothing, so it is sent.
+	// The POST never reached MDE: the look-ups find nothing until it has
+	// settled, so it is sent again.
 	posted := time.Now().Add(-time.Second)
 	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(StatePosting), postedAt: &posted}, posted); err != nil {
 		t.Fatal(err)

@@ -353,6 +353,14 @@ ALTER TABLE responder_audit ADD COLUMN posts INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX responder_audit_retention ON responder_audit (state, updated_at, id);
 CREATE INDEX responder_cooldown_audit ON responder_cooldown (audit_id);
 `,
+}, {
+	// Until when a POST whose answer was lost may still show up in
+	// Defender: until then the decision only looks for it, never posts
+	// again (see collect).
+	version: 6,
+	sql: `
+ALTER TABLE responder_audit ADD COLUMN settle_until BIGINT NOT NULL DEFAULT 0;
+`,
 }}
 
 // forDriver adapts a migration written for SQLite to the driver: the only

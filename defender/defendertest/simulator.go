@@ -193,6 +193,10 @@ type Fault struct {
 	// Delay is waited (real time) before answering; the wait ends early when the request
 	// context ends. A fault with only a Delay then handles the request normally.
 	Delay time.Duration
+	// Late makes Delay run to its end even when the client has gone away, and the request
+	// then be handled normally: the service processed a request whose answer was lost (the
+	// client timed out). An action POST creates its action at the end of the Delay.
+	Late bool
 	// Drop hijacks the connection and closes it without answering. Where hijacking is not
 	// possible (HTTP/2, a ResponseRecorder) the handler panics with http.ErrAbortHandler,
 	// which net/http turns into a reset stream.
@@ -550,9 +554,13 @@ func (s *Simulator) takeFault(r *http.Request) (Fault, bool) {
 // applyFault applies f and reports whether the request is finished.
 func (s *Simulator) applyFault(w *recorder, r *http.Request, f Fault) bool {
 	if f.Delay > 0 {
+		done := r.Context().Done()
+		if f.Late {
+			done = nil // processed whether the client waits or not
+		}
 		t := time.NewTimer(f.Delay)
 		select {
-		case <-r.Context().Done():
+		case <-done:
 			t.Stop()
 			return true
 		case <-t.C:

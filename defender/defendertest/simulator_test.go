@@ -1215,6 +1215,39 @@ func TestFaultDelayHonoursContext(t *testing.T) {
 	})
 }
 
+// TestFaultLate: a Late delay is processed after the client has given up,
+// as a slow service does: the action exists though its answer was lost.
+func TestFaultLate(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok := b.token(t)
+	b.sim.InjectFault(defendertest.Fault{Method: http.MethodPost, PathContains: "collectInvestigationPackage", Delay: 300 * time.Millisecond, Late: true, Times: 1})
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, b.srv.URL+"/api/machines/"+machineWS+"/collectInvestigationPackage",
+		strings.NewReader(`{"Comment":"late"}`))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	if res, err := http.DefaultClient.Do(req); err == nil {
+		res.Body.Close()
+		t.Fatalf("answered %d before the delay ended", res.StatusCode)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var found bool
+		for _, a := range b.sim.Actions() {
+			found = found || a.RequestorComment == "late"
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the late request created no action")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestFaultDrop(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
