@@ -312,6 +312,11 @@ func (g *adminGuard) logAction(ctx context.Context, action string, err error) {
 		g.log.Warn("admin action failed", append(fields, zap.Error(err))...)
 		return
 	}
+	if action == "pause" || action == "resume" {
+		// The kill switch: this is its one log line.
+		g.log.Warn("admin action", fields...)
+		return
+	}
 	g.log.Info("admin action", fields...)
 }
 

@@ -9,12 +9,15 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/internal/logsample"
 	"github.com/responder-dev/responder/metrics"
 )
 
@@ -52,6 +55,18 @@ type Webhooks struct {
 	SubmitTimeout time.Duration
 	Metrics       *metrics.Metrics
 	Logger        *zap.Logger
+
+	// storeDown thins "store cannot take alerts": while the store is down
+	// every request fails alike (each is counted under code 503).
+	storeDownOnce sync.Once
+	storeDown     *logsample.Sampler
+}
+
+// storeDownLog writes the line of a request the store refused, at most
+// once per window, with the count of those not written.
+func (h *Webhooks) storeDownLog(log *zap.Logger, fields ...zap.Field) {
+	h.storeDownOnce.Do(func() { h.storeDown = logsample.New(10*time.Second, nil) })
+	h.storeDown.Write(log, zapcore.ErrorLevel, "store", "store cannot take alerts", fields...)
 }
 
 // webhookMethods are the methods a webhook endpoint accepts. Grafana's
@@ -176,7 +191,7 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format) (int, any) {
 		receipt, err := h.Sink.Submit(ctx, keep)
 		cancel()
 		if err != nil {
-			log.Error("store cannot take alerts", zap.Int("alerts", len(keep)), zap.Error(err))
+			h.storeDownLog(log, zap.Int("alerts", len(keep)), zap.Error(err))
 			return http.StatusServiceUnavailable, ErrorAnswer{Error: "the store cannot take the alerts now; retry later"}
 		}
 		for i, a := range keep {

@@ -29,9 +29,27 @@ func (p *Pipeline) backgroundLoop(ctx context.Context) {
 	t := time.NewTicker(backgroundInterval)
 	defer t.Stop()
 	tick := 0
+	// The store's state is logged when it changes, not at every tick: the
+	// loop's other reads fail with it, and say nothing more.
+	var storeDown time.Time
 	for {
-		if err := p.refreshQueueGauges(ctx); err != nil && ctx.Err() == nil {
-			p.log.Warn("reading queue depth failed", zap.Error(err))
+		err := p.refreshQueueGauges(ctx)
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && storeDown.IsZero():
+			storeDown = time.Now()
+			p.log.Error("the store does not answer: webhooks get 503 and queued work waits until it does", zap.Error(err))
+		case err == nil && !storeDown.IsZero():
+			p.log.Warn("the store answers again", zap.Duration("unavailable_for", time.Since(storeDown).Round(time.Second)))
+			storeDown = time.Time{}
+		}
+		if !storeDown.IsZero() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				continue
+			}
 		}
 		if err := p.refreshCircuit(ctx); err != nil && ctx.Err() == nil {
 			p.log.Warn("reading the circuit state failed", zap.Error(err))

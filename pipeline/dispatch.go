@@ -9,6 +9,7 @@ import (
 
 	"github.com/riverqueue/river"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // dispatchBatch bounds the alert rows one dispatcher transaction takes.
@@ -54,7 +55,7 @@ func (p *Pipeline) dispatcher(ctx context.Context) {
 			n, err := p.dispatchOnce(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
-					p.log.Warn("dispatching alerts to the queue failed; will retry", zap.Error(err))
+					p.sample.Write(p.log, zapcore.WarnLevel, "dispatch", "dispatching alerts to the queue failed; will retry", zap.Error(err))
 				}
 				break
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/defender"
@@ -61,6 +62,10 @@ type evaluateWorker struct {
 
 // errBudget marks an alert left for later because the job's time ran out.
 var errBudget = errors.New("evaluation budget spent")
+
+// errAlertGone marks an alert row that no longer exists: retention deleted
+// it with its decision, so a job that runs again has nothing to do for it.
+var errAlertGone = errors.New("the alert row no longer exists")
 
 // Work decides the alerts of the job that have no decision yet. Each alert
 // is decided on its own (an alert that is decided stays decided), so a retry
@@ -125,6 +130,10 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 		var batch []decideItem
 		var indexes []int
 		for _, item := range group {
+			if errors.Is(item.err, errAlertGone) {
+				p.log.Info("alert no longer stored; nothing to decide", zap.Int64("alert_row_id", item.rowID))
+				continue
+			}
 			if item.err != nil {
 				errs[item.index] = item.err
 				receivedAt[item.index] = item.received
@@ -251,7 +260,7 @@ func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, ti
 	var received int64
 	err := p.store.DB.QueryRowContext(ctx, `SELECT payload, received_at FROM responder_alert WHERE id = $1`, rowID).Scan(&payload, &received)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, time.Time{}, fmt.Errorf("alert row %d does not exist", rowID)
+		return nil, time.Time{}, errAlertGone
 	}
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("loading alert %d: %w", rowID, err)
@@ -449,7 +458,9 @@ func (p *Pipeline) reportDecision(rec *Entry) {
 	}
 	switch rec.Decision {
 	case DecisionCircuitOpen, DecisionPaused:
-		p.log.Warn("decision", fields...)
+		// Every alert is suppressed while it lasts: one line per window
+		// and decision, with the count of those not written.
+		p.sample.Write(p.log, zapcore.WarnLevel, "decision:"+rec.Decision, "decision", fields...)
 	default:
 		p.log.Info("decision", fields...)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/defender"
+	"github.com/responder-dev/responder/internal/logsample"
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/rules"
 )
@@ -176,6 +177,10 @@ type Pipeline struct {
 
 	circuitOpen atomic.Bool
 	stopOnce    sync.Once
+	// sample thins the lines an outage or a storm repeats (suppressed
+	// decisions, failed dispatches): the audit trail and the metrics keep
+	// every one.
+	sample *logsample.Sampler
 
 	dispatchNow   chan struct{}
 	dispatchDone  chan struct{}
@@ -199,6 +204,7 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 		store: store, api: api, quota: quota, rules: rm, m: m,
 		log: logger.Named("pipeline"), cfg: cfg,
 		machines: newMachineCache(10*time.Minute, cfg.Now),
+		sample:   logsample.New(logSampleWindow, cfg.Now),
 		lookups:  make(chan struct{}, maxLookups),
 	}
 	workers := river.NewWorkers()
@@ -536,7 +542,7 @@ func (p *Pipeline) setPaused(ctx context.Context, on bool) error {
 	if err != nil {
 		return fmt.Errorf("setting the kill switch: %w", err)
 	}
-	p.log.Warn("kill switch changed", zap.Bool("paused", on))
+	// Logged by the admin API, which knows who asked and from where.
 	return nil
 }
 

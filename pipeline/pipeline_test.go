@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/responder-dev/responder/alert"
@@ -61,6 +62,9 @@ type envOpts struct {
 	clientTimeout time.Duration
 	// transport, when set, carries the Defender client's requests.
 	transport http.RoundTripper
+	// logs, when set, receives the pipeline's logs (default: the test log
+	// at warn level).
+	logs zapcore.Core
 }
 
 func newSim(t *testing.T, o defendertest.Options) *defendertest.Simulator {
@@ -89,6 +93,9 @@ func setup(t *testing.T, o envOpts) *testEnv {
 		o.dsn = filepath.Join(t.TempDir(), "responder.db")
 	}
 	logger := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	if o.logs != nil {
+		logger = zap.New(zapcore.NewTee(logger.Core(), o.logs))
+	}
 	m := metrics.New(prometheus.NewRegistry())
 	ctx := context.Background()
 	store, err := OpenStore(ctx, o.driver, o.dsn)

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -572,5 +574,27 @@ func TestRetentionLoop(t *testing.T) {
 	}
 	if f := logs.FilterMessage("retention pass failed").Len(); f > 0 {
 		t.Fatalf("%d failed passes", f)
+	}
+}
+
+// TestEvaluateJobSkipsDeletedAlerts: an evaluate job that runs again after
+// retention deleted one of its alerts (with its decision) decides the
+// others and completes, instead of failing on the missing row until it is
+// discarded with them.
+func TestEvaluateJobSkipsDeletedAlerts(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{noStart: true})
+	a := mdeAlert("da-kept", defendertest.DevWorkstationID, "low")
+	e.submit(a)
+	var rowID int64
+	if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = 'da-kept'`).Scan(&rowID); err != nil {
+		t.Fatal(err)
+	}
+	job := &river.Job[evaluateArgs]{JobRow: &rivertype.JobRow{Attempt: 1, MaxAttempts: 10}, Args: evaluateArgs{AlertRowIDs: []int64{rowID + 1000, rowID}}}
+	if err := (&evaluateWorker{p: e.p}).Work(context.Background(), job); err != nil {
+		t.Fatalf("the job failed: %v", err)
+	}
+	if got := e.entryFor("da-kept"); got == nil || got.Decision != DecisionNoMatch {
+		t.Fatalf("the remaining alert: %+v", got)
 	}
 }
