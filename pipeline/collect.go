@@ -565,20 +565,27 @@ func (w *downloadWorker) Work(ctx context.Context, job *river.Job[downloadArgs])
 	log := p.log.With(zap.String("machine_id", e.MachineID), zap.String("action_id", e.ActionID), zap.Int64("audit_id", e.ID))
 	uri, err := p.api.GetPackageURI(ctx, e.ActionID)
 	if err != nil {
-		if outcomeOf(err) == defender.OutcomeRetryable && job.Attempt < job.MaxAttempts {
+		// A snooze uses no attempt: the link is asked for once a minute
+		// (its quota is 2/min) until downloadFor after the action ended.
+		if outcomeOf(err) == defender.OutcomeRetryable && p.cfg.Now().Sub(e.FinishedAt) < downloadFor {
 			return river.JobSnooze(time.Minute) // not ready yet, or a transient failure
 		}
-		log.Warn("package URI unavailable", zap.Int("attempt", job.Attempt), zap.Error(err))
-		return p.retryable(err)
+		if errors.Is(err, defender.ErrQuotaWait) {
+			return p.retryable(err)
+		}
+		return p.packageFailed(ctx, e, err, log)
 	}
 	dest := filepath.Join(p.cfg.DownloadDir, e.MachineID, e.ActionID+".zip")
 	if err := os.MkdirAll(filepath.Dir(dest), 0o750); err != nil {
-		return river.JobCancel(fmt.Errorf("creating the package directory: %w", err))
+		return p.packageFailed(ctx, e, fmt.Errorf("creating the package directory: %w", err), log)
 	}
 	size, sum, err := p.api.DownloadPackage(ctx, uri, dest)
 	if err != nil {
-		log.Warn("package download failed", zap.Int("attempt", job.Attempt), zap.Error(err))
-		return p.retryable(err)
+		if outcomeOf(err) == defender.OutcomeRetryable && job.Attempt < job.MaxAttempts {
+			log.Warn("package download failed; will retry", zap.Int("attempt", job.Attempt), zap.Error(err))
+			return err
+		}
+		return p.packageFailed(ctx, e, err, log)
 	}
 	now := p.cfg.Now()
 	if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{packagePath: &dest, packageSHA: &sum, packageSize: &size}, now); err != nil {
@@ -586,4 +593,19 @@ func (w *downloadWorker) Work(ctx context.Context, job *river.Job[downloadArgs])
 	}
 	log.Info("investigation package downloaded", zap.String("path", dest), zap.Int64("size", size), zap.String("sha256", sum))
 	return nil
+}
+
+// downloadFor is how long after an action ended its package is asked for.
+const downloadFor = 6 * time.Hour
+
+// packageFailed records in the audit entry why its package was not
+// downloaded (too large, a refused link, given up after retries), logs it,
+// and ends the job.
+func (p *Pipeline) packageFailed(ctx context.Context, e *Entry, cause error, log *zap.Logger) error {
+	reason := "package not downloaded: " + cause.Error()
+	if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{errText: &reason}, p.cfg.Now()); err != nil {
+		return err
+	}
+	log.Error("investigation package not downloaded", zap.Error(cause))
+	return river.JobCancel(cause)
 }

@@ -62,6 +62,8 @@ type envOpts struct {
 	clientTimeout time.Duration
 	// transport, when set, carries the Defender client's requests.
 	transport http.RoundTripper
+	// client, when set, changes the Defender client's configuration.
+	client func(*defender.Config)
 	// logs, when set, receives the pipeline's logs (default: the test log
 	// at warn level).
 	logs zapcore.Core
@@ -110,11 +112,15 @@ func setup(t *testing.T, o envOpts) *testEnv {
 	if o.transport != nil {
 		hc = &http.Client{Transport: o.transport}
 	}
-	api, err := defender.New(defender.Config{
+	dc := defender.Config{
 		APIURL: o.sim.URL(), TokenURL: o.sim.TokenURL(), TenantID: defendertest.DevTenantID,
 		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret,
 		UserAgent: "responder/test", Timeout: o.clientTimeout, HTTPClient: hc,
-	}, m, logger, defender.WithLimiter(defender.GroupActions, nil))
+	}
+	if o.client != nil {
+		o.client(&dc)
+	}
+	api, err := defender.New(dc, m, logger, defender.WithLimiter(defender.GroupActions, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -645,6 +651,26 @@ func TestDownloadPackage(t *testing.T) {
 	}
 	if _, err := os.Stat(got.PackagePath); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPackageNotDownloadedIsRecorded: a package that cannot be downloaded
+// (here larger than defender.max_package_bytes) leaves the reason in the
+// audit entry, and no file.
+func TestPackageNotDownloadedIsRecorded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e := setup(t, envOpts{cfg: Config{DownloadDir: dir},
+		simOpts: defendertest.Options{PackageBytes: make([]byte, 64<<10)},
+		client:  func(c *defender.Config) { c.MaxPackageBytes = 1 << 10 }})
+	e.submit(mdeAlert("dl-big", defendertest.DevWorkstationID, "high"))
+	got := e.waitEntry("dl-big", func(en *Entry) bool { return en.Error != "" })
+	if got.ActionStatus != "Succeeded" || got.PackageSHA256 != "" || !strings.Contains(got.Error, "package not downloaded") ||
+		!strings.Contains(got.Error, "max_package_bytes") {
+		t.Fatalf("entry = %+v", got)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "*", "*")); len(files) != 0 {
+		t.Fatalf("files left: %v", files)
 	}
 }
 
