@@ -356,6 +356,7 @@ func (b *bench) start(sim *defendertest.Simulator, env ...string) *responder {
 		"RESPONDER_SERVER_LISTEN=127.0.0.1:0",
 		"RESPONDER_SERVER_ADMIN_LISTEN=127.0.0.1:0",
 		"RESPONDER_WEBHOOKS_ALLOW_UNAUTHENTICATED=true",
+		"RESPONDER_ADMIN_ALLOW_UNAUTHENTICATED=true", // the admin listener is loopback
 		"RESPONDER_LOG_LEVEL=warn",
 		"RESPONDER_STORE_DSN=" + db,
 		"RESPONDER_RULES_FILES=" + rules,
