@@ -189,10 +189,10 @@ func throttledUntil(ctx context.Context, q interface {
 // LocalLimiter is the quota of one API group on a single node (SQLite): an
 // in-process sliding-window limiter for the waiting (fair, in arrival
 // order, no polling of the store), and the store for memory. Each call it
-// admits is committed to responder_quota (SQLite synchronous=FULL) before
-// Wait returns, that is before the call is sent; at start the calls of the
-// last hour are read back. So a process killed at any instant, restarted at
-// once, and killed again, still never sends more than the quota allows.
+// admits is committed to responder_quota before Wait returns, that is
+// before the call is sent; at start the calls of the last hour are read
+// back. So a process killed at any instant, restarted at once, and killed
+// again, still never sends more than the quota allows.
 type LocalLimiter struct {
 	store  *Store
 	group  string
@@ -288,11 +288,14 @@ func (l *LocalLimiter) Wait(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	// Not under the caller's deadline: a deadline that fell during COMMIT
-	// would leave it unknown whether the call was recorded.
+	// would leave it unknown whether the call was recorded. Not flushed at
+	// once (redoableTx): a committed transaction survives the process being
+	// killed, and only a power loss could forget the last few calls, while
+	// an fsync per call would lengthen every collection's way to Defender.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), quotaTxTimeout)
 	defer cancel()
 	now := ms(l.now())
-	err = l.store.inTx(rctx, func(tx *sql.Tx) error {
+	err = l.store.redoableTx(rctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(rctx, `DELETE FROM responder_quota WHERE grp = $1 AND at_ms <= $2`, l.group, now-3_600_000-slackMS); err != nil {
 			return err
 		}
