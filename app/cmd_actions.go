@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/config"
 	"github.com/responder-dev/responder/pipeline"
 )
@@ -76,10 +78,10 @@ func cmdActions(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTIME\tSOURCE\tALERT\tMACHINE\tRULE\tDECISION\tOUTCOME\tSTATUS\tACTION\tREASON")
+	fmt.Fprintln(tw, "ID\tTIME\tSOURCE\tALERT\tMACHINE\tRULE\tDECISION\tOUTCOME\tSTATUS\tACTION\tATTRIBUTES\tREASON")
 	for _, e := range page.Actions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.CreatedAt.Format(time.RFC3339), e.Source, e.AlertID,
-			dash(e.MachineID), dash(e.Rule), e.Decision, dash(e.Outcome), dash(e.ActionStatus), dash(e.ActionID), e.Reason)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.CreatedAt.Format(time.RFC3339), e.Source, e.AlertID,
+			dash(e.MachineID), dash(e.Rule), e.Decision, dash(string(e.Outcome)), dash(e.ActionStatus), dash(e.ActionID), dash(attributes(e.Machine)), e.Reason)
 	}
 	if err := tw.Flush(); err != nil {
 		return 1
@@ -89,6 +91,33 @@ func cmdActions(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "more entries: next page with --before-id %d\n", page.NextBeforeID)
 	}
 	return 0
+}
+
+// attributes is a machine snapshot in a table cell: the attributes rules
+// read most, those that are set ("" when the rules read none).
+func attributes(m *alert.Machine) string {
+	if m == nil {
+		return ""
+	}
+	var parts []string
+	add := func(k, v string) {
+		if v != "" {
+			parts = append(parts, k+"="+v)
+		}
+	}
+	if len(m.Tags) > 0 {
+		add("tags", strings.Join(m.Tags, ","))
+	}
+	add("os", m.OSPlatform)
+	add("health", m.HealthStatus)
+	add("risk", m.RiskScore)
+	add("exposure", m.ExposureLevel)
+	add("value", m.DeviceValue)
+	add("group", m.Group)
+	if len(parts) == 0 {
+		return "(none set)"
+	}
+	return strings.Join(parts, " ")
 }
 
 func dash(s string) string {

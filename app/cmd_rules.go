@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/pipeline"
 	"github.com/responder-dev/responder/rules"
 )
 
@@ -60,10 +60,10 @@ type evalResult struct {
 	MachineID   string `json:"machine_id"`
 	MachineName string `json:"machine_name"`
 	Matched     bool   `json:"matched"`
-	// Decision is what the rules alone decide (no_match, ignore, dry_run or
-	// collect), named as in the audit trail and POST /api/v1/evaluate; the
-	// store's checks (duplicate, cooldown, kill switch, circuit breaker)
-	// need a running service and are not applied here.
+	// Decision is the decision of the audit trail, decided by the one
+	// decision function with the state of --state (by default nothing
+	// holds an action back; duplicates need the store and are not known
+	// here).
 	Decision string   `json:"decision"`
 	Rule     string   `json:"rule"`
 	Action   string   `json:"action"`
@@ -72,20 +72,6 @@ type evalResult struct {
 	DryRun   bool     `json:"dry_run"`
 	Reason   string   `json:"reason"`
 	Errors   []string `json:"errors,omitempty"`
-}
-
-// rulesDecision names the decision of the rules alone, as the pipeline
-// would before its store checks.
-func rulesDecision(d rules.Decision) string {
-	switch {
-	case !d.Matched:
-		return pipeline.DecisionNoMatch
-	case d.Action == rules.ActionIgnore:
-		return pipeline.DecisionIgnore
-	case d.DryRun:
-		return pipeline.DecisionDryRun
-	}
-	return pipeline.DecisionCollect
 }
 
 // cmdEval prints the decision for each alert and machine of a payload read
@@ -97,7 +83,8 @@ func cmdEval(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var ruleFiles multiFlag
 	fs.Var(&ruleFiles, "rules", "rule `FILE` (repeat to merge several, in order)")
 	format := fs.String("format", string(alert.FormatDefender), "payload format: defender or alertmanager")
-	machineFile := fs.String("machine", "", "YAML or JSON `FILE` with the machine attributes rules read (tags, risk_score, ...)")
+	machineFile := fs.String("machine", "", "YAML or JSON `FILE` with the machine attributes rules read (tags, risk_score, ...; unavailable: true as when Defender fails)")
+	stateFile := fs.String("state", "", "YAML or JSON `FILE` with the state to decide in (paused, dry_run, circuit_open, last_actions); default: nothing holds an action back")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: responder eval --rules FILE [--rules FILE2] [--format defender|alertmanager] [--machine FILE] < payload.json\n\nPrints the decision for each alert and machine of the payload as JSON. Calls nothing.")
 		fs.PrintDefaults()
@@ -137,6 +124,13 @@ func cmdEval(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	} else if set.NeedsMachine() {
 		fmt.Fprintln(stderr, "responder eval: note: the rules read machine.* but no --machine file was given; machine attributes are empty")
 	}
+	var state *rules.GivenState
+	if *stateFile != "" {
+		if state, err = rules.LoadStateFile(*stateFile); err != nil {
+			fmt.Fprintf(stderr, "responder eval: --state: %v\n", err)
+			return 1
+		}
+	}
 	body, err := io.ReadAll(stdin)
 	if err != nil {
 		fmt.Fprintf(stderr, "responder eval: reading the payload from stdin: %v\n", err)
@@ -158,22 +152,27 @@ func cmdEval(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	enc.SetEscapeHTML(false)
 	for i := range batch.Alerts {
 		a := &batch.Alerts[i]
-		m := mc.Machine(a)
-		d := set.Evaluate(a, &m)
+		now := time.Now()
+		d, err := rules.Decide(rules.Input{Alert: a, Machine: mc.Input(a), Rules: set,
+			State: state.Memory(a.MachineID, now), DryRun: state != nil && state.DryRun, Now: now})
+		if err != nil {
+			fmt.Fprintf(stderr, "responder eval: %v\n", err)
+			return 1
+		}
 		res := evalResult{
 			AlertID:     a.ID,
 			Source:      string(a.Source),
 			MachineID:   a.MachineID,
 			MachineName: a.MachineName,
-			Matched:     d.Matched,
-			Decision:    rulesDecision(d),
+			Matched:     d.Matched(),
+			Decision:    string(d.Decision),
 			Rule:        d.Rule,
 			Action:      string(d.Action),
 			Comment:     d.Comment,
 			Reason:      d.Reason,
 			DryRun:      d.DryRun,
 		}
-		if d.Matched {
+		if d.Matched() {
 			res.Cooldown = d.Cooldown.String()
 		}
 		for _, e := range d.Errors {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/responder-dev/responder/audit"
 )
 
 const namespace = "responder"
@@ -25,11 +27,11 @@ var (
 	// AlertOutcomes are what becomes of a received alert.
 	AlertOutcomes = []string{"accepted", "duplicate", "ignored", "invalid"}
 	// Decisions are the decisions taken for an alert and machine.
-	Decisions = []string{"collect", "ignore", "no_match", "cooldown", "circuit_open", "paused", "dry_run"}
+	Decisions = labels(audit.Decisions())
 	// CollectionOutcomes are the outcomes of a collection request to MDE.
-	CollectionOutcomes = []string{"created", "already_running", "machine_not_found", "forbidden", "failed"}
+	CollectionOutcomes = labels(audit.Outcomes())
 	// ActionStatuses are the final states of a tracked machine action.
-	ActionStatuses = []string{"Succeeded", "Failed", "TimeOut", "Cancelled", "Untracked"}
+	ActionStatuses = labels(audit.Finals())
 	// NoRule is the rule label of a decision that no rule took (no_match).
 	NoRule = "none"
 	// StoreTables are the tables counted by responder_store_rows: the
@@ -37,6 +39,15 @@ var (
 	// queue's jobs.
 	StoreTables = []string{"alert", "audit", "cooldown", "quota", "job"}
 )
+
+// labels turns a closed set typed in audit into label values.
+func labels[T ~string](set []T) []string {
+	out := make([]string, len(set))
+	for i, v := range set {
+		out[i] = string(v)
+	}
+	return out
+}
 
 // Metrics holds every metric of the responder.
 type Metrics struct {

@@ -7,87 +7,31 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/responder-dev/responder/audit"
 )
-
-// Decision labels of the audit trail and of responder_decisions_total.
-const (
-	DecisionCollect     = "collect"
-	DecisionIgnore      = "ignore"
-	DecisionNoMatch     = "no_match"
-	DecisionCooldown    = "cooldown"
-	DecisionCircuitOpen = "circuit_open"
-	DecisionPaused      = "paused"
-	DecisionDryRun      = "dry_run"
-)
-
-// Work states of an audit entry whose decision is collect.
-const (
-	StateDone     = "done"     // nothing more to do
-	StateQueued   = "queued"   // collect job enqueued, nothing sent yet
-	StatePosting  = "posting"  // the POST may have reached MDE: look before posting again
-	StateTracking = "tracking" // action known, polling its status
-)
-
-// Collection outcomes (responder_collections_total).
-const (
-	OutcomeCreated         = "created"
-	OutcomeAlreadyRunning  = "already_running"
-	OutcomeMachineNotFound = "machine_not_found"
-	OutcomeForbidden       = "forbidden"
-	OutcomeFailed          = "failed"
-)
-
-// Entry is one decision of the audit trail: what was decided for an alert
-// and machine, why, and what became of the action.
-type Entry struct {
-	ID              int64     `json:"id"`
-	CreatedAt       time.Time `json:"created_at"`
-	UpdatedAt       time.Time `json:"updated_at"`
-	Source          string    `json:"source"`
-	AlertID         string    `json:"alert_id"`
-	MachineID       string    `json:"machine_id,omitempty"`
-	MachineName     string    `json:"machine_name,omitempty"`
-	Rule            string    `json:"rule,omitempty"`
-	Action          string    `json:"action,omitempty"`
-	Decision        string    `json:"decision"`
-	Reason          string    `json:"reason"`
-	Comment         string    `json:"comment,omitempty"`
-	DryRun          bool      `json:"dry_run"`
-	State           string    `json:"state"`
-	Outcome         string    `json:"outcome,omitempty"`
-	ActionID        string    `json:"action_id,omitempty"`
-	ActionStatus    string    `json:"action_status,omitempty"`
-	ActionCreatedAt time.Time `json:"action_created_at,omitzero"`
-	FinishedAt      time.Time `json:"finished_at,omitzero"`
-	PackagePath     string    `json:"package_path,omitempty"`
-	PackageSHA256   string    `json:"package_sha256,omitempty"`
-	PackageSize     int64     `json:"package_size,omitempty"`
-	Error           string    `json:"error,omitempty"`
-	// Posts counts the requests sent to Defender for this decision.
-	Posts int `json:"posts,omitempty"`
-
-	alertRowID  int64
-	postedAt    time.Time
-	settleUntil time.Time // see collect: 0 on entries from before it existed
-}
 
 const entryColumns = `id, alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name, rule, action,
 decision, reason, comment, dry_run, state, posted_at, outcome, action_id, action_status, action_created_at,
-finished_at, package_path, package_sha256, package_size, error, posts, settle_until`
+finished_at, package_path, package_sha256, package_size, error, posts, settle_until, machine`
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanEntry(row scanner) (*Entry, error) {
-	var e Entry
+func scanEntry(row scanner) (*audit.Entry, error) {
+	var e audit.Entry
 	var created, updated, posted, actionCreated, finished, settle int64
 	var dry int
-	err := row.Scan(&e.ID, &e.alertRowID, &created, &updated, &e.Source, &e.AlertID, &e.MachineID, &e.MachineName,
+	var snapshot string
+	err := row.Scan(&e.ID, &e.AlertRowID, &created, &updated, &e.Source, &e.AlertID, &e.MachineID, &e.MachineName,
 		&e.Rule, &e.Action, &e.Decision, &e.Reason, &e.Comment, &dry, &e.State, &posted, &e.Outcome, &e.ActionID,
-		&e.ActionStatus, &actionCreated, &finished, &e.PackagePath, &e.PackageSHA256, &e.PackageSize, &e.Error, &e.Posts, &settle)
+		&e.ActionStatus, &actionCreated, &finished, &e.PackagePath, &e.PackageSHA256, &e.PackageSize, &e.Error, &e.Posts, &settle, &snapshot)
 	if err != nil {
 		return nil, err
 	}
-	e.CreatedAt, e.UpdatedAt, e.postedAt, e.settleUntil = fromMS(created), fromMS(updated), fromMS(posted), fromMS(settle)
+	if e.Machine, err = audit.UnmarshalSnapshot(snapshot); err != nil {
+		return nil, fmt.Errorf("reading the machine snapshot of audit entry %d: %w", e.ID, err)
+	}
+	e.CreatedAt, e.UpdatedAt, e.PostedAt, e.SettleUntil = fromMS(created), fromMS(updated), fromMS(posted), fromMS(settle)
 	e.ActionCreatedAt, e.FinishedAt = fromMS(actionCreated), fromMS(finished)
 	e.DryRun = dry != 0
 	return &e, nil
@@ -97,7 +41,7 @@ func scanEntry(row scanner) (*Entry, error) {
 var ErrNoEntry = errors.New("no audit entry with that id")
 
 // Entry returns one audit entry.
-func (s *Store) Entry(ctx context.Context, id int64) (*Entry, error) {
+func (s *Store) Entry(ctx context.Context, id int64) (*audit.Entry, error) {
 	e, err := scanEntry(s.DB.QueryRowContext(ctx, `SELECT `+entryColumns+` FROM responder_audit WHERE id = $1`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNoEntry
@@ -129,13 +73,13 @@ const MaxLimit = 10000
 // NextBeforeID (set only then) is the BeforeID of the next page, the id of
 // the last entry of this one.
 type Page struct {
-	Actions      []*Entry `json:"actions"`
-	More         bool     `json:"more"`
-	NextBeforeID int64    `json:"next_before_id,omitempty"`
+	Actions      []*audit.Entry `json:"actions"`
+	More         bool           `json:"more"`
+	NextBeforeID int64          `json:"next_before_id,omitempty"`
 }
 
 // Entries lists audit entries, newest first.
-func (s *Store) Entries(ctx context.Context, f Filter) ([]*Entry, error) {
+func (s *Store) Entries(ctx context.Context, f Filter) ([]*audit.Entry, error) {
 	p, err := s.EntriesPage(ctx, f)
 	if err != nil {
 		return nil, err
@@ -177,7 +121,7 @@ func (s *Store) EntriesPage(ctx context.Context, f Filter) (*Page, error) {
 		return nil, fmt.Errorf("listing the audit trail: %w", err)
 	}
 	defer rows.Close()
-	page := &Page{Actions: []*Entry{}}
+	page := &Page{Actions: []*audit.Entry{}}
 	for rows.Next() {
 		e, err := scanEntry(rows)
 		if err != nil {

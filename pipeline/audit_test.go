@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/responder-dev/responder/audit"
 )
 
 // TestAuditPaging walks the audit trail page by page with before_id, on
@@ -30,17 +32,17 @@ func TestAuditPaging(t *testing.T) {
 			// 25 entries: machines a and b alternate; every third is a collect.
 			const n = 25
 			machine := func(i int) string { return fmt.Sprintf("%040d", i%2) }
-			decision := func(i int) string {
+			decision := func(i int) audit.Decision {
 				if i%3 == 0 {
-					return DecisionCollect
+					return audit.Collect
 				}
-				return DecisionNoMatch
+				return audit.NoMatch
 			}
 			now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 			ids := make([]int64, n)
 			for i := range n {
 				err := store.DB.QueryRowContext(ctx, insertEntrySQL, int64(i+1), ms(now.Add(time.Duration(i)*time.Second)),
-					"defender", fmt.Sprintf("da%d", i), machine(i), "", "r", "", decision(i), "test", "", 0, StateDone).Scan(&ids[i])
+					"defender", fmt.Sprintf("da%d", i), machine(i), "", "r", "", decision(i), "test", "", 0, audit.Done, "").Scan(&ids[i])
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -102,7 +104,7 @@ func TestAuditPaging(t *testing.T) {
 			check("pages of 5: the last page is full and says no more", walk(Filter{Limit: 5}, 5), want(all))
 			check("one page of all", walk(Filter{Limit: n}, 1), want(all))
 			check("machine a", walk(Filter{Limit: 4, MachineID: machine(0)}, 4), want(func(i int) bool { return i%2 == 0 }))
-			check("collect decisions", walk(Filter{Limit: 3, Status: DecisionCollect}, 3), want(func(i int) bool { return i%3 == 0 }))
+			check("collect decisions", walk(Filter{Limit: 3, Status: string(audit.Collect)}, 3), want(func(i int) bool { return i%3 == 0 }))
 
 			// A page before an id in the middle, and before the oldest.
 			p, err := store.EntriesPage(ctx, Filter{Limit: 100, BeforeID: ids[10]})

@@ -13,6 +13,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 	"go.uber.org/zap"
 
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/rules"
 )
@@ -46,7 +47,7 @@ func actionType(a rules.Action) string {
 }
 
 // send performs the MDE POST of an action.
-func (p *Pipeline) send(ctx context.Context, e *Entry) (defender.MachineAction, error) {
+func (p *Pipeline) send(ctx context.Context, e *audit.Entry) (defender.MachineAction, error) {
 	switch rules.Action(e.Action) {
 	case rules.ActionIsolate:
 		return p.api.Isolate(ctx, e.MachineID, e.Comment, defender.IsolationFull)
@@ -71,7 +72,7 @@ func (w *collectWorker) Work(ctx context.Context, job *river.Job[collectArgs]) e
 
 // jobEntry loads the audit entry a job works on; a job whose entry does not
 // exist can never succeed and is cancelled.
-func (p *Pipeline) jobEntry(ctx context.Context, id int64) (*Entry, error) {
+func (p *Pipeline) jobEntry(ctx context.Context, id int64) (*audit.Entry, error) {
 	e, err := p.store.Entry(ctx, id)
 	if errors.Is(err, ErrNoEntry) {
 		return nil, river.JobCancel(err)
@@ -100,7 +101,7 @@ const inlineQuotaWait = 50 * time.Millisecond
 // Defender. Whatever it cannot finish now (quota spent, a transient failure)
 // goes to a durable collect job; a crash in between is caught by the sweep
 // of entries left queued or posting.
-func (p *Pipeline) collectInline(ctx context.Context, e *Entry) {
+func (p *Pipeline) collectInline(ctx context.Context, e *audit.Entry) {
 	err := p.collect(ctx, e, inlineQuotaWait)
 	if err == nil {
 		return
@@ -159,18 +160,18 @@ const sweepAge = 30 * time.Second
 // finds it so (a crash or a timeout hid MDE's answer) first looks for the
 // action MDE may already have created. It returns nil when the decision
 // needs nothing more, else a River error (snooze, or one to retry).
-func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duration) error {
-	if e.State != StateQueued && e.State != StatePosting {
+func (p *Pipeline) collect(ctx context.Context, e *audit.Entry, quotaWait time.Duration) error {
+	if e.State != audit.Queued && e.State != audit.Posting {
 		return nil // done earlier
 	}
 	log := p.log.With(zap.String("alert_id", e.AlertID), zap.String("machine_id", e.MachineID),
 		zap.String("rule", e.Rule), zap.Int64("audit_id", e.ID))
 	if p.api == nil {
-		return p.finishCollect(ctx, e, OutcomeFailed, "", "no Defender client is configured", log)
+		return p.finishCollect(ctx, e, audit.Failed, "", "no Defender client is configured", log)
 	}
 	typ := actionType(rules.Action(e.Action))
 
-	if e.State == StatePosting {
+	if e.State == audit.Posting {
 		// An earlier POST may have reached Defender with its answer lost
 		// (a timeout, a crash). Look for the action it made; until the
 		// request has settled, not finding it does not prove it was not
@@ -179,7 +180,7 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 		settle := p.settleUntil(e)
 		// Not before the request has certainly timed out on our side: a
 		// late action would go unseen.
-		if first := e.postedAt.Add(p.cfg.RequestTimeout + time.Second); now.Before(first) && now.Before(settle) {
+		if first := e.PostedAt.Add(p.cfg.RequestTimeout + time.Second); now.Before(first) && now.Before(settle) {
 			return river.JobSnooze(min(first.Sub(now), settle.Sub(now)))
 		}
 		a, found, err := p.findPosted(ctx, e, typ)
@@ -189,12 +190,12 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 		}
 		if found {
 			log.Info("earlier request found in Defender; tracking it instead of posting again", zap.String("action_id", a.ID))
-			return p.adopt(ctx, e, a, OutcomeCreated, log)
+			return p.adopt(ctx, e, a, audit.Created, log)
 		}
 		if now.Before(settle) {
 			// Looked for at about 1, 2, 4, ... times the request's age,
 			// and once more when it has settled.
-			next := min(max(now.Sub(e.postedAt), time.Second), settle.Sub(now))
+			next := min(max(now.Sub(e.PostedAt), time.Second), settle.Sub(now))
 			log.Info("earlier request not found in Defender yet; looking again before posting", zap.Duration("next_look", next))
 			return river.JobSnooze(next)
 		}
@@ -228,8 +229,8 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 	log = log.With(zap.Int("attempt", e.Posts))
 	a, err := p.send(ctx, e)
 	if err == nil {
-		log.Info("machine action created", zap.String("action_id", a.ID), zap.String("outcome", OutcomeCreated))
-		return p.adopt(ctx, e, a, OutcomeCreated, log)
+		log.Info("machine action created", zap.String("action_id", a.ID), zap.String("outcome", string(audit.Created)))
+		return p.adopt(ctx, e, a, audit.Created, log)
 	}
 	var de *defender.Error
 	if !errors.As(err, &de) {
@@ -244,16 +245,16 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 		}
 		if !found {
 			// It ended between MDE's answer and our look-up: nothing to track.
-			return p.finishCollect(ctx, e, OutcomeAlreadyRunning, "", "Defender reported an action already in progress; it had ended before it could be looked up", log)
+			return p.finishCollect(ctx, e, audit.AlreadyRunning, "", "Defender reported an action already in progress; it had ended before it could be looked up", log)
 		}
-		log.Info("machine action already running; tracking it", zap.String("action_id", pending.ID), zap.String("outcome", OutcomeAlreadyRunning))
-		return p.adopt(ctx, e, pending, OutcomeAlreadyRunning, log)
+		log.Info("machine action already running; tracking it", zap.String("action_id", pending.ID), zap.String("outcome", string(audit.AlreadyRunning)))
+		return p.adopt(ctx, e, pending, audit.AlreadyRunning, log)
 	case defender.OutcomeMachineNotFound:
-		return p.finishCollect(ctx, e, OutcomeMachineNotFound, "", err.Error(), log)
+		return p.finishCollect(ctx, e, audit.MachineNotFound, "", err.Error(), log)
 	case defender.OutcomeForbidden:
-		return p.finishCollect(ctx, e, OutcomeForbidden, "", err.Error(), log)
+		return p.finishCollect(ctx, e, audit.Forbidden, "", err.Error(), log)
 	case defender.OutcomeUnauthorized, defender.OutcomePermanent:
-		return p.finishCollect(ctx, e, OutcomeFailed, "", err.Error(), log)
+		return p.finishCollect(ctx, e, audit.Failed, "", err.Error(), log)
 	case defender.OutcomeRateLimited:
 		// MDE refused it: nothing was created, so posting again is safe,
 		// and the refused request does not use up an attempt.
@@ -293,7 +294,7 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 		// job's attempts, until the decision is RetryFor old.
 		age := p.cfg.Now().Sub(e.CreatedAt)
 		if age >= p.cfg.RetryFor {
-			return p.finishCollect(ctx, e, OutcomeFailed, "", fmt.Sprintf("giving up after %d requests over %s: %v", e.Posts, age.Round(time.Second), err), log)
+			return p.finishCollect(ctx, e, audit.Failed, "", fmt.Sprintf("giving up after %d requests over %s: %v", e.Posts, age.Round(time.Second), err), log)
 		}
 		log.Warn("machine action request failed; Defender keeps failing, will retry", zap.Duration("waited", age.Round(time.Second)), zap.Error(err))
 		return river.JobSnooze(p.outageDelay(age))
@@ -304,40 +305,40 @@ func (p *Pipeline) collect(ctx context.Context, e *Entry, quotaWait time.Duratio
 
 // claimPosting moves the entry from the state it was read in to posting,
 // if nobody changed it since; it reports whether this caller owns the POST.
-func (p *Pipeline) claimPosting(ctx context.Context, e *Entry, now time.Time) (bool, error) {
+func (p *Pipeline) claimPosting(ctx context.Context, e *audit.Entry, now time.Time) (bool, error) {
 	var posts int
 	settle := now.Add(p.cfg.PostSettle)
 	err := p.store.DB.QueryRowContext(ctx, `UPDATE responder_audit SET state = 'posting', posted_at = $1, updated_at = $1, posts = posts + 1, settle_until = $5
-WHERE id = $2 AND state = $3 AND posted_at = $4 RETURNING posts`, ms(now), e.ID, e.State, ms(e.postedAt), ms(settle)).Scan(&posts)
+WHERE id = $2 AND state = $3 AND posted_at = $4 RETURNING posts`, ms(now), e.ID, e.State, ms(e.PostedAt), ms(settle)).Scan(&posts)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("claiming the collection: %w", err)
 	}
-	e.State, e.postedAt, e.Posts, e.settleUntil = StatePosting, time.UnixMilli(ms(now)).UTC(), posts, time.UnixMilli(ms(settle)).UTC()
+	e.State, e.PostedAt, e.Posts, e.SettleUntil = audit.Posting, time.UnixMilli(ms(now)).UTC(), posts, time.UnixMilli(ms(settle)).UTC()
 	return true, nil
 }
 
 // settleUntil is until when the POST of a posting entry may still show up
 // in Defender (Config.PostSettle after it was sent, unless Defender
 // answered it).
-func (p *Pipeline) settleUntil(e *Entry) time.Time {
-	if !e.settleUntil.IsZero() {
-		return e.settleUntil
+func (p *Pipeline) settleUntil(e *audit.Entry) time.Time {
+	if !e.SettleUntil.IsZero() {
+		return e.SettleUntil
 	}
-	return e.postedAt.Add(p.cfg.PostSettle) // an entry from before settle_until existed
+	return e.PostedAt.Add(p.cfg.PostSettle) // an entry from before settle_until existed
 }
 
 // findPosted looks for the action an earlier, unanswered POST of this
 // decision may have created: same machine and type, our comment, created
 // after we started posting.
-func (p *Pipeline) findPosted(ctx context.Context, e *Entry, typ string) (defender.MachineAction, bool, error) {
+func (p *Pipeline) findPosted(ctx context.Context, e *audit.Entry, typ string) (defender.MachineAction, bool, error) {
 	actions, err := p.api.ListMachineActions(ctx, defender.ActionFilter{MachineID: e.MachineID, Type: typ, Top: 50})
 	if err != nil {
 		return defender.MachineAction{}, false, err
 	}
-	since := e.postedAt.Add(-2 * time.Minute) // clock skew between us and MDE
+	since := e.PostedAt.Add(-2 * time.Minute) // clock skew between us and MDE
 	for _, a := range actions {
 		if a.RequestorComment == e.Comment && !a.CreationTime.Before(since) {
 			return a, true, nil
@@ -348,7 +349,7 @@ func (p *Pipeline) findPosted(ctx context.Context, e *Entry, typ string) (defend
 
 // adopt records the action that now answers the decision and starts
 // tracking it, in one transaction.
-func (p *Pipeline) adopt(ctx context.Context, e *Entry, a defender.MachineAction, outcome string, log *zap.Logger) error {
+func (p *Pipeline) adopt(ctx context.Context, e *audit.Entry, a defender.MachineAction, outcome audit.Outcome, log *zap.Logger) error {
 	now := p.cfg.Now()
 	created := a.CreationTime
 	if created.IsZero() {
@@ -360,7 +361,7 @@ func (p *Pipeline) adopt(ctx context.Context, e *Entry, a defender.MachineAction
 	// did not create is found again through ActiveRequestAlreadyExists.
 	err := p.store.redoableTx(ctx, func(tx *sql.Tx) error {
 		if err := p.store.updateEntry(ctx, tx, e.ID, entryUpdate{
-			state: str(StateTracking), outcome: str(outcome), actionID: str(a.ID), actionStatus: str(a.Status),
+			state: str(string(audit.Tracking)), outcome: str(string(outcome)), actionID: str(a.ID), actionStatus: str(a.Status),
 			actionCreatedAt: &created, errText: str(""),
 		}, now); err != nil {
 			return err
@@ -371,20 +372,20 @@ func (p *Pipeline) adopt(ctx context.Context, e *Entry, a defender.MachineAction
 	if err != nil {
 		return fmt.Errorf("recording machine action %s: %w", a.ID, err)
 	}
-	p.m.Collections.WithLabelValues(outcome).Inc()
+	p.m.Collections.WithLabelValues(string(outcome)).Inc()
 	return nil
 }
 
 // finishCollect records a collection that will not be tracked, releases the
 // cooldown it held (nothing was collected, so the next alert may try), and
 // ends the job.
-func (p *Pipeline) finishCollect(ctx context.Context, e *Entry, outcome, actionID, reason string, log *zap.Logger) error {
+func (p *Pipeline) finishCollect(ctx context.Context, e *audit.Entry, outcome audit.Outcome, actionID, reason string, log *zap.Logger) error {
 	now := p.cfg.Now()
 	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
-		if err := p.store.updateEntry(ctx, tx, e.ID, entryUpdate{state: str(StateDone), outcome: str(outcome), actionID: str(actionID), errText: str(reason), finishedAt: &now}, now); err != nil {
+		if err := p.store.updateEntry(ctx, tx, e.ID, entryUpdate{state: str(string(audit.Done)), outcome: str(string(outcome)), actionID: str(actionID), errText: str(reason), finishedAt: &now}, now); err != nil {
 			return err
 		}
-		if outcome != OutcomeAlreadyRunning {
+		if outcome != audit.AlreadyRunning {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM responder_cooldown WHERE audit_id = $1`, e.ID); err != nil {
 				return fmt.Errorf("releasing the cooldown: %w", err)
 			}
@@ -394,15 +395,15 @@ func (p *Pipeline) finishCollect(ctx context.Context, e *Entry, outcome, actionI
 	if err != nil {
 		return err
 	}
-	p.m.Collections.WithLabelValues(outcome).Inc()
+	p.m.Collections.WithLabelValues(string(outcome)).Inc()
 	switch outcome {
-	case OutcomeForbidden:
+	case audit.Forbidden:
 		log.Error("Defender refused the collection: the application lacks the Machine.CollectForensics permission (or the action's permission) or RBAC access to the device group",
-			zap.String("outcome", outcome), zap.String("error", reason))
-	case OutcomeFailed:
-		log.Error("collection failed", zap.String("outcome", outcome), zap.String("error", reason))
+			zap.String("outcome", string(outcome)), zap.String("error", reason))
+	case audit.Failed:
+		log.Error("collection failed", zap.String("outcome", string(outcome)), zap.String("error", reason))
 	default:
-		log.Warn("collection not possible", zap.String("outcome", outcome), zap.String("error", reason))
+		log.Warn("collection not possible", zap.String("outcome", string(outcome)), zap.String("error", reason))
 	}
 	return nil
 }
@@ -435,7 +436,7 @@ func (w *trackWorker) Work(ctx context.Context, job *river.Job[trackArgs]) error
 	if err != nil {
 		return err
 	}
-	if e.State != StateTracking {
+	if e.State != audit.Tracking {
 		return nil
 	}
 	log := p.log.With(zap.String("alert_id", e.AlertID), zap.String("machine_id", e.MachineID), zap.String("action_id", e.ActionID), zap.Int64("audit_id", e.ID))
@@ -493,11 +494,11 @@ func releasesCooldown(status string) bool {
 
 // finishTrack records the final status of a machine action; a failed one
 // releases the cooldown it held.
-func (p *Pipeline) finishTrack(ctx context.Context, e *Entry, status string, at time.Time, reason string, log *zap.Logger) error {
+func (p *Pipeline) finishTrack(ctx context.Context, e *audit.Entry, status string, at time.Time, reason string, log *zap.Logger) error {
 	now := p.cfg.Now()
 	download := status == defender.StatusSucceeded && p.cfg.DownloadDir != "" && rules.Action(e.Action) == rules.ActionCollect
 	err := p.store.inTx(ctx, func(tx *sql.Tx) error {
-		u := entryUpdate{state: str(StateDone), actionStatus: str(status), finishedAt: &at}
+		u := entryUpdate{state: str(string(audit.Done)), actionStatus: str(status), finishedAt: &at}
 		if reason != "" {
 			u.errText = str(reason)
 		}
@@ -601,7 +602,7 @@ const downloadFor = 6 * time.Hour
 // packageFailed records in the audit entry why its package was not
 // downloaded (too large, a refused link, given up after retries), logs it,
 // and ends the job.
-func (p *Pipeline) packageFailed(ctx context.Context, e *Entry, cause error, log *zap.Logger) error {
+func (p *Pipeline) packageFailed(ctx context.Context, e *audit.Entry, cause error, log *zap.Logger) error {
 	reason := "package not downloaded: " + cause.Error()
 	if err := p.store.updateEntry(ctx, p.store.DB, e.ID, entryUpdate{errText: &reason}, p.cfg.Now()); err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender/defendertest"
 )
 
@@ -38,8 +39,8 @@ func TestLateAnswerMakesOneAction(t *testing.T) {
 	e := setup(t, envOpts{sim: sim, clientTimeout: 300 * time.Millisecond,
 		cfg: Config{RequestTimeout: 300 * time.Millisecond, PostSettle: 15 * time.Second}})
 	e.submit(mdeAlert("da-late", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("da-late", func(en *Entry) bool { return en.State == StateDone })
-	if got.Outcome != OutcomeCreated || got.ActionStatus != "Succeeded" {
+	got := e.waitEntry("da-late", func(en *audit.Entry) bool { return en.State == audit.Done })
+	if got.Outcome != audit.Created || got.ActionStatus != "Succeeded" {
 		t.Fatalf("entry = %+v", got)
 	}
 	var actions []string
@@ -79,8 +80,8 @@ func TestUnsentPostIsSentAgainAtOnce(t *testing.T) {
 	rt := &refuseFirstCollect{base: http.DefaultTransport.(*http.Transport).Clone()}
 	e := setup(t, envOpts{sim: sim, transport: rt}) // PostSettle: the default 5m
 	e.submit(mdeAlert("da-unsent", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("da-unsent", func(en *Entry) bool { return en.Outcome != "" })
-	if got.Outcome != OutcomeCreated || !rt.refused.Load() {
+	got := e.waitEntry("da-unsent", func(en *audit.Entry) bool { return en.Outcome != "" })
+	if got.Outcome != audit.Created || !rt.refused.Load() {
 		t.Fatalf("entry = %+v (refused %v)", got, rt.refused.Load())
 	}
 	for _, r := range sim.Requests() {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/rules"
@@ -109,7 +109,8 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 			// not hold up one whose machine is known.
 			item.alert, item.received, item.err = p.loadAlert(budget, rowID)
 			if item.err == nil {
-				item.decision, item.notes, item.err = p.prepare(budget, job.JobRow, item.alert, item.received)
+				item.set = p.rules.Current()
+				item.machine, item.err = p.prepare(budget, job.JobRow, item.alert, item.set, item.received)
 			}
 			if item.err != nil && budget.Err() != nil && ctx.Err() == nil {
 				item.err = errBudget
@@ -139,7 +140,7 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 				receivedAt[item.index] = item.received
 				continue
 			}
-			batch = append(batch, decideItem{rowID: item.rowID, alert: item.alert, decision: item.decision, notes: item.notes})
+			batch = append(batch, decideItem{rowID: item.rowID, alert: item.alert, set: item.set, machine: item.machine})
 			indexes = append(indexes, item.index)
 		}
 		if len(batch) == 0 {
@@ -153,7 +154,7 @@ func (w *evaluateWorker) Work(ctx context.Context, job *river.Job[evaluateArgs])
 			continue
 		}
 		for _, e := range entries {
-			if e == nil || e.Decision != DecisionCollect {
+			if e == nil || e.Decision != audit.Collect {
 				continue
 			}
 			collects.Add(1)
@@ -210,8 +211,8 @@ type preparedAlert struct {
 	index    int
 	rowID    int64
 	alert    *alert.Alert
-	decision rules.Decision
-	notes    []string
+	set      *rules.Set // the rules it is decided with
+	machine  rules.Machine
 	received time.Time // when intake stored the alert
 	err      error     // left undecided
 }
@@ -272,99 +273,111 @@ func (p *Pipeline) loadAlert(ctx context.Context, rowID int64) (*alert.Alert, ti
 	return &a, fromMS(received), nil
 }
 
-// prepare readies the decision of one stored alert: resolve the machine,
-// read its attributes when a rule needs them, and evaluate the rules. It
-// returns an error only when the alert must stay undecided for now.
-func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.Alert, received time.Time) (rules.Decision, []string, error) {
-	log := p.log.With(zap.String("source", string(a.Source)), zap.String("alert_id", a.ID))
-	attempt := job.Attempt
+// prepare gathers what the decision of one stored alert needs to know of
+// its machine (machineFor). It returns an error only when the alert must
+// stay undecided for now: Defender fails, and the alert has not waited
+// RetryFor yet; past it, the machine is decided as unavailable.
+func (p *Pipeline) prepare(ctx context.Context, job *rivertype.JobRow, a *alert.Alert, set *rules.Set, received time.Time) (rules.Machine, error) {
+	m, err := p.machineFor(ctx, a, set)
+	if err == nil {
+		return m, nil
+	}
+	p.log.Warn("machine lookup failed", zap.String("source", string(a.Source)), zap.String("alert_id", a.ID),
+		zap.String("machine_id", a.MachineID), zap.String("machine_name", a.MachineName), zap.Int("attempt", job.Attempt), zap.Error(err))
+	if !p.giveUp(received, err) {
+		return rules.Machine{}, err
+	}
+	// Fail safe: rules that exclude machines by their attributes cannot be
+	// trusted on empty attributes.
+	m.Unavailable = err.Error()
+	return m, nil
+}
 
-	var notes []string
+// lookupError is a failed machine look-up, named for the decision's reason.
+type lookupError struct {
+	what string
+	err  error
+}
+
+func (e *lookupError) Error() string { return e.what + ": " + e.err.Error() }
+func (e *lookupError) Unwrap() error { return e.err }
+
+// machineFor gathers what the decision of a needs to know of its machine:
+// its id (resolving a host name through Defender), and its attributes when
+// the rules of set read machine.*. What Defender settles (no such machine,
+// no credentials to ask with) is returned as rules.Machine.Unavailable; a
+// failure of Defender is returned as a *lookupError, for the caller to wait
+// (the evaluator) or to decide without (the evaluate API). The evaluator and
+// the evaluate API both use it, so that they decide alike.
+func (p *Pipeline) machineFor(ctx context.Context, a *alert.Alert, set *rules.Set) (rules.Machine, error) {
+	var m rules.Machine
 	if a.MachineID == "" {
 		if p.api == nil {
-			return rules.Decision{Reason: fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)}, nil, nil
+			m.Unavailable = fmt.Sprintf("machine name %q cannot be resolved without Defender credentials (dry run)", a.MachineName)
+			return m, nil
 		}
 		note, err := p.resolveName(ctx, a)
-		if err != nil {
-			if outcomeOf(err) == defender.OutcomeMachineNotFound {
-				return rules.Decision{Reason: unknownMachineName(a.MachineName)}, nil, nil
-			}
-			log.Warn("machine lookup failed", zap.String("machine_name", a.MachineName), zap.Int("attempt", attempt), zap.Error(err))
-			if p.giveUp(received, err) {
-				return rules.Decision{Reason: fmt.Sprintf("machine name %q could not be resolved: %v", a.MachineName, err)}, nil, nil
-			}
-			return rules.Decision{}, nil, err
-		}
-		notes = append(notes, note)
-	}
-
-	set := p.rules.Current()
-	var machine *alert.Machine
-	if set.NeedsMachine() {
 		switch {
-		case p.api == nil:
-			notes = append(notes, "machine attributes unavailable without Defender credentials (dry run)")
-		default:
-			m, err := p.machine(ctx, a.MachineID)
-			switch {
-			case err == nil:
-				machine = m
-			case outcomeOf(err) == defender.OutcomeMachineNotFound:
-				notes = append(notes, "Defender does not know the machine; machine attributes are empty")
-			default:
-				log.Warn("machine attributes unavailable", zap.String("machine_id", a.MachineID), zap.Int("attempt", attempt), zap.Error(err))
-				if p.giveUp(received, err) {
-					// Fail safe: rules that exclude machines by their
-					// attributes cannot be trusted on empty attributes.
-					return rules.Decision{Reason: fmt.Sprintf("not evaluated: the rules read machine attributes and they could not be fetched: %v", err)}, notes, nil
-				}
-				return rules.Decision{}, nil, err
-			}
+		case outcomeOf(err) == defender.OutcomeMachineNotFound:
+			m.Unavailable = unknownMachineName(a.MachineName)
+			return m, nil
+		case err != nil:
+			return m, &lookupError{what: fmt.Sprintf("machine name %q could not be resolved", a.MachineName), err: err}
 		}
+		m.Notes = append(m.Notes, note)
 	}
-	if machine == nil {
-		machine = &alert.Machine{ID: a.MachineID, Name: a.MachineName}
+	if !set.NeedsMachine() {
+		return m, nil
 	}
-	d := set.Evaluate(a, machine)
-	for _, e := range d.Errors {
-		// A condition that fails at run time counts as not matching; say so.
-		log.Warn("rule evaluation error", zap.String("machine_id", a.MachineID), zap.String("rule", e.Rule), zap.Error(e.Err))
+	if p.api == nil {
+		m.Unavailable = "machine attributes unavailable without Defender credentials (dry run)"
+		return m, nil
 	}
-	return d, notes, nil
+	attrs, err := p.machine(ctx, a.MachineID)
+	switch {
+	case err == nil:
+		m.Attributes = attrs
+	case outcomeOf(err) == defender.OutcomeMachineNotFound:
+		m.Unavailable = fmt.Sprintf("Defender does not know machine %s", a.MachineID)
+	default:
+		return m, &lookupError{what: "machine attributes could not be fetched", err: err}
+	}
+	return m, nil
 }
 
-// decideItem is one alert with its rule decision, to be recorded.
+// decideItem is one alert with what is known of its machine, to be decided
+// and recorded.
 type decideItem struct {
-	rowID    int64
-	alert    *alert.Alert
-	decision rules.Decision
-	notes    []string
+	rowID   int64
+	alert   *alert.Alert
+	set     *rules.Set
+	machine rules.Machine
 }
 
-// decide records the decision for one alert row (see decideBatch).
-func (p *Pipeline) decide(ctx context.Context, rowID int64, a *alert.Alert, d rules.Decision, notes []string) (*Entry, error) {
-	entries, err := p.decideBatch(ctx, []decideItem{{rowID: rowID, alert: a, decision: d, notes: notes}})
+// decide decides and records one alert row (see decideBatch).
+func (p *Pipeline) decide(ctx context.Context, it decideItem) (*audit.Entry, error) {
+	entries, err := p.decideBatch(ctx, []decideItem{it})
 	if err != nil {
 		return nil, err
 	}
 	return entries[0], nil
 }
 
-// decideBatch records the decisions of several alert rows in one
-// transaction (serialised across replicas), applying cooldown, the kill
-// switch, the circuit breaker and dry run in order, so that each decision
-// sees the ones before it. An entry is nil where the row was decided
-// earlier. A collect entry is left queued for the caller to send.
-func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*Entry, error) {
+// decideBatch decides and records several alert rows in one transaction
+// (serialised across replicas), each with rules.Decide over the store's
+// state as the transaction sees it, so that each decision sees the ones
+// before it (cooldown, circuit breaker). An entry is nil where the row was
+// decided earlier. A collect entry is left queued for the caller to send.
+func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*audit.Entry, error) {
 	now := p.cfg.Now()
-	var entries []*Entry
+	var entries []*audit.Entry
 	// The commit need not be flushed at once (redoableTx): nothing leaves
 	// the process on a decision before a later flushed commit (a
 	// collection claims "posting" before its POST), which makes this one
 	// durable too; a decision lost with the power is made again, since its
 	// job is then still running.
 	err := p.store.redoableTx(ctx, func(tx *sql.Tx) error {
-		entries = make([]*Entry, len(items)) // a retried attempt starts afresh
+		entries = make([]*audit.Entry, len(items)) // a retried attempt starts afresh
 		if err := p.store.lockClaims(ctx, tx); err != nil {
 			return err
 		}
@@ -372,24 +385,23 @@ func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*Entr
 		if err != nil {
 			return err
 		}
-		c := &claims{p: p, tx: tx, now: now}
+		c := &claims{p: p, ctx: ctx, tx: tx, now: now}
 		defer c.close()
 		for i, it := range items {
 			if done[it.rowID] {
 				continue // decided by an earlier attempt
 			}
-			a, d := it.alert, it.decision
-			rec := &Entry{
-				Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
-				Rule: d.Rule, Action: string(d.Action), Reason: d.Reason, Comment: d.Comment, State: StateDone,
-			}
-			if len(it.notes) > 0 {
-				rec.Reason = strings.Join(append(slices.Clip(it.notes), d.Reason), "; ")
-			}
-			if err := c.classify(ctx, rec, d); err != nil {
+			d, err := rules.Decide(rules.Input{Alert: it.alert, Machine: it.machine, Rules: it.set, State: c, DryRun: p.cfg.DryRun, Now: now})
+			if err != nil {
 				return err
 			}
-			if err := c.record(ctx, it.rowID, rec, d.Action); err != nil {
+			for _, e := range d.Errors {
+				// A condition that fails at run time counts as not matching; say so.
+				p.log.Warn("rule evaluation error", zap.String("alert_id", it.alert.ID), zap.String("machine_id", it.alert.MachineID),
+					zap.String("rule", e.Rule), zap.Error(e.Err))
+			}
+			rec := entryOf(it.alert, d)
+			if err := c.record(it.rowID, rec, d); err != nil {
 				return err
 			}
 			done[it.rowID] = true
@@ -406,6 +418,19 @@ func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*Entr
 		}
 	}
 	return entries, nil
+}
+
+// entryOf is the audit entry of decision d for alert a, not yet recorded.
+func entryOf(a *alert.Alert, d rules.Decision) *audit.Entry {
+	rec := &audit.Entry{
+		Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
+		Rule: d.Rule, Action: string(d.Action), Decision: d.Decision, Reason: d.Reason, Comment: d.Comment,
+		DryRun: d.DryRun, State: audit.Done, Machine: d.Snapshot,
+	}
+	if d.Decision == audit.Collect {
+		rec.State = audit.Queued
+	}
+	return rec
 }
 
 // decidedAmong returns the rows among items that have a decision already.
@@ -436,12 +461,12 @@ func decidedAmong(ctx context.Context, tx *sql.Tx, items []decideItem) (map[int6
 }
 
 // reportDecision counts and logs a committed decision.
-func (p *Pipeline) reportDecision(rec *Entry) {
+func (p *Pipeline) reportDecision(rec *audit.Entry) {
 	label := rec.Rule
 	if label == "" {
 		label = metrics.NoRule
 	}
-	p.m.Decisions.WithLabelValues(label, rec.Decision).Inc()
+	p.m.Decisions.WithLabelValues(label, string(rec.Decision)).Inc()
 	fields := []zap.Field{zap.String("source", rec.Source), zap.String("alert_id", rec.AlertID)}
 	// An alert may name its machine by id, by name, or by a name that no
 	// machine has: log what is known, never an empty key.
@@ -451,16 +476,16 @@ func (p *Pipeline) reportDecision(rec *Entry) {
 	if rec.MachineName != "" {
 		fields = append(fields, zap.String("machine_name", rec.MachineName))
 	}
-	fields = append(fields, zap.String("rule", label), zap.String("decision", rec.Decision), zap.String("reason", rec.Reason), zap.Int64("audit_id", rec.ID))
-	if rec.Decision == DecisionCircuitOpen && !p.circuitOpen.Swap(true) {
+	fields = append(fields, zap.String("rule", label), zap.String("decision", string(rec.Decision)), zap.String("reason", rec.Reason), zap.Int64("audit_id", rec.ID))
+	if rec.Decision == audit.CircuitOpen && !p.circuitOpen.Swap(true) {
 		p.m.CircuitOpen.Set(1)
 		p.log.Error("circuit breaker opened: collections are suppressed until the window clears", zap.String("reason", rec.Reason))
 	}
 	switch rec.Decision {
-	case DecisionCircuitOpen, DecisionPaused:
+	case audit.CircuitOpen, audit.Paused:
 		// Every alert is suppressed while it lasts: one line per window
 		// and decision, with the count of those not written.
-		p.sample.Write(p.log, zapcore.WarnLevel, "decision:"+rec.Decision, "decision", fields...)
+		p.sample.Write(p.log, zapcore.WarnLevel, "decision:"+string(rec.Decision), "decision", fields...)
 	default:
 		p.log.Info("decision", fields...)
 	}
@@ -471,6 +496,7 @@ func (p *Pipeline) reportDecision(rec *Entry) {
 // and the statements it runs per alert, prepared once.
 type claims struct {
 	p   *Pipeline
+	ctx context.Context
 	tx  *sql.Tx
 	now time.Time
 
@@ -484,6 +510,8 @@ type claims struct {
 	readCooldown, writeCooldown, insert *sql.Stmt
 }
 
+var _ rules.State = (*claims)(nil)
+
 func (c *claims) close() {
 	for _, st := range []*sql.Stmt{c.readCooldown, c.writeCooldown, c.insert} {
 		if st != nil {
@@ -492,9 +520,9 @@ func (c *claims) close() {
 	}
 }
 
-func (c *claims) stmt(ctx context.Context, st **sql.Stmt, query string) (*sql.Stmt, error) {
+func (c *claims) stmt(st **sql.Stmt, query string) (*sql.Stmt, error) {
 	if *st == nil {
-		prepared, err := c.tx.PrepareContext(ctx, query)
+		prepared, err := c.tx.PrepareContext(c.ctx, query)
 		if err != nil {
 			return nil, err
 		}
@@ -503,75 +531,43 @@ func (c *claims) stmt(ctx context.Context, st **sql.Stmt, query string) (*sql.St
 	return *st, nil
 }
 
-// classify turns a rule decision into the recorded decision.
-func (c *claims) classify(ctx context.Context, rec *Entry, d rules.Decision) error {
-	p := c.p
-	switch {
-	case !d.Matched:
-		rec.Decision = DecisionNoMatch
-		if rec.Reason == "" {
-			rec.Reason = "no enabled rule matched"
-		}
-		return nil
-	case d.Action == rules.ActionIgnore:
-		rec.Decision = DecisionIgnore
-		return nil
-	}
-	dry := p.cfg.DryRun || d.DryRun
-	rec.DryRun = dry
-
-	st, err := c.stmt(ctx, &c.readCooldown, `SELECT last_at, audit_id FROM responder_cooldown WHERE machine_id = $1 AND action = $2`)
+// LastAction implements rules.State from the cooldown table.
+func (c *claims) LastAction(machineID, key string) (time.Time, int64, bool, error) {
+	st, err := c.stmt(&c.readCooldown, `SELECT last_at, audit_id FROM responder_cooldown WHERE machine_id = $1 AND action = $2`)
 	if err != nil {
-		return fmt.Errorf("reading the cooldown: %w", err)
+		return time.Time{}, 0, false, fmt.Errorf("reading the cooldown: %w", err)
 	}
-	var lastAt, lastAudit int64
-	err = st.QueryRowContext(ctx, rec.MachineID, cooldownKey(d.Action, dry)).Scan(&lastAt, &lastAudit)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("reading the cooldown: %w", err)
+	var lastAt, auditID int64
+	err = st.QueryRowContext(c.ctx, machineID, key).Scan(&lastAt, &auditID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, 0, false, nil
 	}
-	if err == nil && d.Cooldown > 0 && fromMS(lastAt).After(c.now.Add(-d.Cooldown)) {
-		rec.Decision = DecisionCooldown
-		rec.Reason = fmt.Sprintf("rule %q matched, but the machine had a %s decision at %s (audit #%d), within the cooldown of %s",
-			d.Rule, d.Action, fromMS(lastAt).Format(time.RFC3339), lastAudit, d.Cooldown)
-		return nil
+	if err != nil {
+		return time.Time{}, 0, false, fmt.Errorf("reading the cooldown: %w", err)
 	}
+	return fromMS(lastAt), auditID, true, nil
+}
+
+// Paused implements rules.State: the configuration's kill switch, or the
+// store's, read once per transaction.
+func (c *claims) Paused() (bool, error) {
 	if c.paused == nil {
-		paused := p.cfg.Paused
+		paused := c.p.cfg.Paused
 		if !paused {
-			if paused, err = pausedIn(ctx, c.tx); err != nil {
-				return err
+			var err error
+			if paused, err = pausedIn(c.ctx, c.tx); err != nil {
+				return false, err
 			}
 		}
 		c.paused = &paused
 	}
-	if *c.paused {
-		rec.Decision = DecisionPaused
-		rec.Reason = fmt.Sprintf("rule %q matched, but responder is paused (kill switch)", d.Rule)
-		return nil
-	}
-	if !dry {
-		open, why, err := c.circuit(ctx, rec.MachineID)
-		if err != nil {
-			return err
-		}
-		if open {
-			rec.Decision = DecisionCircuitOpen
-			rec.Reason = fmt.Sprintf("rule %q matched, but the circuit breaker is open: %s", d.Rule, why)
-			return nil
-		}
-		rec.Decision = DecisionCollect
-		rec.State = StateQueued
-		return nil
-	}
-	rec.Decision = DecisionDryRun
-	return nil
+	return *c.paused, nil
 }
 
-// circuit tells whether one more collection, for machineID, would pass a
-// safety limit (circuitCheck, with the windows counted once per
-// transaction and kept up to date as it records collections).
-func (c *claims) circuit(ctx context.Context, machineID string) (bool, string, error) {
-	p := c.p
+// CircuitOpen implements rules.State, with the windows counted once per
+// transaction and kept up to date as it records collections.
+func (c *claims) CircuitOpen(machineID string) (bool, string, error) {
+	ctx, p := c.ctx, c.p
 	if !c.windowRead {
 		if err := c.tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
 			ms(c.now.Add(-time.Hour))).Scan(&c.lastHour); err != nil {
@@ -584,32 +580,34 @@ func (c *claims) circuit(ctx context.Context, machineID string) (bool, string, e
 		c.inWindow = map[string]bool{}
 		c.windowRead = true
 	}
-	if c.lastHour >= p.cfg.MaxCollectionsPerHour {
-		return true, fmt.Sprintf("%d collect decisions in the last hour reach safety.max_collections_per_hour (%d)", c.lastHour, p.cfg.MaxCollectionsPerHour), nil
-	}
-	if machineID == "" || c.machines < p.cfg.MaxMachinesPer10m {
-		return false, "", nil
-	}
-	known, ok := c.inWindow[machineID]
-	if !ok {
-		err := c.tx.QueryRowContext(ctx, `SELECT 1 FROM responder_audit WHERE machine_id = $1 AND decision = 'collect' AND created_at > $2 LIMIT 1`,
-			machineID, ms(c.now.Add(-10*time.Minute))).Scan(new(int))
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return false, "", fmt.Errorf("looking for the machine's recent collections: %w", err)
+	limits := p.limits()
+	known := true // below the machine limit, whether it is among them does not matter
+	if machineID != "" && c.machines >= limits.MachinesPer10m {
+		k, ok := c.inWindow[machineID]
+		if !ok {
+			err := c.tx.QueryRowContext(ctx, `SELECT 1 FROM responder_audit WHERE machine_id = $1 AND decision = 'collect' AND created_at > $2 LIMIT 1`,
+				machineID, ms(c.now.Add(-10*time.Minute))).Scan(new(int))
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return false, "", fmt.Errorf("looking for the machine's recent collections: %w", err)
+			}
+			k = err == nil
+			c.inWindow[machineID] = k
 		}
-		known = err == nil
-		c.inWindow[machineID] = known
+		known = k
 	}
-	if !known {
-		return true, fmt.Sprintf("%d distinct machines with collect decisions in the last 10 minutes reach safety.max_machines_per_10m (%d)", c.machines, p.cfg.MaxMachinesPer10m), nil
-	}
-	return false, "", nil
+	why := limits.Why(c.lastHour, c.machines, known)
+	return why != "", why, nil
 }
 
 // record inserts the audit entry and claims the cooldown of a collection
 // (or of a dry run, apart).
-func (c *claims) record(ctx context.Context, rowID int64, rec *Entry, action rules.Action) error {
-	st, err := c.stmt(ctx, &c.insert, insertEntrySQL)
+func (c *claims) record(rowID int64, rec *audit.Entry, d rules.Decision) error {
+	ctx := c.ctx
+	snapshot, err := audit.MarshalSnapshot(rec.Machine)
+	if err != nil {
+		return fmt.Errorf("recording the machine snapshot: %w", err)
+	}
+	st, err := c.stmt(&c.insert, insertEntrySQL)
 	if err != nil {
 		return fmt.Errorf("recording the decision: %w", err)
 	}
@@ -618,21 +616,21 @@ func (c *claims) record(ctx context.Context, rowID int64, rec *Entry, action rul
 		dry = 1
 	}
 	if err := st.QueryRowContext(ctx, rowID, ms(c.now), rec.Source, rec.AlertID, rec.MachineID, rec.MachineName, rec.Rule, rec.Action,
-		rec.Decision, truncate(rec.Reason, 2000), rec.Comment, dry, rec.State).Scan(&rec.ID); err != nil {
+		rec.Decision, truncate(rec.Reason, 2000), rec.Comment, dry, rec.State, snapshot).Scan(&rec.ID); err != nil {
 		return fmt.Errorf("recording the decision: %w", err)
 	}
-	if rec.Decision != DecisionCollect && rec.Decision != DecisionDryRun {
+	if !rec.Decision.ClaimsCooldown() {
 		return nil
 	}
-	st, err = c.stmt(ctx, &c.writeCooldown, `INSERT INTO responder_cooldown (machine_id, action, last_at, audit_id) VALUES ($1, $2, $3, $4)
+	st, err = c.stmt(&c.writeCooldown, `INSERT INTO responder_cooldown (machine_id, action, last_at, audit_id) VALUES ($1, $2, $3, $4)
 ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit_id = excluded.audit_id`)
 	if err != nil {
 		return fmt.Errorf("claiming the cooldown: %w", err)
 	}
-	if _, err := st.ExecContext(ctx, rec.MachineID, cooldownKey(action, rec.DryRun), ms(c.now), rec.ID); err != nil {
+	if _, err := st.ExecContext(ctx, rec.MachineID, rules.CooldownKey(d.Action, d.DryRun), ms(c.now), rec.ID); err != nil {
 		return fmt.Errorf("claiming the cooldown: %w", err)
 	}
-	if rec.Decision == DecisionCollect && c.windowRead {
+	if rec.Decision == audit.Collect && c.windowRead {
 		c.lastHour++
 		if known, ok := c.inWindow[rec.MachineID]; !known {
 			if !ok {
@@ -656,41 +654,29 @@ ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit
 }
 
 const insertEntrySQL = `INSERT INTO responder_audit (alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name,
-rule, action, decision, reason, comment, dry_run, state) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id`
+rule, action, decision, reason, comment, dry_run, state, machine) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id`
 
 // circuitCheck tells whether one more collection, for machineID, would pass
 // a safety limit.
 func (p *Pipeline) circuitCheck(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }, machineID string, now time.Time) (bool, string, error) {
-	var lastHour int
+	var lastHour, machines, known int
 	if err := q.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
 		ms(now.Add(-time.Hour))).Scan(&lastHour); err != nil {
 		return false, "", fmt.Errorf("counting recent collections: %w", err)
 	}
-	if lastHour >= p.cfg.MaxCollectionsPerHour {
-		return true, fmt.Sprintf("%d collect decisions in the last hour reach safety.max_collections_per_hour (%d)", lastHour, p.cfg.MaxCollectionsPerHour), nil
-	}
-	if machineID == "" {
-		return false, "", nil
-	}
-	var machines, known int
 	if err := q.QueryRowContext(ctx, `SELECT COUNT(DISTINCT machine_id), COUNT(DISTINCT CASE WHEN machine_id = $2 THEN machine_id END)
 FROM responder_audit WHERE decision = 'collect' AND created_at > $1`, ms(now.Add(-10*time.Minute)), machineID).Scan(&machines, &known); err != nil {
 		return false, "", fmt.Errorf("counting recent machines: %w", err)
 	}
-	if known == 0 && machines >= p.cfg.MaxMachinesPer10m {
-		return true, fmt.Sprintf("%d distinct machines with collect decisions in the last 10 minutes reach safety.max_machines_per_10m (%d)", machines, p.cfg.MaxMachinesPer10m), nil
-	}
-	return false, "", nil
+	why := p.limits().Why(lastHour, machines, machineID == "" || known > 0)
+	return why != "", why, nil
 }
 
-func cooldownKey(action rules.Action, dry bool) string {
-	if dry {
-		// A dry run must not hold back a real collection later.
-		return "dry_run:" + string(action)
-	}
-	return string(action)
+// limits are the circuit breaker's safety limits.
+func (p *Pipeline) limits() rules.CircuitLimits {
+	return rules.CircuitLimits{PerHour: p.cfg.MaxCollectionsPerHour, MachinesPer10m: p.cfg.MaxMachinesPer10m}
 }
 
 // machineCache keeps machine attributes for a while (SPEC 6.2: TTL 10m).

@@ -4,11 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strings"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/rules"
 )
 
 // Explanation is what the pipeline would decide for one alert and machine
@@ -28,6 +27,9 @@ type Explanation struct {
 	Cooldown    string `json:"cooldown,omitempty"`
 	DryRun      bool   `json:"dry_run"`
 	Duplicate   bool   `json:"duplicate"`
+	// Machine is the snapshot the decision would keep: the attributes the
+	// rules read.
+	Machine *alert.Machine `json:"machine,omitempty"`
 }
 
 // IgnoredAtIntake is the Explanation of an alert the webhook would count
@@ -55,74 +57,53 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 	}
 	set := p.rules.Current()
 	for i := range batch.Alerts {
-		a := batch.Alerts[i]
-		ex := Explanation{AlertID: a.ID, Source: string(a.Source), MachineID: a.MachineID, MachineName: a.MachineName, Rule: metrics.NoRule}
-		var dup int
-		if err := p.store.DB.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_alert WHERE dedup_key = $1`, a.DedupKey()).Scan(&dup); err != nil {
-			return nil, fmt.Errorf("checking for duplicates: %w", err)
-		}
-		ex.Duplicate = dup > 0
-		var notes []string
-		// What intake ignores is never stored, so never decided: say so
-		// with intake's outcome, as the webhook would count it.
-		if reason := alert.IgnoreReason(&a, set.AcceptsResolved()); reason != "" {
-			ex.Decision, ex.Reason = IgnoredAtIntake, reason
-			out.Decisions = append(out.Decisions, ex)
-			continue
-		}
-		if a.MachineID == "" {
-			if p.api == nil {
-				ex.Decision, ex.Reason = DecisionNoMatch, "machine name cannot be resolved without Defender credentials"
-				out.Decisions = append(out.Decisions, ex)
-				continue
-			}
-			note, err := p.resolveName(ctx, &a)
-			if err != nil {
-				ex.Decision, ex.Reason = DecisionNoMatch, fmt.Sprintf("machine name %q not resolved: %v", a.MachineName, err)
-				if outcomeOf(err) == defender.OutcomeMachineNotFound {
-					ex.Reason = unknownMachineName(a.MachineName)
-				}
-				out.Decisions = append(out.Decisions, ex)
-				continue
-			}
-			ex.MachineID = a.MachineID
-			notes = append(notes, note)
-		}
-		machine := &alert.Machine{ID: a.MachineID, Name: a.MachineName}
-		if set.NeedsMachine() && p.api != nil {
-			m, err := p.machine(ctx, a.MachineID)
-			switch {
-			case err == nil:
-				machine = m
-			case outcomeOf(err) == defender.OutcomeMachineNotFound:
-				notes = append(notes, "Defender does not know the machine")
-			default:
-				notes = append(notes, fmt.Sprintf("machine attributes unavailable: %v", err))
-			}
-		}
-		d := set.Evaluate(&a, machine)
-		rec := &Entry{MachineID: a.MachineID, Rule: d.Rule, Reason: d.Reason}
-		// classify only reads; the transaction is rolled back.
-		tx, err := p.store.DB.BeginTx(ctx, &sql.TxOptions{ReadOnly: p.store.Driver == DriverPostgres})
-		if err != nil {
-			return nil, fmt.Errorf("evaluating: %w", err)
-		}
-		c := &claims{p: p, tx: tx, now: p.cfg.Now()}
-		err = c.classify(ctx, rec, d)
-		c.close()
-		_ = tx.Rollback()
+		ex, err := p.explainOne(ctx, batch.Alerts[i], set)
 		if err != nil {
 			return nil, err
-		}
-		if d.Rule != "" {
-			ex.Rule = d.Rule
-		}
-		ex.Action, ex.Decision, ex.Comment, ex.DryRun = string(d.Action), rec.Decision, d.Comment, rec.DryRun
-		ex.Reason = strings.Join(append(notes, rec.Reason), "; ")
-		if d.Matched {
-			ex.Cooldown = d.Cooldown.String()
 		}
 		out.Decisions = append(out.Decisions, ex)
 	}
 	return out, nil
+}
+
+// explainOne decides one alert as the evaluator would (machineFor, then
+// rules.Decide over the store's state in a transaction that is rolled
+// back), except that a failing Defender is not waited for: the machine is
+// then decided as unavailable, as the evaluator does once it gives up.
+func (p *Pipeline) explainOne(ctx context.Context, a alert.Alert, set *rules.Set) (Explanation, error) {
+	ex := Explanation{AlertID: a.ID, Source: string(a.Source), MachineID: a.MachineID, MachineName: a.MachineName, Rule: metrics.NoRule}
+	var dup int
+	if err := p.store.DB.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_alert WHERE dedup_key = $1`, a.DedupKey()).Scan(&dup); err != nil {
+		return ex, fmt.Errorf("checking for duplicates: %w", err)
+	}
+	ex.Duplicate = dup > 0
+	// What intake ignores is never stored, so never decided: say so with
+	// intake's outcome, as the webhook would count it.
+	if reason := alert.IgnoreReason(&a, set.AcceptsResolved()); reason != "" {
+		ex.Decision, ex.Reason = IgnoredAtIntake, reason
+		return ex, nil
+	}
+	m, err := p.machineFor(ctx, &a, set)
+	if err != nil {
+		m.Unavailable = err.Error()
+	}
+	ex.MachineID = a.MachineID
+	// The state is only read; the transaction is rolled back.
+	tx, err := p.store.DB.BeginTx(ctx, &sql.TxOptions{ReadOnly: p.store.Driver == DriverPostgres})
+	if err != nil {
+		return ex, fmt.Errorf("evaluating: %w", err)
+	}
+	c := &claims{p: p, ctx: ctx, tx: tx, now: p.cfg.Now()}
+	d, err := rules.Decide(rules.Input{Alert: &a, Machine: m, Rules: set, State: c, DryRun: p.cfg.DryRun, Now: c.now})
+	c.close()
+	_ = tx.Rollback()
+	if err != nil {
+		return ex, err
+	}
+	ex.Rule, ex.Action, ex.Decision, ex.Comment, ex.DryRun, ex.Reason = d.MetricRule(), string(d.Action), string(d.Decision), d.Comment, d.DryRun, d.Reason
+	if d.Matched() {
+		ex.Cooldown = d.Cooldown.String()
+	}
+	ex.Machine = d.Snapshot
+	return ex, nil
 }

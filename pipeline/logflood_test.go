@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender/defendertest"
 	"github.com/responder-dev/responder/internal/logsample"
 )
@@ -31,7 +32,7 @@ func TestSuppressedDecisionsDoNotFloodTheLog(t *testing.T) {
 	waitFor(t, "every decision", 30*time.Second, func() bool { return len(e.entries()) == n })
 	suppressed := 0
 	for _, en := range e.entries() {
-		if en.Decision == DecisionCircuitOpen {
+		if en.Decision == audit.CircuitOpen {
 			suppressed++
 		}
 	}
@@ -40,7 +41,7 @@ func TestSuppressedDecisionsDoNotFloodTheLog(t *testing.T) {
 	}
 	lines, held := 0, 0
 	for _, l := range logs.FilterMessage("decision").All() {
-		if l.ContextMap()["decision"] == DecisionCircuitOpen {
+		if l.ContextMap()["decision"] == string(audit.CircuitOpen) {
 			lines++
 			if h, ok := l.ContextMap()[logsample.Field].(int64); ok {
 				held += int(h)
@@ -70,7 +71,7 @@ func TestStoreOutageDoesNotFloodTheLog(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	e := setup(t, envOpts{driver: DriverPostgres, dsn: dsn, logs: core})
 	e.submit(mdeAlert("before", defendertest.DevWorkstationID, "high"))
-	e.waitEntry("before", func(*Entry) bool { return true })
+	e.waitEntry("before", func(*audit.Entry) bool { return true })
 
 	u, err := url.Parse(dsn)
 	if err != nil {
@@ -125,5 +126,5 @@ func TestStoreOutageDoesNotFloodTheLog(t *testing.T) {
 	}
 	// Work resumes.
 	e.submit(mdeAlert("after", defendertest.DevWorkstationID, "critical"))
-	e.waitEntry("after", func(*Entry) bool { return true })
+	e.waitEntry("after", func(*audit.Entry) bool { return true })
 }

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/defender/defendertest"
 	"github.com/responder-dev/responder/metrics"
@@ -194,7 +195,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
-func (e *testEnv) entries() []*Entry {
+func (e *testEnv) entries() []*audit.Entry {
 	e.t.Helper()
 	es, err := e.store.Entries(context.Background(), Filter{Limit: 10000})
 	if err != nil {
@@ -203,7 +204,7 @@ func (e *testEnv) entries() []*Entry {
 	return es
 }
 
-func (e *testEnv) entryFor(alertID string) *Entry {
+func (e *testEnv) entryFor(alertID string) *audit.Entry {
 	for _, en := range e.entries() {
 		if en.AlertID == alertID {
 			return en
@@ -212,9 +213,9 @@ func (e *testEnv) entryFor(alertID string) *Entry {
 	return nil
 }
 
-func (e *testEnv) waitEntry(alertID string, cond func(*Entry) bool) *Entry {
+func (e *testEnv) waitEntry(alertID string, cond func(*audit.Entry) bool) *audit.Entry {
 	e.t.Helper()
-	var got *Entry
+	var got *audit.Entry
 	waitFor(e.t, "audit entry of "+alertID, 20*time.Second, func() bool {
 		got = e.entryFor(alertID)
 		return got != nil && cond(got)
@@ -241,8 +242,8 @@ func TestCollectTrackedToSucceeded(t *testing.T) {
 	if r.Duplicate[0] {
 		t.Fatal("first delivery is a duplicate")
 	}
-	got := e.waitEntry(id, func(en *Entry) bool { return en.State == StateDone && en.ActionStatus != "" })
-	if got.Decision != DecisionCollect || got.Outcome != OutcomeCreated || got.ActionStatus != "Succeeded" || got.Rule != "high-severity" {
+	got := e.waitEntry(id, func(en *audit.Entry) bool { return en.State == audit.Done && en.ActionStatus != "" })
+	if got.Decision != audit.Collect || got.Outcome != audit.Created || got.ActionStatus != "Succeeded" || got.Rule != "high-severity" {
 		t.Fatalf("entry = %+v", got)
 	}
 	ps := posts(e.sim, "collectInvestigationPackage")
@@ -269,8 +270,8 @@ func TestCollectTrackedToSucceeded(t *testing.T) {
 		t.Fatal("redelivery not detected as duplicate")
 	}
 	e.submit(mdeAlert("da2", defendertest.DevWorkstationID, "critical"))
-	cd := e.waitEntry("da2", func(*Entry) bool { return true })
-	if cd.Decision != DecisionCooldown || !strings.Contains(cd.Reason, "cooldown of 24h0m0s") {
+	cd := e.waitEntry("da2", func(*audit.Entry) bool { return true })
+	if cd.Decision != audit.Cooldown || !strings.Contains(cd.Reason, "cooldown of 24h0m0s") {
 		t.Fatalf("second alert: %+v", cd)
 	}
 	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 1 {
@@ -285,11 +286,11 @@ func TestFailedActionReleasesCooldown(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		final string
-		next  string // decision of the next alert
+		next  audit.Decision // decision of the next alert
 	}{
-		{"Failed", DecisionCollect},
-		{"TimeOut", DecisionCollect},
-		{"Cancelled", DecisionCooldown},
+		{"Failed", audit.Collect},
+		{"TimeOut", audit.Collect},
+		{"Cancelled", audit.Cooldown},
 	} {
 		t.Run(c.final, func(t *testing.T) {
 			t.Parallel()
@@ -297,12 +298,12 @@ func TestFailedActionReleasesCooldown(t *testing.T) {
 			sim.SetFinalStatus(defendertest.DevWorkstationID, c.final)
 			e := setup(t, envOpts{sim: sim})
 			e.submit(mdeAlert("first-"+c.final, defendertest.DevWorkstationID, "high"))
-			first := e.waitEntry("first-"+c.final, func(en *Entry) bool { return en.State == StateDone && en.ActionStatus != "" })
+			first := e.waitEntry("first-"+c.final, func(en *audit.Entry) bool { return en.State == audit.Done && en.ActionStatus != "" })
 			if first.ActionStatus != c.final {
 				t.Fatalf("first = %+v", first)
 			}
 			e.submit(mdeAlert("next-"+c.final, defendertest.DevWorkstationID, "high"))
-			next := e.waitEntry("next-"+c.final, func(*Entry) bool { return true })
+			next := e.waitEntry("next-"+c.final, func(*audit.Entry) bool { return true })
 			if next.Decision != c.next {
 				t.Fatalf("after an action that ended %s, the next alert was decided %q (%s), want %q", c.final, next.Decision, next.Reason, c.next)
 			}
@@ -317,12 +318,12 @@ func TestDecisionsWithoutAction(t *testing.T) {
 		mdeAlert("dc", defendertest.DevDomainControllerID, "high"),
 		mdeAlert("low", defendertest.DevServerID, "low"),
 	)
-	dc := e.waitEntry("dc", func(*Entry) bool { return true })
-	low := e.waitEntry("low", func(*Entry) bool { return true })
-	if dc.Decision != DecisionIgnore || dc.Rule != "never-domain-controllers" {
+	dc := e.waitEntry("dc", func(*audit.Entry) bool { return true })
+	low := e.waitEntry("low", func(*audit.Entry) bool { return true })
+	if dc.Decision != audit.Ignore || dc.Rule != "never-domain-controllers" {
 		t.Fatalf("dc = %+v", dc)
 	}
-	if low.Decision != DecisionNoMatch || low.Reason == "" {
+	if low.Decision != audit.NoMatch || low.Reason == "" {
 		t.Fatalf("low = %+v", low)
 	}
 	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 0 {
@@ -348,8 +349,8 @@ func TestAlreadyRunningIsTrackedNotRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.submit(mdeAlert("da-ar", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("da-ar", func(en *Entry) bool { return en.Outcome != "" })
-	if got.Outcome != OutcomeAlreadyRunning || got.ActionID != first.ID || got.State != StateTracking {
+	got := e.waitEntry("da-ar", func(en *audit.Entry) bool { return en.Outcome != "" })
+	if got.Outcome != audit.AlreadyRunning || got.ActionID != first.ID || got.State != audit.Tracking {
 		t.Fatalf("entry = %+v", got)
 	}
 	var refused int
@@ -370,8 +371,8 @@ func TestRetriesOn429And5xx(t *testing.T) {
 	sim.InjectFault(defendertest.Fault{Method: "POST", PathContains: "collectInvestigationPackage", Status: 503, Times: 2})
 	e := setup(t, envOpts{sim: sim})
 	e.submit(mdeAlert("da-retry", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("da-retry", func(en *Entry) bool { return en.Outcome != "" })
-	if got.Outcome != OutcomeCreated {
+	got := e.waitEntry("da-retry", func(en *audit.Entry) bool { return en.Outcome != "" })
+	if got.Outcome != audit.Created {
 		t.Fatalf("entry = %+v", got)
 	}
 	var statuses []int
@@ -401,8 +402,8 @@ func TestGivesUpAfterThePostBudget(t *testing.T) {
 	sim.InjectFault(defendertest.Fault{Method: "POST", PathContains: "collectInvestigationPackage", Status: 500})
 	e := setup(t, envOpts{sim: sim, cfg: Config{RetryFor: time.Second}})
 	e.submit(mdeAlert("da-budget", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("da-budget", func(en *Entry) bool { return en.Outcome != "" })
-	if got.Outcome != OutcomeFailed {
+	got := e.waitEntry("da-budget", func(en *audit.Entry) bool { return en.Outcome != "" })
+	if got.Outcome != audit.Failed {
 		t.Fatalf("entry = %+v", got)
 	}
 	var sent int
@@ -435,12 +436,12 @@ func TestOutageDoesNotLoseAlerts(t *testing.T) {
 	e := setup(t, envOpts{sim: sim})
 	e.submit(mdeAlert("da-outage", defendertest.DevWorkstationID, "high"))
 	// Each failure waits for a queue poll: allow more than waitEntry does.
-	var got *Entry
+	var got *audit.Entry
 	waitFor(t, "the collection after the outage", time.Minute, func() bool {
 		got = e.entryFor("da-outage")
 		return got != nil && got.Outcome != ""
 	})
-	if got.Decision != DecisionCollect || got.Outcome != OutcomeCreated || got.Posts != 11 {
+	if got.Decision != audit.Collect || got.Outcome != audit.Created || got.Posts != 11 {
 		t.Fatalf("entry = %+v, want collect, created after 11 requests", got)
 	}
 	if n := len(posts(sim, "collectInvestigationPackage")); n != 1 {
@@ -457,8 +458,8 @@ func TestOutageBeyondRetryForDecidesWithoutDefender(t *testing.T) {
 	sim.InjectFault(defendertest.Fault{Method: "GET", PathContains: "/api/machines/", Status: 503})
 	e := setup(t, envOpts{sim: sim, cfg: Config{RetryFor: time.Second}})
 	e.submit(mdeAlert("da-long-outage", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("da-long-outage", func(*Entry) bool { return true })
-	if got.Decision != DecisionNoMatch || !strings.Contains(got.Reason, "not evaluated") {
+	got := e.waitEntry("da-long-outage", func(*audit.Entry) bool { return true })
+	if got.Decision != audit.NoMatch || !strings.Contains(got.Reason, "not evaluated") {
 		t.Fatalf("entry = %+v", got)
 	}
 	if n := len(posts(sim, "collectInvestigationPackage")); n != 0 {
@@ -478,15 +479,14 @@ func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {
 	if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = 'da-crash'`).Scan(&rowID); err != nil {
 		t.Fatal(err)
 	}
-	set := e.p.rules.Current()
-	if _, err := e.p.decide(ctx, rowID, &a, set.Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
+	if _, err := e.p.decide(ctx, decideItem{rowID: rowID, alert: &a, set: e.p.rules.Current(), machine: rules.Machine{Attributes: &alert.Machine{ID: a.MachineID}}}); err != nil {
 		t.Fatal(err)
 	}
 	en := e.entryFor("da-crash")
 	// A previous process marked the POST in flight, MDE created the action,
 	// and the process died before it read the answer.
 	posted := time.Now().Add(-time.Second)
-	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(StatePosting), postedAt: &posted}, posted); err != nil {
+	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(string(audit.Posting)), postedAt: &posted}, posted); err != nil {
 		t.Fatal(err)
 	}
 	other, err := defender.New(defender.Config{APIURL: sim.URL(), TokenURL: sim.TokenURL(), TenantID: defendertest.DevTenantID,
@@ -500,8 +500,8 @@ func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {
 	}
 	sim.ClearRequests()
 	e.start()
-	got := e.waitEntry("da-crash", func(en *Entry) bool { return en.Outcome != "" })
-	if got.Outcome != OutcomeCreated || got.ActionID != created.ID || got.State != StateTracking {
+	got := e.waitEntry("da-crash", func(en *audit.Entry) bool { return en.Outcome != "" })
+	if got.Outcome != audit.Created || got.ActionID != created.ID || got.State != audit.Tracking {
 		t.Fatalf("entry = %+v", got)
 	}
 	for _, r := range sim.Requests() {
@@ -521,18 +521,18 @@ func TestPostingStateWithoutActionPostsAgain(t *testing.T) {
 	if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = 'da-lost'`).Scan(&rowID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.p.decide(ctx, rowID, &a, e.p.rules.Current().Evaluate(&a, &alert.Machine{ID: a.MachineID}), nil); err != nil {
+	if _, err := e.p.decide(ctx, decideItem{rowID: rowID, alert: &a, set: e.p.rules.Current(), machine: rules.Machine{Attributes: &alert.Machine{ID: a.MachineID}}}); err != nil {
 		t.Fatal(err)
 	}
 	en := e.entryFor("da-lost")
 	// The POST never reached MDE: the look-ups find nothing until it has
 	// settled, so it is sent again.
 	posted := time.Now().Add(-time.Second)
-	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(StatePosting), postedAt: &posted}, posted); err != nil {
+	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(string(audit.Posting)), postedAt: &posted}, posted); err != nil {
 		t.Fatal(err)
 	}
 	e.start()
-	if got := e.waitEntry("da-lost", func(en *Entry) bool { return en.Outcome != "" }); got.Outcome != OutcomeCreated {
+	if got := e.waitEntry("da-lost", func(en *audit.Entry) bool { return en.Outcome != "" }); got.Outcome != audit.Created {
 		t.Fatalf("entry = %+v", got)
 	}
 	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 1 {
@@ -554,11 +554,11 @@ func TestCircuitBreakerOpensAndRearms(t *testing.T) {
 		e.submit(mdeAlert(fmt.Sprintf("storm-%d", i), machines[i].ID, "high"))
 	}
 	waitFor(t, "six decisions", 20*time.Second, func() bool { return len(e.entries()) == 6 })
-	counts := map[string]int{}
+	counts := map[audit.Decision]int{}
 	for _, en := range e.entries() {
 		counts[en.Decision]++
 	}
-	if counts[DecisionCollect] != 3 || counts[DecisionCircuitOpen] != 3 {
+	if counts[audit.Collect] != 3 || counts[audit.CircuitOpen] != 3 {
 		t.Fatalf("decisions = %v", counts)
 	}
 	if v := testutil.ToFloat64(e.m.CircuitOpen); v != 1 {
@@ -579,7 +579,7 @@ func TestCircuitBreakerOpensAndRearms(t *testing.T) {
 		t.Fatalf("circuit_open after the window = %v", v)
 	}
 	e.submit(mdeAlert("after-storm", machines[6].ID, "high"))
-	if got := e.waitEntry("after-storm", func(*Entry) bool { return true }); got.Decision != DecisionCollect {
+	if got := e.waitEntry("after-storm", func(*audit.Entry) bool { return true }); got.Decision != audit.Collect {
 		t.Fatalf("after re-arm: %+v", got)
 	}
 }
@@ -591,7 +591,7 @@ func TestPauseAndDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.submit(mdeAlert("paused", defendertest.DevWorkstationID, "high"))
-	if got := e.waitEntry("paused", func(*Entry) bool { return true }); got.Decision != DecisionPaused {
+	if got := e.waitEntry("paused", func(*audit.Entry) bool { return true }); got.Decision != audit.Paused {
 		t.Fatalf("paused: %+v", got)
 	}
 	if err := e.p.Resume(context.Background()); err != nil {
@@ -599,7 +599,7 @@ func TestPauseAndDryRun(t *testing.T) {
 	}
 	dry := setup(t, envOpts{cfg: Config{DryRun: true}})
 	dry.submit(mdeAlert("dry", defendertest.DevWorkstationID, "high"))
-	if got := dry.waitEntry("dry", func(*Entry) bool { return true }); got.Decision != DecisionDryRun || !got.DryRun {
+	if got := dry.waitEntry("dry", func(*audit.Entry) bool { return true }); got.Decision != audit.DryRun || !got.DryRun {
 		t.Fatalf("dry run: %+v", got)
 	}
 	for _, env := range []*testEnv{e, dry} {
@@ -615,8 +615,8 @@ func TestHostnameResolvedAndCollected(t *testing.T) {
 	a := alert.Alert{ID: "c0ffee0123456789", Source: alert.SourceAlertmanager, Severity: "critical", Status: alert.StatusFiring,
 		MachineName: "ws-0142.corp.example.com", Occurrence: "2026-11-26T10:00:00Z"}
 	e.submit(a)
-	got := e.waitEntry(a.ID, func(en *Entry) bool { return en.Outcome != "" })
-	if got.MachineID != defendertest.DevWorkstationID || got.Outcome != OutcomeCreated || !strings.Contains(got.Reason, "resolved to") {
+	got := e.waitEntry(a.ID, func(en *audit.Entry) bool { return en.Outcome != "" })
+	if got.MachineID != defendertest.DevWorkstationID || got.Outcome != audit.Created || !strings.Contains(got.Reason, "resolved to") {
 		t.Fatalf("entry = %+v", got)
 	}
 }
@@ -625,12 +625,12 @@ func TestMachineNotFoundAndForbidden(t *testing.T) {
 	t.Parallel()
 	e := setup(t, envOpts{rulesSrc: "rules:\n  - name: all\n    when: 'true'\n"})
 	e.submit(mdeAlert("nf", strings.Repeat("ab", 20), "high"))
-	if got := e.waitEntry("nf", func(en *Entry) bool { return en.Outcome != "" }); got.Outcome != OutcomeMachineNotFound || got.State != StateDone {
+	if got := e.waitEntry("nf", func(en *audit.Entry) bool { return en.Outcome != "" }); got.Outcome != audit.MachineNotFound || got.State != audit.Done {
 		t.Fatalf("unknown machine: %+v", got)
 	}
 	f := setup(t, envOpts{simOpts: defendertest.Options{DenyCollect: true}, rulesSrc: "rules:\n  - name: all\n    when: 'true'\n"})
 	f.submit(mdeAlert("fb", defendertest.DevWorkstationID, "high"))
-	if got := f.waitEntry("fb", func(en *Entry) bool { return en.Outcome != "" }); got.Outcome != OutcomeForbidden {
+	if got := f.waitEntry("fb", func(en *audit.Entry) bool { return en.Outcome != "" }); got.Outcome != audit.Forbidden {
 		t.Fatalf("forbidden: %+v", got)
 	}
 	// Nothing was collected, so the cooldown is released.
@@ -645,7 +645,7 @@ func TestDownloadPackage(t *testing.T) {
 	dir := t.TempDir()
 	e := setup(t, envOpts{cfg: Config{DownloadDir: dir}})
 	e.submit(mdeAlert("dl", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("dl", func(en *Entry) bool { return en.PackageSHA256 != "" })
+	got := e.waitEntry("dl", func(en *audit.Entry) bool { return en.PackageSHA256 != "" })
 	if !strings.HasPrefix(got.PackagePath, filepath.Join(dir, defendertest.DevWorkstationID)) || got.PackageSize == 0 {
 		t.Fatalf("entry = %+v", got)
 	}
@@ -664,7 +664,7 @@ func TestPackageNotDownloadedIsRecorded(t *testing.T) {
 		simOpts: defendertest.Options{PackageBytes: make([]byte, 64<<10)},
 		client:  func(c *defender.Config) { c.MaxPackageBytes = 1 << 10 }})
 	e.submit(mdeAlert("dl-big", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("dl-big", func(en *Entry) bool { return en.Error != "" })
+	got := e.waitEntry("dl-big", func(en *audit.Entry) bool { return en.Error != "" })
 	if got.ActionStatus != "Succeeded" || got.PackageSHA256 != "" || !strings.Contains(got.Error, "package not downloaded") ||
 		!strings.Contains(got.Error, "max_package_bytes") {
 		t.Fatalf("entry = %+v", got)
@@ -746,8 +746,8 @@ func TestPostgresCollect(t *testing.T) {
 	dsn := postgresDSN(t)
 	e := setup(t, envOpts{driver: DriverPostgres, dsn: dsn})
 	e.submit(mdeAlert("pg-1", defendertest.DevWorkstationID, "high"))
-	got := e.waitEntry("pg-1", func(en *Entry) bool { return en.ActionStatus == "Succeeded" })
-	if got.Outcome != OutcomeCreated {
+	got := e.waitEntry("pg-1", func(en *audit.Entry) bool { return en.ActionStatus == "Succeeded" })
+	if got.Outcome != audit.Created {
 		t.Fatalf("entry = %+v", got)
 	}
 	// Migrations are idempotent: opening again changes nothing.
@@ -796,17 +796,17 @@ func TestPostgresReplicasShareWork(t *testing.T) {
 	waitFor(t, "every alert decided", 60*time.Second, func() bool { return len(e.entries()) == 2*machines })
 	waitFor(t, "every collection sent", 60*time.Second, func() bool {
 		for _, en := range e.entries() {
-			if en.Decision == DecisionCollect && en.Outcome == "" {
+			if en.Decision == audit.Collect && en.Outcome == "" {
 				return false
 			}
 		}
 		return true
 	})
-	counts := map[string]int{}
+	counts := map[audit.Decision]int{}
 	for _, en := range e.entries() {
 		counts[en.Decision]++
 	}
-	if counts[DecisionCollect] != machines || counts[DecisionCooldown] != machines {
+	if counts[audit.Collect] != machines || counts[audit.Cooldown] != machines {
 		t.Fatalf("decisions = %v", counts)
 	}
 	perMachine := map[string]int{}
@@ -863,7 +863,7 @@ func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
 	}
 	var queued int
 	for _, en := range replicas[0].entries() {
-		if en.Decision == DecisionCollect && en.Outcome == "" {
+		if en.Decision == audit.Collect && en.Outcome == "" {
 			queued++
 		}
 	}
@@ -934,17 +934,17 @@ func TestDecideBatchSeesEarlierDecisions(t *testing.T) {
 				if err := e.store.DB.QueryRow(`SELECT id FROM responder_alert WHERE alert_id = $1`, a.ID).Scan(&items[i].rowID); err != nil {
 					t.Fatal(err)
 				}
-				items[i].alert, items[i].decision = a, set.Evaluate(a, &alert.Machine{ID: a.MachineID})
+				items[i].alert, items[i].set, items[i].machine = a, set, rules.Machine{Attributes: &alert.Machine{ID: a.MachineID}}
 			}
 			entries, err := e.p.decideBatch(ctx, items)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got []string
+			var got []audit.Decision
 			for _, en := range entries {
 				got = append(got, en.Decision)
 			}
-			if want := []string{DecisionCollect, DecisionCooldown, DecisionCollect, DecisionCircuitOpen}; !slices.Equal(got, want) {
+			if want := []audit.Decision{audit.Collect, audit.Cooldown, audit.Collect, audit.CircuitOpen}; !slices.Equal(got, want) {
 				t.Fatalf("decisions = %v, want %v", got, want)
 			}
 			if !strings.Contains(entries[3].Reason, "2 distinct machines with collect decisions in the last 10 minutes reach safety.max_machines_per_10m (2)") {
@@ -1093,8 +1093,8 @@ func TestDispatchCrashBetweenEnqueueAndMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.start()
-	got := e.waitEntry(a.ID, func(en *Entry) bool { return en.Outcome != "" })
-	if got.Decision != DecisionCollect || got.Outcome != OutcomeCreated {
+	got := e.waitEntry(a.ID, func(en *audit.Entry) bool { return en.Outcome != "" })
+	if got.Decision != audit.Collect || got.Outcome != audit.Created {
 		t.Fatalf("entry = %+v", got)
 	}
 	waitFor(t, "both evaluate jobs finished", 20*time.Second, func() bool {
@@ -1174,12 +1174,12 @@ func TestExplain(t *testing.T) {
 		}
 		return ev.Decisions[0]
 	}
-	if got := explain(alert.FormatDefender, mde); got.Decision != DecisionCollect || got.Rule != "high-severity" {
+	if got := explain(alert.FormatDefender, mde); got.Decision != string(audit.Collect) || got.Rule != "high-severity" {
 		t.Fatalf("before any decision: %+v", got)
 	}
 	e.submit(mdeAlert("da-first", defendertest.DevWorkstationID, "high"))
-	e.waitEntry("da-first", func(*Entry) bool { return true })
-	if got := explain(alert.FormatDefender, mde); got.Decision != DecisionCooldown {
+	e.waitEntry("da-first", func(*audit.Entry) bool { return true })
+	if got := explain(alert.FormatDefender, mde); got.Decision != string(audit.Cooldown) {
 		t.Fatalf("after a collection: %+v", got)
 	}
 	if got := explain(alert.FormatAlertmanager, am("firing", `"alertname":"x","severity":"critical"`)); got.Decision != IgnoredAtIntake || got.Reason != "the alert names no machine" {
@@ -1188,7 +1188,33 @@ func TestExplain(t *testing.T) {
 	if got := explain(alert.FormatAlertmanager, am("resolved", `"alertname":"x","machine_id":"`+defendertest.DevServerID+`"`)); got.Decision != IgnoredAtIntake || !strings.Contains(got.Reason, "on_resolved") {
 		t.Fatalf("resolved: %+v", got)
 	}
-	if got := explain(alert.FormatAlertmanager, am("firing", `"alertname":"x","severity":"critical","hostname":"no-such-host.example.com"`)); got.Decision != DecisionNoMatch || got.Reason != `no Defender machine is named "no-such-host.example.com"` {
+	if got := explain(alert.FormatAlertmanager, am("firing", `"alertname":"x","severity":"critical","hostname":"no-such-host.example.com"`)); got.Decision != string(audit.NoMatch) || got.Reason != `no Defender machine is named "no-such-host.example.com"` {
 		t.Fatalf("unknown name: %+v", got)
+	}
+}
+
+// TestDecisionKeepsMachineSnapshot: a decision keeps the machine attributes
+// the rules read (SPEC 11), for the audit trail and a later replay; none
+// when the rules read none.
+func TestDecisionKeepsMachineSnapshot(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{})
+	e.submit(mdeAlert("snap", defendertest.DevWorkstationID, "low"))
+	got := e.waitEntry("snap", func(*audit.Entry) bool { return true })
+	if got.Machine == nil || got.Machine.ID != defendertest.DevWorkstationID || !slices.Contains(got.Machine.Tags, "workstation") {
+		t.Fatalf("snapshot = %+v", got.Machine)
+	}
+	again, err := e.store.Entry(context.Background(), got.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Machine == nil || !slices.Equal(again.Machine.Tags, got.Machine.Tags) {
+		t.Fatalf("stored snapshot = %+v", again.Machine)
+	}
+
+	alertOnly := setup(t, envOpts{rulesSrc: "rules:\n  - name: high\n    when: 'alert.severity == \"high\"'\n"})
+	alertOnly.submit(mdeAlert("no-snap", defendertest.DevWorkstationID, "high"))
+	if got := alertOnly.waitEntry("no-snap", func(*audit.Entry) bool { return true }); got.Machine != nil {
+		t.Fatalf("a snapshot of attributes no rule read: %+v", got.Machine)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/defender/defendertest"
 )
@@ -216,7 +217,7 @@ func TestRateLimitHoldsBackTheGroup(t *testing.T) {
 	}
 	waitFor(t, "every collection created", 20*time.Second, func() bool {
 		for _, en := range e.entries() {
-			if en.Outcome != OutcomeCreated {
+			if en.Outcome != audit.Created {
 				return false
 			}
 		}

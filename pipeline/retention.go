@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/metrics"
 )
 
@@ -37,10 +38,10 @@ import (
 
 // liveStates are the work states of entries still being worked on (SPEC 16:
 // queued, posting, tracking; awaiting approval joins them). Retention deletes
-// only entries in StateDone, so an entry in a state added later is kept
+// only entries in audit.Done, so an entry in a state added later is kept
 // until it is finished; the retention test ages an entry in each of these
 // states and requires that it survive.
-var liveStates = []string{StateQueued, StatePosting, StateTracking}
+var liveStates = audit.LiveStates()
 
 // DefaultRetention is the default of Config.Retention (store.retention).
 const DefaultRetention = 90 * 24 * time.Hour

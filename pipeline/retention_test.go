@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender/defendertest"
 	"github.com/responder-dev/responder/metrics"
 )
@@ -108,12 +109,12 @@ VALUES ($1, $2, $2, 'defender', $3, 'no_match', 'done')`, row, ms(at), a.ID); er
 
 // entry stores an alert received at created and its audit entry, created
 // then and last changed at updated.
-func (sd *seeder) entry(created, updated time.Time, state string) (auditID, alertID int64) {
+func (sd *seeder) entry(created, updated time.Time, state audit.State) (auditID, alertID int64) {
 	sd.t.Helper()
 	alertID = sd.alert(created, "")
-	decision := DecisionNoMatch
-	if state != StateDone {
-		decision = DecisionCollect
+	decision := audit.NoMatch
+	if state != audit.Done {
+		decision = audit.Collect
 	}
 	err := sd.tx.QueryRow(`INSERT INTO responder_audit (alert_row_id, created_at, updated_at, source, alert_id, decision, state)
 VALUES ($1, $2, $3, 'defender', 'seed', $4, $5) RETURNING id`, alertID, ms(created), ms(updated), decision, state).Scan(&auditID)
@@ -184,15 +185,15 @@ func TestRetentionDeletesExactly(t *testing.T) {
 		seed(t, e.store, func(sd *seeder) {
 			// Deleted: finished long ago, nothing holds them.
 			for i := range oldDone {
-				sd.entry(now.Add(-50*retentionDay-time.Duration(i)*time.Second), now.Add(-50*retentionDay+time.Duration(i)*time.Second), StateDone)
+				sd.entry(now.Add(-50*retentionDay-time.Duration(i)*time.Second), now.Add(-50*retentionDay+time.Duration(i)*time.Second), audit.Done)
 			}
 			// Deleted: just past the cutoff.
-			sd.entry(cutoff.Add(-time.Hour), cutoff.Add(-time.Minute), StateDone)
+			sd.entry(cutoff.Add(-time.Hour), cutoff.Add(-time.Minute), audit.Done)
 			// Kept: created long ago, finished just inside the retention.
-			keep(sd.entry(now.Add(-50*retentionDay), cutoff.Add(time.Minute), StateDone))
+			keep(sd.entry(now.Add(-50*retentionDay), cutoff.Add(time.Minute), audit.Done))
 			// Kept: recent.
 			for range 5 {
-				keep(sd.entry(now.Add(-retentionDay), now.Add(-retentionDay), StateDone))
+				keep(sd.entry(now.Add(-retentionDay), now.Add(-retentionDay), audit.Done))
 			}
 			// Kept: old but live, in every live state.
 			for _, s := range liveStates {
@@ -205,18 +206,18 @@ func TestRetentionDeletesExactly(t *testing.T) {
 			// Kept: a collection 15 days ago, past the retention but
 			// within the longest cooldown (20d): its cooldown may be in
 			// force, so the row and the entry it points at stay.
-			a, al := sd.entry(now.Add(-15*retentionDay), now.Add(-15*retentionDay), StateDone)
+			a, al := sd.entry(now.Add(-15*retentionDay), now.Add(-15*retentionDay), audit.Done)
 			keep(a, al)
 			sd.cooldown("m-held", "collect_investigation_package", now.Add(-15*retentionDay), a)
 			// Kept: a recent cooldown and its entry.
-			a, al = sd.entry(now.Add(-time.Hour), now.Add(-time.Hour), StateDone)
+			a, al = sd.entry(now.Add(-time.Hour), now.Add(-time.Hour), audit.Done)
 			keep(a, al)
 			sd.cooldown("m-recent", "collect_investigation_package", now.Add(-time.Hour), a)
 			// Deleted: cooldowns older than any rule's cooldown (a real
 			// one and a dry run's), then their entries.
-			a, _ = sd.entry(now.Add(-25*retentionDay), now.Add(-25*retentionDay), StateDone)
+			a, _ = sd.entry(now.Add(-25*retentionDay), now.Add(-25*retentionDay), audit.Done)
 			sd.cooldown("m-expired", "collect_investigation_package", now.Add(-25*retentionDay), a)
-			a, _ = sd.entry(now.Add(-25*retentionDay), now.Add(-25*retentionDay), StateDone)
+			a, _ = sd.entry(now.Add(-25*retentionDay), now.Add(-25*retentionDay), audit.Done)
 			sd.cooldown("m-expired", "dry_run:collect_investigation_package", now.Add(-25*retentionDay), a)
 			// Deleted: an alert decided long ago, which its sender will
 			// send again.
@@ -325,7 +326,7 @@ func TestRetentionUnderIntake(t *testing.T) {
 		const old = 2000
 		seed(t, e.store, func(sd *seeder) {
 			for range old {
-				sd.entry(now.Add(-50*retentionDay), now.Add(-50*retentionDay), StateDone)
+				sd.entry(now.Add(-50*retentionDay), now.Add(-50*retentionDay), audit.Done)
 			}
 		})
 
@@ -412,7 +413,7 @@ func TestRetentionUnderIntake(t *testing.T) {
 		}
 		// What was accepted is decided as usual, and stays.
 		last := accepted[len(accepted)-1]
-		e.waitEntry(last, func(*Entry) bool { return true })
+		e.waitEntry(last, func(*audit.Entry) bool { return true })
 		if res, err := r.pass(context.Background()); err != nil || res.audit != 0 {
 			t.Fatalf("second pass = %+v, %v; want nothing deleted", res, err)
 		}
@@ -431,8 +432,8 @@ func TestStoreGauges(t *testing.T) {
 		e := setup(t, envOpts{driver: driver, dsn: dsn, noStart: true})
 		now := time.Now()
 		seed(t, e.store, func(sd *seeder) {
-			a, _ := sd.entry(now, now, StateDone)
-			sd.entry(now, now, StateTracking)
+			a, _ := sd.entry(now, now, audit.Done)
+			sd.entry(now, now, audit.Tracking)
 			sd.alert(now, "")
 			sd.cooldown("m1", "collect_investigation_package", now, a)
 			for range 4 {
@@ -534,7 +535,7 @@ func TestRetentionLoop(t *testing.T) {
 	now := time.Now()
 	seed(t, e.store, func(sd *seeder) {
 		for range old {
-			sd.entry(now.Add(-50*retentionDay), now.Add(-50*retentionDay), StateDone)
+			sd.entry(now.Add(-50*retentionDay), now.Add(-50*retentionDay), audit.Done)
 		}
 	})
 	e.start()
@@ -594,7 +595,7 @@ func TestEvaluateJobSkipsDeletedAlerts(t *testing.T) {
 	if err := (&evaluateWorker{p: e.p}).Work(context.Background(), job); err != nil {
 		t.Fatalf("the job failed: %v", err)
 	}
-	if got := e.entryFor("da-kept"); got == nil || got.Decision != DecisionNoMatch {
+	if got := e.entryFor("da-kept"); got == nil || got.Decision != audit.NoMatch {
 		t.Fatalf("the remaining alert: %+v", got)
 	}
 }

@@ -361,6 +361,13 @@ CREATE INDEX responder_cooldown_audit ON responder_cooldown (audit_id);
 	sql: `
 ALTER TABLE responder_audit ADD COLUMN settle_until BIGINT NOT NULL DEFAULT 0;
 `,
+}, {
+	// The machine attributes the rules read for a decision (JSON; '' when
+	// they read none), so that a replay sees what the rules saw (SPEC 11).
+	version: 7,
+	sql: `
+ALTER TABLE responder_audit ADD COLUMN machine TEXT NOT NULL DEFAULT '';
+`,
 }}
 
 // forDriver adapts a migration written for SQLite to the driver: the only

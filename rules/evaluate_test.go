@@ -256,24 +256,6 @@ rules:
 	}
 }
 
-func TestMetricLabels(t *testing.T) {
-	t.Parallel()
-	cases := []struct {
-		d            Decision
-		rule, result string
-	}{
-		{Decision{}, "none", "no_match"},
-		{Decision{Matched: true, Rule: "dc", Action: ActionIgnore}, "dc", "ignore"},
-		{Decision{Matched: true, Rule: "r", Action: ActionCollect, DryRun: true}, "r", "dry_run"},
-		{Decision{Matched: true, Rule: "r", Action: ActionCollect}, "r", "collect"},
-	}
-	for _, tc := range cases {
-		if tc.d.MetricRule() != tc.rule || tc.d.MetricDecision() != tc.result {
-			t.Errorf("%+v: labels %s/%s, want %s/%s", tc.d, tc.d.MetricRule(), tc.d.MetricDecision(), tc.rule, tc.result)
-		}
-	}
-}
-
 func TestActions(t *testing.T) {
 	t.Parallel()
 	for _, a := range Actions {

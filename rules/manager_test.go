@@ -323,7 +323,7 @@ func TestManagerConcurrentReload(t *testing.T) {
 
 	wantLen := map[string]int{"A": 3, "B": 4}
 	// checkSet verifies one snapshot and one decision taken on it.
-	checkSet := func(s *Set, d Decision) error {
+	checkSet := func(s *Set, d Match) error {
 		infos := s.Rules()
 		v := strings.TrimPrefix(infos[0].Description, "version ")
 		if wantLen[v] != len(infos) {

@@ -7,17 +7,31 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/internal/yamlx"
 )
+
+// decisionNames lists the decisions for a message.
+func decisionNames() string {
+	q := make([]string, 0, len(audit.Decisions()))
+	for _, d := range audit.Decisions() {
+		q = append(q, string(d))
+	}
+	return strings.Join(q, ", ")
+}
 
 // MachineConfig gives the machine attributes of SPEC section 6.2 by the
 // names rules use. Rule tests and `responder eval --machine` read it; the
 // machine id always comes from the alert.
 type MachineConfig struct {
+	// ID is the machine id an alert that names only a host resolves to:
+	// these tools do not ask Defender. Ignored for alerts that name an id.
+	ID               string    `yaml:"id"`
 	Name             string    `yaml:"name"`
 	OSPlatform       string    `yaml:"os_platform"`
 	HealthStatus     string    `yaml:"health_status"`
@@ -28,6 +42,85 @@ type MachineConfig struct {
 	Group            string    `yaml:"group"`
 	OnboardingStatus string    `yaml:"onboarding_status"`
 	LastSeen         time.Time `yaml:"last_seen"`
+	// Unavailable says that the machine's attributes could not be had, as
+	// when Defender fails: rules that read machine.* are not evaluated.
+	Unavailable bool `yaml:"unavailable"`
+}
+
+// Input returns what the decision knows of the machine of alert a: these
+// attributes (Machine), or that they are unavailable. An alert that names
+// only a host is resolved to ID, as the service resolves it through
+// Defender; without an ID it cannot be decided.
+func (mc *MachineConfig) Input(a *alert.Alert) Machine {
+	var in Machine
+	if a.MachineID == "" {
+		if mc == nil || mc.ID == "" {
+			in.Unavailable = fmt.Sprintf("machine name %q cannot be resolved here: give the id it resolves to (machine: {id: ...})", a.MachineName)
+			return in
+		}
+		a.MachineID = strings.ToLower(mc.ID)
+		in.Notes = append(in.Notes, fmt.Sprintf("machine name %q resolved to %s (given)", a.MachineName, a.MachineID))
+	}
+	if mc != nil && mc.Unavailable {
+		in.Unavailable = "the machine's attributes are given as unavailable"
+		return in
+	}
+	m := mc.Machine(a)
+	in.Attributes = &m
+	return in
+}
+
+// GivenState is the state a rule test (`state:`) or `responder eval
+// --state FILE` decides in; by default nothing holds an action back.
+type GivenState struct {
+	// Paused is the kill switch.
+	Paused bool `yaml:"paused"`
+	// DryRun is defender.dry_run.
+	DryRun bool `yaml:"dry_run"`
+	// CircuitOpen says that the circuit breaker's safety limits are
+	// reached.
+	CircuitOpen bool `yaml:"circuit_open"`
+	// LastActions are the machine's last decisions holding a cooldown.
+	LastActions []GivenAction `yaml:"last_actions"`
+}
+
+// GivenAction is a decision the machine had: an action, that long ago.
+type GivenAction struct {
+	Action Action        `yaml:"action"`
+	Ago    time.Duration `yaml:"ago"`
+	// DryRun marks a dry-run decision (its cooldown is its own).
+	DryRun bool `yaml:"dry_run"`
+}
+
+// Memory returns the state as seen at now by machineID's decision (a nil
+// GivenState is the default state).
+func (g *GivenState) Memory(machineID string, now time.Time) *Memory {
+	m := NewMemory(CircuitLimits{})
+	m.SetNow(now)
+	if g == nil {
+		return m
+	}
+	m.SetPaused(g.Paused)
+	if g.CircuitOpen {
+		m.ForceCircuitOpen("the safety limits are given as reached")
+	}
+	for _, l := range g.LastActions {
+		m.SetLastAction(machineID, CooldownKey(l.Action, l.DryRun), now.Add(-l.Ago), 0)
+	}
+	return m
+}
+
+// LoadStateFile reads a GivenState from a YAML or JSON file.
+func LoadStateFile(path string) (*GivenState, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	var g GivenState
+	if _, err := yamlx.Decode(path, data, &g); err != nil {
+		return nil, err
+	}
+	return &g, nil
 }
 
 // Machine returns the machine of alert a with these attributes. Its id is
@@ -55,10 +148,22 @@ func LoadMachineFile(path string) (*MachineConfig, error) {
 		return nil, fmt.Errorf("reading machine file: %w", err)
 	}
 	var mc MachineConfig
-	if _, err := yamlx.Decode(path, data, &mc); err != nil {
+	pos, err := yamlx.Decode(path, data, &mc)
+	if err != nil {
 		return nil, err
 	}
+	if msg := mc.check(); msg != "" {
+		return nil, fmt.Errorf("%s: id: %s", pos.Lookup(path, "id"), msg)
+	}
 	return &mc, nil
+}
+
+// check returns what is wrong with the given machine, or "".
+func (mc *MachineConfig) check() string {
+	if mc != nil && mc.ID != "" && !alert.ValidMachineID(mc.ID) {
+		return fmt.Sprintf("%q is not a machine id (40 hexadecimal characters)", mc.ID)
+	}
+	return ""
 }
 
 // testFileConfig is a rule test file (SPEC section 6.4).
@@ -78,6 +183,9 @@ type testCaseConfig struct {
 	PayloadFile string         `yaml:"payload_file"`
 	Payload     any            `yaml:"payload"`
 	Machine     *MachineConfig `yaml:"machine"`
+	// State is the store's state when the alert arrives (default: nothing
+	// holds an action back).
+	State *GivenState `yaml:"state"`
 	// Expect lists one entry per machine a rule matched; [] means none.
 	Expect *[]expectConfig `yaml:"expect"`
 }
@@ -85,9 +193,10 @@ type testCaseConfig struct {
 type expectConfig struct {
 	MachineID string `yaml:"machine_id"`
 	Rule      string `yaml:"rule"`
-	// Action and Comment are compared only when given.
-	Action  *Action `yaml:"action"`
-	Comment *string `yaml:"comment"`
+	// Action, Decision and Comment are compared only when given.
+	Action   *Action         `yaml:"action"`
+	Decision *audit.Decision `yaml:"decision"`
+	Comment  *string         `yaml:"comment"`
 }
 
 // testCase is a checked test case, ready to run.
@@ -97,6 +206,7 @@ type testCase struct {
 	format  alert.Format
 	payload []byte
 	machine *MachineConfig
+	state   *GivenState
 	expect  []expectConfig
 }
 
@@ -187,7 +297,7 @@ func loadTestFile(path string) (*testFile, error) {
 	names := map[string]yamlx.Position{}
 	for i, tcfg := range cfg.Tests {
 		p := fmt.Sprintf("tests[%d]", i)
-		tc := testCase{name: strings.TrimSpace(tcfg.Name), pos: at(p + ".name"), machine: tcfg.Machine, format: alert.FormatDefender}
+		tc := testCase{name: strings.TrimSpace(tcfg.Name), pos: at(p + ".name"), machine: tcfg.Machine, state: tcfg.State, format: alert.FormatDefender}
 		if tc.name == "" {
 			c.add(at(p+".name"), p+".name", "a test needs a name")
 		} else if first, dup := names[tc.name]; dup {
@@ -220,6 +330,9 @@ func loadTestFile(path string) (*testFile, error) {
 		default:
 			c.add(at(p), p, "give the alert as payload (inline) or payload_file")
 		}
+		if msg := tcfg.Machine.check(); msg != "" {
+			c.add(at(p+".machine.id"), p+".machine.id", "%s", msg)
+		}
 		if tcfg.Expect == nil {
 			c.add(at(p+".expect"), p+".expect", "missing: list the expected decisions, or expect: [] when no rule may match")
 		} else {
@@ -235,6 +348,9 @@ func loadTestFile(path string) (*testFile, error) {
 			}
 			if e.Comment != nil && e.Action != nil && !e.Action.SendsComment() {
 				c.add(at(ep+".comment"), ep+".comment", "action %s sends no comment", *e.Action)
+			}
+			if e.Decision != nil && !slices.Contains(audit.Decisions(), *e.Decision) {
+				c.add(at(ep+".decision"), ep+".decision", "unknown decision %q (want one of %s)", *e.Decision, decisionNames())
 			}
 		}
 		tf.cases = append(tf.cases, tc)
@@ -260,11 +376,12 @@ type outcome struct {
 	machineID string
 	rule      string
 	action    Action
+	decision  audit.Decision
 	comment   string // only for actions that send one
 }
 
 func (o outcome) String() string {
-	s := fmt.Sprintf("{machine_id: %s, rule: %s, action: %s", o.machineID, o.rule, o.action)
+	s := fmt.Sprintf("{machine_id: %s, rule: %s, action: %s, decision: %s", o.machineID, o.rule, o.action, o.decision)
 	if o.action.SendsComment() {
 		s += fmt.Sprintf(", comment: %q", o.comment)
 	}
@@ -276,6 +393,9 @@ func expectString(e expectConfig) string {
 	if e.Action != nil {
 		s += fmt.Sprintf(", action: %s", *e.Action)
 	}
+	if e.Decision != nil {
+		s += fmt.Sprintf(", decision: %s", *e.Decision)
+	}
 	if e.Comment != nil {
 		s += fmt.Sprintf(", comment: %q", *e.Comment)
 	}
@@ -285,6 +405,7 @@ func expectString(e expectConfig) string {
 func (e expectConfig) matches(o outcome) bool {
 	return e.MachineID == o.machineID && e.Rule == o.rule &&
 		(e.Action == nil || *e.Action == o.action) &&
+		(e.Decision == nil || *e.Decision == o.decision) &&
 		(e.Comment == nil || *e.Comment == o.comment)
 }
 
@@ -310,14 +431,19 @@ func (tc *testCase) run(w io.Writer, set *Set) bool {
 			notes = append(notes, fmt.Sprintf("alert %s names no machine: not evaluated", a.ID))
 			continue
 		}
-		m := tc.machine.Machine(a)
-		d := set.Evaluate(a, &m)
+		now := time.Now()
+		d, err := Decide(Input{Alert: a, Machine: tc.machine.Input(a), Rules: set,
+			State: tc.state.Memory(a.MachineID, now), DryRun: tc.state != nil && tc.state.DryRun, Now: now})
+		if err != nil { // a Memory state does not fail
+			fmt.Fprintf(w, "FAIL %s (%s)\n    %v\n", tc.name, tc.pos, err)
+			return false
+		}
 		why = append(why, fmt.Sprintf("%s: %s", id, d.Reason))
 		for _, e := range d.Errors {
 			notes = append(notes, "warning: "+e.Error())
 		}
-		if d.Matched {
-			got = append(got, outcome{machineID: id, rule: d.Rule, action: d.Action, comment: d.Comment})
+		if d.Matched() {
+			got = append(got, outcome{machineID: id, rule: d.Rule, action: d.Action, decision: d.Decision, comment: d.Comment})
 		}
 	}
 

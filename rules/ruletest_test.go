@@ -24,10 +24,10 @@ func TestRunTests(t *testing.T) {
 PASS ignored, comment not compared
 FAIL wrong rule and comment (testdata/ruletests/cases_test.yaml:15:11)
     - expected, not got: {machine_id: ` + machine + `, rule: high, comment: "alert x"}
-    + got, not expected: {machine_id: ` + machine + `, rule: never-dc, action: ignore}
+    + got, not expected: {machine_id: ` + machine + `, rule: never-dc, action: ignore, decision: ignore}
     why ` + machine + `: rule "never-dc" matched (ignore: no action): "domain-controller" in machine.tags
 FAIL expected nothing (testdata/ruletests/cases_test.yaml:20:11)
-    + got, not expected: {machine_id: ` + machine + `, rule: high, action: collect_investigation_package, comment: "alert da1 on  ()"}
+    + got, not expected: {machine_id: ` + machine + `, rule: high, action: collect_investigation_package, decision: collect, comment: "alert da1 on  ()"}
     expected: no rule matches (expect: [])
     why ` + machine + `: rule "high" matched: alert.severity == "high"
 FAIL payload that does not decode (testdata/ruletests/cases_test.yaml:24:11)
@@ -93,8 +93,16 @@ func TestMachineConfig(t *testing.T) {
 	if m := none.Machine(a); m.ID != testMachineID || m.Name != "from-alert" {
 		t.Fatalf("machine of a nil config = %+v", m)
 	}
-	writeFile(t, path, "id: x\n")
-	if _, err := LoadMachineFile(path); err == nil || !strings.HasSuffix(err.Error(), `:1:1: id: unknown key`) {
-		t.Fatalf("machine file with an id: err = %v", err)
+	// An id is what an alert naming only a host resolves to: a machine id.
+	writeFile(t, path, "tags: [a]\nid: x\n")
+	if _, err := LoadMachineFile(path); err == nil || !strings.HasSuffix(err.Error(), `:2:5: id: "x" is not a machine id (40 hexadecimal characters)`) {
+		t.Fatalf("machine file with a bad id: err = %v", err)
+	}
+	named := &alert.Alert{ID: "a1", MachineName: "pc1.example.com"}
+	if in := (&MachineConfig{}).Input(named); in.Unavailable == "" || named.MachineID != "" {
+		t.Fatalf("a host without a given id was decided on: %+v", in)
+	}
+	if in := (&MachineConfig{ID: strings.ToUpper(testMachineID)}).Input(named); in.Attributes == nil || named.MachineID != testMachineID {
+		t.Fatalf("a host with a given id: %+v, alert machine %q", in, named.MachineID)
 	}
 }

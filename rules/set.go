@@ -23,7 +23,6 @@ import (
 	"github.com/expr-lang/expr/vm"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/metrics"
 )
 
 // Set is a compiled, immutable rule set: the rules of every file, in order.
@@ -125,9 +124,11 @@ func (s *Set) Rules() []RuleInfo {
 // Files describes the loaded files, in merge order.
 func (s *Set) Files() []FileInfo { return append([]FileInfo(nil), s.files...) }
 
-// Decision is what the rule set decided for one alert and machine. It
-// explains itself: Reason says which rule matched and why, or that none did.
-type Decision struct {
+// Match is what the rules alone say of one alert and machine: which rule
+// matched first, if any. It explains itself: Reason says which rule matched
+// and why, or that none did. Decide turns it into the decision, with the
+// state (cooldown, kill switch, circuit breaker, dry run).
+type Match struct {
 	// Matched is true when a rule matched (false means no_match).
 	Matched bool
 	// Rule is the deciding rule's name, "" when none matched.
@@ -162,31 +163,6 @@ func (e EvalError) Error() string { return fmt.Sprintf("rule %q: %v", e.Rule, e.
 // Unwrap returns the underlying error.
 func (e EvalError) Unwrap() error { return e.Err }
 
-// MetricRule returns the rule label of responder_decisions_total: the rule
-// name, or metrics.NoRule when no rule matched.
-func (d Decision) MetricRule() string {
-	if !d.Matched {
-		return metrics.NoRule
-	}
-	return d.Rule
-}
-
-// MetricDecision returns the decision label of responder_decisions_total as
-// the rules alone decide it: no_match, ignore, dry_run or collect. The
-// pipeline replaces collect by cooldown, circuit_open or paused when those
-// suppress the action, and by dry_run when the global dry run is on.
-func (d Decision) MetricDecision() string {
-	switch {
-	case !d.Matched:
-		return "no_match"
-	case d.Action == ActionIgnore:
-		return "ignore"
-	case d.DryRun:
-		return "dry_run"
-	}
-	return "collect"
-}
-
 var (
 	vmPool  = sync.Pool{New: func() any { return &vm.VM{} }}
 	envPool = sync.Pool{New: func() any { return &env{} }}
@@ -197,9 +173,9 @@ var (
 // zero values. The first enabled rule whose condition is true decides; a
 // resolved alert is only considered by rules with on_resolved: true. A rule
 // whose condition fails at run time (a type error on unexpected data) counts
-// as not matching and is listed in Decision.Errors. Evaluate never panics on
+// as not matching and is listed in Match.Errors. Evaluate never panics on
 // alert data.
-func (s *Set) Evaluate(a *alert.Alert, m *alert.Machine) Decision {
+func (s *Set) Evaluate(a *alert.Alert, m *alert.Machine) Match {
 	e := envPool.Get().(*env)
 	if a != nil {
 		e.Alert = *a
@@ -246,11 +222,11 @@ func (s *Set) Evaluate(a *alert.Alert, m *alert.Machine) Decision {
 	if skipped > 0 {
 		reason += fmt.Sprintf(" (the alert is resolved: %d rules without on_resolved: true did not consider it)", skipped)
 	}
-	return Decision{Reason: reason + errorsSuffix(errs), Errors: errs}
+	return Match{Reason: reason + errorsSuffix(errs), Errors: errs}
 }
 
-func (r *rule) decide(e *env, errs []EvalError) Decision {
-	d := Decision{
+func (r *rule) decide(e *env, errs []EvalError) Match {
+	d := Match{
 		Matched:  true,
 		Rule:     r.name,
 		Action:   r.action,
