@@ -12,7 +12,7 @@ import (
 
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/config"
-	"github.com/responder-dev/responder/pipeline"
+	"github.com/responder-dev/responder/store"
 )
 
 // cmdActions lists the audit trail from the store, newest first. It opens the
@@ -28,8 +28,8 @@ func cmdActions(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *limit <= 0 || *limit > pipeline.MaxLimit {
-		fmt.Fprintf(stderr, "responder actions: --limit must be from 1 to %d\n", pipeline.MaxLimit)
+	if *limit <= 0 || *limit > store.MaxLimit {
+		fmt.Fprintf(stderr, "responder actions: --limit must be from 1 to %d\n", store.MaxLimit)
 		return 2
 	}
 	if *beforeID < 0 {
@@ -60,13 +60,13 @@ func cmdActions(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := pipeline.OpenStoreReadOnly(ctx, cfg.Store.Driver, cfg.Store.DSN)
+	st, err := store.OpenReadOnly(ctx, cfg.Store.Driver, cfg.Store.DSN)
 	if err != nil {
 		fmt.Fprintf(stderr, "responder actions: %s\n", oneLine(err))
 		return 1
 	}
-	defer store.Close()
-	page, err := store.EntriesPage(ctx, pipeline.Filter{MachineID: *machine, Status: *status, Limit: *limit, BeforeID: *beforeID})
+	defer st.Close()
+	page, err := st.EntriesPage(ctx, store.Filter{MachineID: *machine, Status: *status, Limit: *limit, BeforeID: *beforeID})
 	if err != nil {
 		fmt.Fprintf(stderr, "responder actions: %s\n", oneLine(err))
 		return 1

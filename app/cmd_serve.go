@@ -22,7 +22,9 @@ import (
 	"github.com/responder-dev/responder/handlers"
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/pipeline"
+	"github.com/responder-dev/responder/quota"
 	"github.com/responder-dev/responder/rules"
+	"github.com/responder-dev/responder/store"
 )
 
 // submitTimeout bounds how long a webhook waits for the store before 503.
@@ -97,18 +99,18 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	if err != nil {
 		return fmt.Errorf("rules: %w", err)
 	}
-	store, err := pipeline.OpenStore(ctx, cfg.Store.Driver, cfg.Store.DSN)
+	st, err := store.Open(ctx, cfg.Store.Driver, cfg.Store.DSN)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-	if store.Created && dev == nil {
+	defer st.Close()
+	if st.Created && dev == nil {
 		// Not an error on a first start, but after a wrong path it would
 		// mean that every cooldown and dedup key is gone: say so.
 		logger.Warn("new empty store created", zap.String("store", cfg.Store.Driver), zap.String("path", cfg.Store.DSN))
 	}
 
-	limiters, err := quotaLimiters(ctx, cfg, store, logger)
+	limiters, err := quotaLimiters(ctx, cfg, st, logger)
 	if err != nil {
 		return err
 	}
@@ -122,12 +124,12 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	}
 	// A nil *Client must become a nil interface, not a typed nil.
 	var api defender.API
-	var quota defender.Limiter
+	var quota quota.Limiter
 	if client != nil {
 		api = client
 		quota = limiters[defender.GroupActions]
 	}
-	p, err := pipeline.New(store, api, quota, rm, m, logger, pipeline.Config{
+	p, err := pipeline.New(st, api, quota, rm, m, logger, pipeline.Config{
 		DryRun:                cfg.Defender.DryRun,
 		PollInterval:          cfg.Defender.PollInterval,
 		ActionTimeout:         cfg.Defender.ActionTimeout,
@@ -229,7 +231,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 
 // newDefender builds the Defender client, or returns nil in dry-run mode
 // without credentials (decisions are then recorded, nothing is looked up).
-func newDefender(cfg *config.Config, limiters map[defender.Group]defender.Limiter, m *metrics.Metrics, logger *zap.Logger, onRoles func([]string)) (*defender.Client, error) {
+func newDefender(cfg *config.Config, limiters map[defender.Group]quota.Limiter, m *metrics.Metrics, logger *zap.Logger, onRoles func([]string)) (*defender.Client, error) {
 	d := cfg.Defender
 	if cfg.Secrets.DefenderClientSecret == "" && d.CertificateFile == "" && d.FederatedTokenFile == "" {
 		if d.DryRun {
@@ -241,7 +243,7 @@ func newDefender(cfg *config.Config, limiters map[defender.Group]defender.Limite
 		Cloud: d.Cloud, APIURL: d.APIURL, TokenURL: d.TokenURL, TenantID: d.TenantID, ClientID: d.ClientID,
 		ClientSecret: cfg.Secrets.DefenderClientSecret, FederatedTokenFile: d.FederatedTokenFile,
 		RateLimit: defender.RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
-		UserAgent: UserAgent(), Timeout: requestTimeout, LimiterSlack: defender.DefaultLimiterSlack,
+		UserAgent: UserAgent(), Timeout: requestTimeout, LimiterSlack: quota.DefaultSlack,
 		PackageHosts: d.PackageHosts, MaxPackageBytes: d.MaxPackageBytes,
 	}
 	if d.CertificateFile != "" {
@@ -282,22 +284,21 @@ func goOwned(ctx context.Context, fn func(context.Context)) (stop func()) {
 // every call in the store before it is sent, so that a restart, even a
 // crash loop, never grants a fresh quota: on PostgreSQL they are shared by
 // the replicas; on SQLite (one node) they wait in process.
-func quotaLimiters(ctx context.Context, cfg *config.Config, store *pipeline.Store, logger *zap.Logger) (map[defender.Group]defender.Limiter, error) {
+func quotaLimiters(ctx context.Context, cfg *config.Config, st *store.Store, logger *zap.Logger) (map[defender.Group]quota.Limiter, error) {
 	rl := cfg.Defender.RateLimit
-	quota := func(g defender.Group) (int, int) {
+	windows := func(g defender.Group) quota.Windows {
 		if g == defender.GroupPackageURI {
-			return defender.PackageURIPerMinute, defender.PackageURIPerHour
+			return quota.Windows{PerMinute: defender.PackageURIPerMinute, PerHour: defender.PackageURIPerHour, Slack: quota.DefaultSlack}
 		}
-		return rl.PerMinute, rl.PerHour
+		return quota.Windows{PerMinute: rl.PerMinute, PerHour: rl.PerHour, Slack: quota.DefaultSlack}
 	}
-	limiters := map[defender.Group]defender.Limiter{}
+	limiters := map[defender.Group]quota.Limiter{}
 	for _, g := range defender.Groups {
-		perMinute, perHour := quota(g)
-		if store.Driver == pipeline.DriverPostgres {
-			limiters[g] = pipeline.NewSharedLimiter(store, string(g), perMinute, perHour)
+		if st.Driver == store.DriverPostgres {
+			limiters[g] = quota.NewShared(st, string(g), windows(g))
 			continue
 		}
-		l, err := pipeline.NewLocalLimiter(ctx, store, string(g), perMinute, perHour, logger.Named("quota"))
+		l, err := quota.NewLocal(ctx, st, string(g), windows(g))
 		if err != nil {
 			return nil, err
 		}
@@ -324,7 +325,7 @@ func adminAPI(p *pipeline.Pipeline, rm *rules.Manager) handlers.AdminAPI {
 		Resume: p.Resume,
 		Paused: p.Paused,
 		Actions: func(ctx context.Context, q handlers.ActionsQuery) (any, error) {
-			return p.Store().EntriesPage(ctx, pipeline.Filter{MachineID: q.Machine, Status: q.Status, Limit: q.Limit, BeforeID: q.BeforeID})
+			return p.Store().EntriesPage(ctx, store.Filter{MachineID: q.Machine, Status: q.Status, Limit: q.Limit, BeforeID: q.BeforeID})
 		},
 		Action: func(ctx context.Context, id string) (any, error) {
 			n, err := strconv.ParseInt(strings.TrimSpace(id), 10, 64)
@@ -332,7 +333,7 @@ func adminAPI(p *pipeline.Pipeline, rm *rules.Manager) handlers.AdminAPI {
 				return nil, handlers.ErrNotFound
 			}
 			e, err := p.Store().Entry(ctx, n)
-			if errors.Is(err, pipeline.ErrNoEntry) {
+			if errors.Is(err, store.ErrNoEntry) {
 				return nil, handlers.ErrNotFound
 			}
 			return e, err

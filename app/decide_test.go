@@ -21,6 +21,7 @@ import (
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/pipeline"
 	"github.com/responder-dev/responder/rules"
+	"github.com/responder-dev/responder/store"
 )
 
 // Rule sets of TestOneDecisionEverywhere: machineRules read machine.tags,
@@ -151,11 +152,11 @@ func decideInPipeline(t *testing.T, tc decisionCase, rulesFile string) (worker, 
 	}
 	m := metrics.New(prometheus.NewRegistry())
 	logger := zap.NewNop()
-	store, err := pipeline.OpenStore(ctx, pipeline.DriverSQLite, filepath.Join(t.TempDir(), "r.db"))
+	st, err := store.Open(ctx, store.DriverSQLite, filepath.Join(t.TempDir(), "r.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(store.Close)
+	t.Cleanup(st.Close)
 	client, err := defender.New(defender.Config{APIURL: sim.URL(), TokenURL: sim.TokenURL(), TenantID: defendertest.DevTenantID,
 		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret, UserAgent: "responder/test"},
 		m, logger, defender.WithLimiter(defender.GroupActions, nil))
@@ -173,7 +174,7 @@ func decideInPipeline(t *testing.T, tc decisionCase, rulesFile string) (worker, 
 	if tc.circuit {
 		cfg.MaxCollectionsPerHour = 1
 	}
-	p, err := pipeline.New(store, client, nil, rm, m, logger, cfg)
+	p, err := pipeline.New(st, client, nil, rm, m, logger, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +190,7 @@ func decideInPipeline(t *testing.T, tc decisionCase, rulesFile string) (worker, 
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
 		for time.Now().Before(deadline) {
-			es, err := store.Entries(ctx, pipeline.Filter{Limit: 100})
+			es, err := st.Entries(ctx, store.Filter{Limit: 100})
 			if err != nil {
 				t.Fatal(err)
 			}

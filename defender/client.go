@@ -34,6 +34,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/quota"
 )
 
 // Operation names: a closed set, used as the operation metric label and the
@@ -105,7 +106,7 @@ type Option func(*options)
 
 type options struct {
 	clock    Clock
-	limiters map[Group]Limiter
+	limiters map[Group]quota.Limiter
 	fedCheck time.Duration
 	onRoles  func(roles []string)
 }
@@ -127,7 +128,7 @@ func WithClock(c Clock) Option {
 // WithLimiter replaces the quota limiter of one API group (default: a
 // WindowLimiter with Config.RateLimit, or 2/min and 120/h for
 // GroupPackageURI). A nil limiter lets that group's calls through unlimited.
-func WithLimiter(g Group, l Limiter) Option {
+func WithLimiter(g Group, l quota.Limiter) Option {
 	return func(o *options) { o.limiters[g] = l }
 }
 
@@ -143,7 +144,7 @@ type Client struct {
 	m        *metrics.Metrics
 	logger   *zap.Logger
 	clock    Clock
-	limiters map[Group]Limiter
+	limiters map[Group]quota.Limiter
 	tokens   *tokenSource
 	http     *http.Client // API calls: follows no redirect
 	download *http.Client // package downloads: every hop checked
@@ -158,7 +159,7 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 	if err != nil {
 		return nil, err
 	}
-	o := options{limiters: map[Group]Limiter{}, fedCheck: DefaultFederatedTokenCheck}
+	o := options{limiters: map[Group]quota.Limiter{}, fedCheck: DefaultFederatedTokenCheck}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -176,7 +177,7 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 		m:        m,
 		logger:   logger.Named("defender"),
 		clock:    o.clock,
-		limiters: map[Group]Limiter{},
+		limiters: map[Group]quota.Limiter{},
 		onRoles:  o.onRoles,
 	}
 	// One clone of the caller's client per purpose, each with its own
@@ -198,9 +199,9 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 			continue
 		}
 		if g == GroupPackageURI {
-			c.limiters[g] = NewWindowLimiter(PackageURIPerMinute, PackageURIPerHour, o.clock).WithSlack(r.LimiterSlack)
+			c.limiters[g] = quota.NewWindowLimiter(PackageURIPerMinute, PackageURIPerHour, o.clock).WithSlack(r.LimiterSlack)
 		} else {
-			c.limiters[g] = NewWindowLimiter(r.RateLimit.PerMinute, r.RateLimit.PerHour, o.clock).WithSlack(r.LimiterSlack)
+			c.limiters[g] = quota.NewWindowLimiter(r.RateLimit.PerMinute, r.RateLimit.PerHour, o.clock).WithSlack(r.LimiterSlack)
 		}
 	}
 	var cred credential
@@ -352,7 +353,7 @@ func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 		e.Code, e.Message, e.Target = c.tokens.scrub(e.Code), c.tokens.scrub(e.Message), c.tokens.scrub(e.Target)
 		if e.Outcome == OutcomeRateLimited {
 			// Every call of the group would be refused until then.
-			throttle(c.limiters[r.group], c.clock.Now().Add(e.RetryAfter))
+			quota.Throttle(c.limiters[r.group], c.clock.Now().Add(e.RetryAfter))
 		}
 		c.logFailure(&r, e)
 		return nil, e

@@ -76,7 +76,7 @@ type Config struct {
 	// 100/min and 1500/h.
 	RateLimit RateLimit
 	// LimiterSlack lengthens the quota windows of the default limiters (0:
-	// exact windows; the service uses DefaultLimiterSlack).
+	// exact windows; the service uses quota.DefaultSlack).
 	LimiterSlack time.Duration
 	// UserAgent is sent on every request: "responder/<version>". Default
 	// "responder".

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -70,21 +69,8 @@ func (p *Pipeline) backgroundLoop(ctx context.Context) {
 func (p *Pipeline) refreshQueueGauges(ctx context.Context) error {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	rows, err := p.store.DB.QueryContext(qctx, `SELECT kind, state, COUNT(*) FROM river_job GROUP BY kind, state`)
+	seen, err := p.store.JobCounts(qctx)
 	if err != nil {
-		return fmt.Errorf("counting jobs: %w", err)
-	}
-	defer rows.Close()
-	seen := map[[2]string]float64{}
-	for rows.Next() {
-		var kind, state string
-		var n float64
-		if err := rows.Scan(&kind, &state, &n); err != nil {
-			return fmt.Errorf("counting jobs: %w", err)
-		}
-		seen[[2]string{kind, state}] = n
-	}
-	if err := rows.Err(); err != nil {
 		return err
 	}
 	for _, k := range jobKinds {
@@ -100,22 +86,14 @@ func (p *Pipeline) refreshQueueGauges(ctx context.Context) error {
 func (p *Pipeline) refreshCircuit(ctx context.Context) error {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	open, why, err := p.circuitCheck(qctx, p.store.DB, "", p.cfg.Now())
+	lastHour, machines, err := p.store.CircuitWindows(qctx, p.cfg.Now())
 	if err != nil {
 		return err
 	}
-	if !open {
-		// The machine limit only bites for a new machine: count as open
-		// while the distinct machine count is at the limit.
-		var machines int
-		if err := p.store.DB.QueryRowContext(qctx, `SELECT COUNT(DISTINCT machine_id) FROM responder_audit WHERE decision = 'collect' AND created_at > $1`,
-			ms(p.cfg.Now().Add(-10*time.Minute))).Scan(&machines); err != nil {
-			return fmt.Errorf("counting recent machines: %w", err)
-		}
-		if machines >= p.cfg.MaxMachinesPer10m {
-			open, why = true, fmt.Sprintf("%d distinct machines in the last 10 minutes", machines)
-		}
-	}
+	// The machine limit only bites for a new machine: the breaker counts as
+	// open while the distinct machines are at the limit.
+	why := p.limits().Why(lastHour, machines, false)
+	open := why != ""
 	was := p.circuitOpen.Swap(open)
 	switch {
 	case open && !was:

@@ -4,9 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/responder-dev/responder/store"
 	"github.com/riverqueue/river"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -88,25 +88,17 @@ func (p *Pipeline) dispatcher(ctx context.Context) {
 // dispatchOnce enqueues the evaluation of up to dispatchBatch undispatched
 // alert rows and returns how many it took.
 func (p *Pipeline) dispatchOnce(ctx context.Context) (int, error) {
-	if p.store.Driver == DriverSQLite {
+	if p.store.Driver == store.DriverSQLite {
 		return p.dispatchSQLite(ctx)
 	}
 	// Replicas dispatch side by side without taking the same rows; a row is
 	// marked in the transaction that enqueues its job.
-	q := fmt.Sprintf(`UPDATE responder_alert SET dispatched = 1 WHERE id IN (
-SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING id`, dispatchBatch)
-	var ids []int64
-	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
-		var err error
-		if ids, err = queryIDs(ctx, tx, q); err != nil || len(ids) == 0 {
-			return err
-		}
+	return p.store.TakeUndispatched(ctx, dispatchBatch, func(tx *sql.Tx, ids []int64) error {
 		if _, err := p.client.InsertManyTx(ctx, tx, evaluateJobs(ids)); err != nil {
 			return fmt.Errorf("enqueueing evaluations: %w", err)
 		}
 		return nil
 	})
-	return len(ids), err
 }
 
 // dispatchSQLite enqueues the jobs first, in the queue's own transaction,
@@ -117,26 +109,14 @@ SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d FOR UPD
 // them once, whichever job comes first). The single node is the only
 // dispatcher, so no other one takes the same rows meanwhile.
 func (p *Pipeline) dispatchSQLite(ctx context.Context) (int, error) {
-	ids, err := queryIDs(ctx, p.store.DB, fmt.Sprintf(`SELECT id FROM responder_alert WHERE dispatched = 0 ORDER BY id LIMIT %d`, dispatchBatch))
+	ids, err := p.store.Undispatched(ctx, dispatchBatch)
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
 	if _, err := p.client.InsertMany(ctx, evaluateJobs(ids)); err != nil {
 		return 0, fmt.Errorf("enqueueing evaluations: %w", err)
 	}
-	err = p.store.redoableTx(ctx, func(tx *sql.Tx) error {
-		args := make([]any, len(ids))
-		marks := make([]string, len(ids))
-		for i, id := range ids {
-			args[i] = id
-			marks[i] = "?"
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE responder_alert SET dispatched = 1 WHERE id IN (`+strings.Join(marks, ", ")+`)`, args...); err != nil {
-			return fmt.Errorf("marking alerts dispatched: %w", err)
-		}
-		return nil
-	})
-	return len(ids), err
+	return len(ids), p.store.MarkDispatched(ctx, ids)
 }
 
 // evaluateJobs splits ids into evaluate jobs.
@@ -146,26 +126,4 @@ func evaluateJobs(ids []int64) []river.InsertManyParams {
 		jobs = append(jobs, river.InsertManyParams{Args: evaluateArgs{AlertRowIDs: ids[start:min(start+maxEvaluateBatch, len(ids))]}})
 	}
 	return jobs
-}
-
-func queryIDs(ctx context.Context, q interface {
-	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-}, query string) ([]int64, error) {
-	rows, err := q.QueryContext(ctx, query)
-	if err != nil {
-		return nil, fmt.Errorf("taking alerts to dispatch: %w", err)
-	}
-	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("taking alerts to dispatch: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("taking alerts to dispatch: %w", err)
-	}
-	return ids, nil
 }

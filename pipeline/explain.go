@@ -2,12 +2,11 @@ package pipeline
 
 import (
 	"context"
-	"database/sql"
-	"fmt"
 
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/rules"
+	"github.com/responder-dev/responder/store"
 )
 
 // Explanation is what the pipeline would decide for one alert and machine
@@ -72,11 +71,11 @@ func (p *Pipeline) Explain(ctx context.Context, format alert.Format, body []byte
 // then decided as unavailable, as the evaluator does once it gives up.
 func (p *Pipeline) explainOne(ctx context.Context, a alert.Alert, set *rules.Set) (Explanation, error) {
 	ex := Explanation{AlertID: a.ID, Source: string(a.Source), MachineID: a.MachineID, MachineName: a.MachineName, Rule: metrics.NoRule}
-	var dup int
-	if err := p.store.DB.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_alert WHERE dedup_key = $1`, a.DedupKey()).Scan(&dup); err != nil {
-		return ex, fmt.Errorf("checking for duplicates: %w", err)
+	dup, err := p.store.Stored(ctx, a.DedupKey())
+	if err != nil {
+		return ex, err
 	}
-	ex.Duplicate = dup > 0
+	ex.Duplicate = dup
 	// What intake ignores is never stored, so never decided: say so with
 	// intake's outcome, as the webhook would count it.
 	if reason := alert.IgnoreReason(&a, set.AcceptsResolved()); reason != "" {
@@ -89,14 +88,13 @@ func (p *Pipeline) explainOne(ctx context.Context, a alert.Alert, set *rules.Set
 	}
 	ex.MachineID = a.MachineID
 	// The state is only read; the transaction is rolled back.
-	tx, err := p.store.DB.BeginTx(ctx, &sql.TxOptions{ReadOnly: p.store.Driver == DriverPostgres})
-	if err != nil {
-		return ex, fmt.Errorf("evaluating: %w", err)
-	}
-	c := &claims{p: p, ctx: ctx, tx: tx, now: p.cfg.Now()}
-	d, err := rules.Decide(rules.Input{Alert: &a, Machine: m, Rules: set, State: c, DryRun: p.cfg.DryRun, Now: c.now})
-	c.close()
-	_ = tx.Rollback()
+	var d rules.Decision
+	now := p.cfg.Now()
+	err = p.store.Look(ctx, now, p.stateOptions(), func(v *store.View) error {
+		var err error
+		d, err = rules.Decide(rules.Input{Alert: &a, Machine: m, Rules: set, State: v, DryRun: p.cfg.DryRun, Now: now})
+		return err
+	})
 	if err != nil {
 		return ex, err
 	}

@@ -1,16 +1,22 @@
+// Package pipeline works the alerts the store has taken through the queue
+// (River on the store's database): the dispatcher turns stored alerts into
+// evaluation jobs; the evaluate worker gathers what the decision needs to
+// know of the machine (from Defender) and decides with rules.Decide; a
+// collection then lives as a state machine (collection.go) from queued to
+// done, sending the machine action and tracking it; the download worker
+// fetches its package. Background loops keep the gauges, the circuit
+// breaker's state, the sweep of unfinished collections, and retention. The
+// store holds every SQL statement, rules every decision, defender every
+// request to Defender.
 package pipeline
 
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +29,9 @@ import (
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/internal/logsample"
 	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/quota"
 	"github.com/responder-dev/responder/rules"
+	"github.com/responder-dev/responder/store"
 )
 
 // Config tunes the pipeline. Zero values take the defaults of SPEC section 4.
@@ -113,7 +121,7 @@ func (c Config) withDefaults() Config {
 		c.PostSettle = 5 * time.Minute
 	}
 	if c.Retention <= 0 {
-		c.Retention = DefaultRetention
+		c.Retention = store.DefaultRetention
 	}
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = DefaultRetentionInterval
@@ -155,7 +163,7 @@ const (
 const evaluateCooldown = 2 * time.Millisecond
 
 func evaluatePoll(driver string) time.Duration {
-	if driver == DriverPostgres {
+	if driver == store.DriverPostgres {
 		return fetchPoll
 	}
 	return slowPoll
@@ -164,9 +172,10 @@ func evaluatePoll(driver string) time.Duration {
 // Pipeline accepts alerts durably and works them through evaluate, collect
 // and track jobs on River.
 type Pipeline struct {
-	store    *Store
+	store    *store.Store
+	intake   *store.Intake
 	api      defender.API // nil when no Defender client exists (dry run without credentials)
-	quota    defender.Limiter
+	quota    quota.Limiter
 	rules    *rules.Manager
 	m        *metrics.Metrics
 	log      *zap.Logger
@@ -184,10 +193,6 @@ type Pipeline struct {
 
 	dispatchNow   chan struct{}
 	dispatchDone  chan struct{}
-	submits       chan *submitRequest
-	closing       chan struct{}
-	committerDone chan struct{}
-	insertSQLs    map[int]string // the committer's insert statements, by rows
 	bgCancel      context.CancelFunc
 	bgDone        chan struct{}
 	retentionDone chan struct{}
@@ -195,13 +200,13 @@ type Pipeline struct {
 
 // New builds the pipeline on an open store. api may be nil in dry-run mode;
 // quota is the action-POST limiter (nil: unlimited, for tests).
-func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manager, m *metrics.Metrics, logger *zap.Logger, cfg Config) (*Pipeline, error) {
+func New(st *store.Store, api defender.API, actionQuota quota.Limiter, rm *rules.Manager, m *metrics.Metrics, logger *zap.Logger, cfg Config) (*Pipeline, error) {
 	cfg = cfg.withDefaults()
 	if v := reflect.ValueOf(api); api != nil && v.Kind() == reflect.Pointer && v.IsNil() {
 		api = nil // a typed nil client is no client
 	}
 	p := &Pipeline{
-		store: store, api: api, quota: quota, rules: rm, m: m,
+		store: st, api: api, quota: actionQuota, rules: rm, m: m,
 		log: logger.Named("pipeline"), cfg: cfg,
 		machines: newMachineCache(10*time.Minute, cfg.Now),
 		sample:   logsample.New(logSampleWindow, cfg.Now),
@@ -220,10 +225,10 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 	if err := river.AddWorkerSafely(workers, &downloadWorker{p: p}); err != nil {
 		return nil, err
 	}
-	client, err := river.NewClient(store.river, &river.Config{
+	client, err := river.NewClient(st.RiverDriver(), &river.Config{
 		Queues: map[string]river.QueueConfig{
 			river.QueueDefault: {MaxWorkers: cfg.Workers},
-			queueEvaluate:      {MaxWorkers: cfg.Workers, FetchPollInterval: evaluatePoll(store.Driver), FetchCooldown: evaluateCooldown},
+			queueEvaluate:      {MaxWorkers: cfg.Workers, FetchPollInterval: evaluatePoll(st.Driver), FetchCooldown: evaluateCooldown},
 			queueTrack:         {MaxWorkers: cfg.Workers},
 		},
 		Workers:              workers,
@@ -241,12 +246,8 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 		return nil, fmt.Errorf("creating the job queue client: %w", err)
 	}
 	p.client = client
-	p.submits = make(chan *submitRequest, 256)
 	p.dispatchNow = make(chan struct{}, 1)
-	p.closing = make(chan struct{})
-	p.committerDone = make(chan struct{})
-	p.insertSQLs = map[int]string{}
-	go p.committer()
+	p.intake = store.NewIntake(st, cfg.Now, p.wakeDispatcher)
 	return p, nil
 }
 
@@ -254,7 +255,7 @@ func New(store *Store, api defender.API, quota defender.Limiter, rm *rules.Manag
 // the background loops (queue gauges, circuit state, retention). Stop ends them, and
 // the group committer that New started.
 func (p *Pipeline) Start(ctx context.Context) error {
-	if p.store.Driver == DriverSQLite {
+	if p.store.Driver == store.DriverSQLite {
 		if err := p.recoverSQLite(ctx); err != nil {
 			return err
 		}
@@ -291,8 +292,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 func (p *Pipeline) Stop(ctx context.Context) error {
 	var err error
 	p.stopOnce.Do(func() {
-		close(p.closing)
-		<-p.committerDone
+		p.intake.Close()
 		if p.bgCancel != nil {
 			p.bgCancel()
 			<-p.bgDone
@@ -313,213 +313,14 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 // exclusive lock), so a job in state running belongs to a dead process. River's
 // own rescuer would wait for RescueStuckJobsAfter plus its interval.
 func (p *Pipeline) recoverSQLite(ctx context.Context) error {
-	res, err := p.store.DB.ExecContext(ctx,
-		`UPDATE river_job SET state = 'available', scheduled_at = datetime('now', 'subsec') WHERE state = 'running'`)
+	n, err := p.store.RecoverRunningJobs(ctx)
 	if err != nil {
-		return fmt.Errorf("recovering in-flight jobs: %w", err)
+		return err
 	}
-	if n, _ := res.RowsAffected(); n > 0 {
+	if n > 0 {
 		p.log.Warn("resuming jobs left in flight by a previous process", zap.Int64("jobs", n))
 	}
 	return nil
-}
-
-// Submit stores alerts and enqueues their evaluation; it implements
-// alert.Sink and returns once they are committed. A duplicate (same
-// DedupKey as a stored alert) is reported, not stored.
-//
-// Concurrent submissions are committed together (group commit): one
-// transaction, so one fsync, serves every webhook request waiting at that
-// moment. Nothing waits to fill a batch, so a lone request is not delayed.
-func (p *Pipeline) Submit(ctx context.Context, alerts []alert.Alert) (alert.Receipt, error) {
-	// Encode here, in the caller's goroutine: the committer is one
-	// goroutine serving every request, and its time is the intake's limit.
-	req := &submitRequest{ctx: ctx, alerts: alerts, keys: make([]string, len(alerts)), payloads: make([]string, len(alerts)), done: make(chan submitResult, 1)}
-	for i := range alerts {
-		payload, err := json.Marshal(&alerts[i])
-		if err != nil {
-			return alert.Receipt{}, fmt.Errorf("encoding alert: %w", err)
-		}
-		req.keys[i], req.payloads[i] = alerts[i].DedupKey(), string(payload)
-	}
-	select {
-	case p.submits <- req:
-	case <-ctx.Done():
-		return alert.Receipt{}, ctx.Err()
-	case <-p.closing:
-		return alert.Receipt{}, errClosed
-	}
-	select {
-	case res := <-req.done:
-		return res.receipt, res.err
-	case <-ctx.Done():
-		// The batch may still commit; a retry by the sender is then a
-		// duplicate, which is harmless.
-		return alert.Receipt{}, ctx.Err()
-	}
-}
-
-var errClosed = errors.New("the pipeline is stopped")
-
-type submitRequest struct {
-	ctx      context.Context
-	alerts   []alert.Alert
-	keys     []string // dedup keys, by alert
-	payloads []string // stored JSON, by alert
-	done     chan submitResult
-}
-
-type submitResult struct {
-	receipt alert.Receipt
-	err     error
-}
-
-// maxBatchAlerts bounds one group commit.
-const maxBatchAlerts = 2000
-
-// committer runs group commits until closing is closed.
-func (p *Pipeline) committer() {
-	defer close(p.committerDone)
-	for {
-		var first *submitRequest
-		select {
-		case first = <-p.submits:
-		case <-p.closing:
-			return
-		}
-		batch, n := []*submitRequest{first}, len(first.alerts)
-	fill:
-		for n < maxBatchAlerts {
-			select {
-			case r := <-p.submits:
-				batch = append(batch, r)
-				n += len(r.alerts)
-			default:
-				break fill
-			}
-		}
-		p.commitBatch(batch)
-	}
-}
-
-// commitBatch stores the alerts of every live request in one transaction
-// and answers each request.
-func (p *Pipeline) commitBatch(batch []*submitRequest) {
-	live := batch[:0]
-	for _, r := range batch {
-		if err := r.ctx.Err(); err != nil {
-			r.done <- submitResult{err: err}
-			continue
-		}
-		live = append(live, r)
-	}
-	if len(live) == 0 {
-		return
-	}
-	receipts := make([]alert.Receipt, len(live))
-	// Insert in dedup-key order: concurrent batches on PostgreSQL (other
-	// replicas) then take the unique-index locks in one global order and
-	// cannot deadlock on each other.
-	type item struct {
-		req, idx int
-		key      string
-	}
-	var items []item
-	for ri, r := range live {
-		receipts[ri] = alert.Receipt{Duplicate: make([]bool, len(r.alerts))}
-		for i := range r.alerts {
-			items = append(items, item{ri, i, r.keys[i]})
-		}
-	}
-	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
-	now := p.cfg.Now()
-	// The batch outlives any one request's context: it serves them all.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	// A key that occurs twice in the batch is stored once: its first
-	// occurrence (the sorted order is stable) decides, the others are
-	// duplicates of it.
-	var unique []item
-	for i, it := range items {
-		if i > 0 && it.key == items[i-1].key {
-			receipts[it.req].Duplicate[it.idx] = true
-			continue
-		}
-		unique = append(unique, it)
-	}
-	err := p.store.retryTx(ctx, func(tx *sql.Tx) error {
-		// Many rows per statement: one round trip (PostgreSQL) and one
-		// statement execution (SQLite) per chunk, not per alert.
-		for start := 0; start < len(unique); start += insertChunk {
-			chunk := unique[start:min(start+insertChunk, len(unique))]
-			args := make([]any, 0, 7*len(chunk))
-			for _, it := range chunk {
-				r := live[it.req]
-				a := &r.alerts[it.idx]
-				args = append(args, it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, r.payloads[it.idx], ms(now))
-			}
-			rows, err := tx.QueryContext(ctx, p.insertSQL(len(chunk)), args...)
-			if err != nil {
-				return fmt.Errorf("storing alerts: %w", err)
-			}
-			stored := make(map[string]bool, len(chunk))
-			for rows.Next() {
-				var key string
-				if err := rows.Scan(&key); err != nil {
-					rows.Close()
-					return fmt.Errorf("storing alerts: %w", err)
-				}
-				stored[key] = true
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return fmt.Errorf("storing alerts: %w", err)
-			}
-			for _, it := range chunk {
-				receipts[it.req].Duplicate[it.idx] = !stored[it.key]
-			}
-		}
-		return nil
-	})
-	if err == nil {
-		p.wakeDispatcher()
-	}
-	for ri, r := range live {
-		if err != nil {
-			r.done <- submitResult{err: err}
-			continue
-		}
-		r.done <- submitResult{receipt: receipts[ri]}
-	}
-}
-
-// insertChunk bounds the rows of one insert statement (7 parameters each,
-// well inside both databases' parameter limits).
-const insertChunk = 100
-
-// insertSQL returns the insert statement for n alert rows; its text depends
-// only on n, so both drivers' statement caches reuse it. SQLite gets
-// anonymous parameters: the driver looks each numbered one up by name in a
-// list as long as the statement's parameters (quadratic in the rows).
-func (p *Pipeline) insertSQL(n int) string {
-	if q, ok := p.insertSQLs[n]; ok {
-		return q
-	}
-	var b strings.Builder
-	b.WriteString(`INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at, dispatched) VALUES `)
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		if p.store.Driver == DriverSQLite {
-			b.WriteString("(?, ?, ?, ?, ?, ?, ?, 0)")
-			continue
-		}
-		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, 0)", 7*i+1, 7*i+2, 7*i+3, 7*i+4, 7*i+5, 7*i+6, 7*i+7)
-	}
-	b.WriteString(` ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key`)
-	p.insertSQLs[n] = b.String()
-	return p.insertSQLs[n]
 }
 
 // Ready reports whether the store answers.
@@ -537,13 +338,8 @@ func (p *Pipeline) Resume(ctx context.Context) error {
 }
 
 func (p *Pipeline) setPaused(ctx context.Context, on bool) error {
-	_, err := p.store.DB.ExecContext(ctx, `UPDATE responder_setting SET value = $1, updated_at = $2 WHERE name = 'paused'`,
-		strconv.FormatBool(on), ms(p.cfg.Now()))
-	if err != nil {
-		return fmt.Errorf("setting the kill switch: %w", err)
-	}
 	// Logged by the admin API, which knows who asked and from where.
-	return nil
+	return p.store.SetPaused(ctx, on, p.cfg.Now())
 }
 
 // Paused reports whether collections are suppressed.
@@ -551,21 +347,17 @@ func (p *Pipeline) Paused(ctx context.Context) (bool, error) {
 	if p.cfg.Paused {
 		return true, nil
 	}
-	return pausedIn(ctx, p.store.DB)
-}
-
-func pausedIn(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}) (bool, error) {
-	var v string
-	if err := q.QueryRowContext(ctx, `SELECT value FROM responder_setting WHERE name = 'paused'`).Scan(&v); err != nil {
-		return false, fmt.Errorf("reading the kill switch: %w", err)
-	}
-	return v == "true", nil
+	return p.store.Paused(ctx)
 }
 
 // Store returns the pipeline's store.
-func (p *Pipeline) Store() *Store { return p.store }
+func (p *Pipeline) Store() *store.Store { return p.store }
+
+// Submit stores alerts (store.Intake): it implements alert.Sink and returns
+// once they are committed; the dispatcher then hands them to the queue.
+func (p *Pipeline) Submit(ctx context.Context, alerts []alert.Alert) (alert.Receipt, error) {
+	return p.intake.Submit(ctx, alerts)
+}
 
 // backoff is the retry policy of transient failures: base * 2^(n-1), capped,
 // with 10% jitter; not River's default attempt^4 seconds.

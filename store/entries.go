@@ -1,4 +1,4 @@
-package pipeline
+package store
 
 import (
 	"context"
@@ -142,67 +142,151 @@ func (s *Store) EntriesPage(ctx context.Context, f Filter) (*Page, error) {
 	return page, nil
 }
 
-// entryUpdate changes the work fields of an audit entry.
-type entryUpdate struct {
-	state, outcome, actionID, actionStatus, errText *string
-	postedAt, actionCreatedAt, finishedAt, settle   *time.Time
-	packagePath, packageSHA                         *string
-	packageSize                                     *int64
+// Execer runs a statement: the store's pool, or a transaction a caller
+// holds to commit the change with work of its own (a queue job).
+type Execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
-func str(s string) *string { return &s }
+// Change sets the work fields of an audit entry; nil fields are kept.
+type Change struct {
+	State                         *audit.State
+	Outcome                       *audit.Outcome
+	ActionID, ActionStatus, Error *string
+	ActionCreatedAt, FinishedAt   *time.Time
+	SettleUntil                   *time.Time
+	PackagePath, PackageSHA256    *string
+	PackageSize                   *int64
+}
 
-func (s *Store) updateEntry(ctx context.Context, q interface {
-	ExecContext(context.Context, string, ...any) (sql.Result, error)
-}, id int64, u entryUpdate, now time.Time) error {
+// Ptr returns a pointer to v, for the fields of a Change.
+func Ptr[T any](v T) *T { return &v }
+
+// Transition applies change to entry id at now, only while the entry is in
+// one of the states from (any state when from is empty); it reports
+// whether the entry was changed. q is the pool (Store.Pool) or a
+// transaction.
+func (s *Store) Transition(ctx context.Context, q Execer, id int64, from []audit.State, c Change, now time.Time) (bool, error) {
 	sets := []string{"updated_at = $1"}
 	args := []any{ms(now)}
 	add := func(col string, v any) {
 		args = append(args, v)
 		sets = append(sets, fmt.Sprintf("%s = $%d", col, len(args)))
 	}
-	if u.state != nil {
-		add("state", *u.state)
+	if c.State != nil {
+		add("state", string(*c.State))
 	}
-	if u.outcome != nil {
-		add("outcome", *u.outcome)
+	if c.Outcome != nil {
+		add("outcome", string(*c.Outcome))
 	}
-	if u.actionID != nil {
-		add("action_id", *u.actionID)
+	if c.ActionID != nil {
+		add("action_id", *c.ActionID)
 	}
-	if u.actionStatus != nil {
-		add("action_status", *u.actionStatus)
+	if c.ActionStatus != nil {
+		add("action_status", *c.ActionStatus)
 	}
-	if u.errText != nil {
-		add("error", truncate(*u.errText, 2000))
+	if c.Error != nil {
+		add("error", truncate(*c.Error, 2000))
 	}
-	if u.postedAt != nil {
-		add("posted_at", ms(*u.postedAt))
+	if c.SettleUntil != nil {
+		add("settle_until", ms(*c.SettleUntil))
 	}
-	if u.settle != nil {
-		add("settle_until", ms(*u.settle))
+	if c.ActionCreatedAt != nil {
+		add("action_created_at", ms(*c.ActionCreatedAt))
 	}
-	if u.actionCreatedAt != nil {
-		add("action_created_at", ms(*u.actionCreatedAt))
+	if c.FinishedAt != nil {
+		add("finished_at", ms(*c.FinishedAt))
 	}
-	if u.finishedAt != nil {
-		add("finished_at", ms(*u.finishedAt))
+	if c.PackagePath != nil {
+		add("package_path", *c.PackagePath)
 	}
-	if u.packagePath != nil {
-		add("package_path", *u.packagePath)
+	if c.PackageSHA256 != nil {
+		add("package_sha256", *c.PackageSHA256)
 	}
-	if u.packageSHA != nil {
-		add("package_sha256", *u.packageSHA)
-	}
-	if u.packageSize != nil {
-		add("package_size", *u.packageSize)
+	if c.PackageSize != nil {
+		add("package_size", *c.PackageSize)
 	}
 	args = append(args, id)
-	_, err := q.ExecContext(ctx, fmt.Sprintf(`UPDATE responder_audit SET %s WHERE id = $%d`, strings.Join(sets, ", "), len(args)), args...)
+	where := fmt.Sprintf("id = $%d", len(args))
+	if len(from) > 0 {
+		marks := make([]string, len(from))
+		for i, st := range from {
+			args = append(args, string(st))
+			marks[i] = fmt.Sprintf("$%d", len(args))
+		}
+		where += " AND state IN (" + strings.Join(marks, ", ") + ")"
+	}
+	res, err := q.ExecContext(ctx, fmt.Sprintf(`UPDATE responder_audit SET %s WHERE %s`, strings.Join(sets, ", "), where), args...)
 	if err != nil {
-		return fmt.Errorf("updating audit entry %d: %w", id, err)
+		return false, fmt.Errorf("updating audit entry %d: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("updating audit entry %d: %w", id, err)
+	}
+	return n > 0, nil
+}
+
+// ClaimPosting moves entry e from the state it was read in to posting, if
+// nobody changed it since (its state and posted_at are compared), counting
+// one more request, with the request's settle time; it reports whether
+// this caller owns the request, and updates e when it does.
+func (s *Store) ClaimPosting(ctx context.Context, e *audit.Entry, now, settle time.Time) (bool, error) {
+	var posts int
+	err := s.DB.QueryRowContext(ctx, `UPDATE responder_audit SET state = 'posting', posted_at = $1, updated_at = $1, posts = posts + 1, settle_until = $5
+WHERE id = $2 AND state = $3 AND posted_at = $4 RETURNING posts`, ms(now), e.ID, string(e.State), ms(e.PostedAt), ms(settle)).Scan(&posts)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("claiming the collection: %w", err)
+	}
+	e.State, e.PostedAt, e.Posts, e.SettleUntil = audit.Posting, fromMS(ms(now)), posts, fromMS(ms(settle))
+	return true, nil
+}
+
+// UnclaimPosting puts a posting entry back to queued: its request never
+// reached Defender, or Defender refused it (a 429), so sending it again is
+// safe. A refused request gives its count back (it used no attempt).
+func (s *Store) UnclaimPosting(ctx context.Context, id int64, giveBack bool, now time.Time) error {
+	back := 0
+	if giveBack {
+		back = 1
+	}
+	if _, err := s.DB.ExecContext(ctx, `UPDATE responder_audit SET state = 'queued', posts = posts - $1, updated_at = $2 WHERE id = $3 AND state = 'posting'`,
+		back, ms(now), id); err != nil {
+		return fmt.Errorf("requeueing collection %d: %w", id, err)
 	}
 	return nil
+}
+
+// ReleaseCooldown gives back the cooldown the entry auditID holds (its
+// action collected nothing), so that the next alert for the machine may
+// try again.
+func (s *Store) ReleaseCooldown(ctx context.Context, q Execer, auditID int64) error {
+	if _, err := q.ExecContext(ctx, `DELETE FROM responder_cooldown WHERE audit_id = $1`, auditID); err != nil {
+		return fmt.Errorf("releasing the cooldown of audit entry %d: %w", auditID, err)
+	}
+	return nil
+}
+
+// Unfinished returns the entries left queued or posting since before
+// before (a crash between a decision and its hand-over to the queue).
+func (s *Store) Unfinished(ctx context.Context, before time.Time) ([]int64, error) {
+	rows, err := s.DB.QueryContext(ctx, `SELECT id FROM responder_audit WHERE state IN ('queued', 'posting') AND updated_at <= $1`, ms(before))
+	if err != nil {
+		return nil, fmt.Errorf("finding unfinished collections: %w", err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("finding unfinished collections: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
 }
 
 func truncate(s string, n int) string {

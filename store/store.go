@@ -1,8 +1,10 @@
-// Package pipeline is the durable heart of the responder: the store (SQLite
-// or PostgreSQL), the River queue on it, and the workers that evaluate an
-// alert, claim the cooldown and collect, and track the machine action to its
-// end. Every decision lands in the audit trail, which the queue never prunes.
-package pipeline
+// Package store is the responder's database, SQLite or PostgreSQL through
+// database/sql: the schema and its migrations, the alerts intake commits,
+// the audit trail, the state decisions read (cooldowns, the kill switch,
+// the circuit breaker's windows), the quota log, and retention. Every SQL
+// statement of the responder is here; the queue (River) shares the
+// database and its transactions. No other package talks to the database.
+package store
 
 import (
 	"context"
@@ -50,10 +52,10 @@ type Store struct {
 	checkpointsDone chan struct{}
 }
 
-// OpenStore connects to the store, takes the SQLite single-node lock, and
+// Open connects to the store, takes the SQLite single-node lock, and
 // runs River's and the responder's migrations (idempotent; safe to run from
 // several replicas at once on PostgreSQL).
-func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
+func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 	s := &Store{Driver: driver}
 	switch driver {
 	case DriverSQLite:
@@ -86,9 +88,9 @@ func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
 	return s, nil
 }
 
-// OpenStoreReadOnly opens the store for reading the audit trail while a
+// OpenReadOnly opens the store for reading the audit trail while a
 // server may be running: no lock, no migrations, no writes.
-func OpenStoreReadOnly(ctx context.Context, driver, dsn string) (*Store, error) {
+func OpenReadOnly(ctx context.Context, driver, dsn string) (*Store, error) {
 	s := &Store{Driver: driver}
 	switch driver {
 	case DriverSQLite:
@@ -211,6 +213,13 @@ func (s *Store) startCheckpointer(path string) error {
 	}()
 	return nil
 }
+
+// RiverDriver returns the queue's driver on this store's database.
+func (s *Store) RiverDriver() riverdriver.Driver[*sql.Tx] { return s.river }
+
+// Pool returns the store's connection pool as an Execer, for a change made
+// outside a transaction.
+func (s *Store) Pool() Execer { return s.DB }
 
 // Close closes the database and releases the SQLite lock.
 func (s *Store) Close() {
@@ -437,8 +446,8 @@ func (s *Store) migrate(ctx context.Context) error {
 	return nil
 }
 
-// inTx runs fn in a transaction, committing on nil.
-func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+// InTx runs fn in a transaction, committing on nil.
+func (s *Store) InTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return runTx(ctx, s.DB, fn)
 }
 
@@ -461,16 +470,16 @@ func runTx(ctx context.Context, db interface {
 	return nil
 }
 
-// redoableTx is retryTx for work that is redone when its commit is lost:
+// RedoableTx is retryTx for work that is redone when its commit is lost:
 // on SQLite the commit is not flushed to disk at once (synchronous=NORMAL
 // for this transaction only). It stays atomic, and it becomes durable with
 // the next flushed commit, since the WAL is replayed in order; a power loss
 // before that forgets the transaction as a whole. The dispatcher uses it
 // (rows it forgets are dispatched again) and so do decisions (see
 // decideBatch).
-func (s *Store) redoableTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *Store) RedoableTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if s.Driver != DriverSQLite {
-		return s.retryTx(ctx, fn)
+		return s.RetryTx(ctx, fn)
 	}
 	conn, err := s.DB.Conn(ctx)
 	if err != nil {
@@ -492,13 +501,13 @@ func (s *Store) redoableTx(ctx context.Context, fn func(tx *sql.Tx) error) error
 	return runTx(ctx, conn, fn)
 }
 
-// retryTx is inTx, retried a few times when PostgreSQL aborts the
+// RetryTx is inTx, retried a few times when PostgreSQL aborts the
 // transaction for a deadlock or a serialisation failure: both are resolved
 // by running it again.
-func (s *Store) retryTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *Store) RetryTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	var err error
 	for attempt := 0; attempt < 4; attempt++ {
-		if err = s.inTx(ctx, fn); err == nil || !transient(err) {
+		if err = s.InTx(ctx, fn); err == nil || !transient(err) {
 			return err
 		}
 		select {
