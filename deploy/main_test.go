@@ -42,7 +42,7 @@ func repoPath(parts ...string) string {
 // through testkit.Skip (a failure under .ci/run, which installs it).
 func tool(t *testing.T, name string) string {
 	t.Helper()
-	return testkit.LookPath(t, name, "install Debian's prometheus package: apt-get install -y prometheus, as .ci/run does")
+	return testkit.LookPath(t, name, "Debian's prometheus package: apt-get install -y prometheus, as .ci/run does")
 }
 
 // process is a program started by a test and stopped in t.Cleanup.
