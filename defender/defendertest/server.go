@@ -10,8 +10,8 @@ import (
 
 // TB is the part of testing.TB that NewServer uses; *testing.T and *testing.B satisfy it. The
 // package takes this interface rather than testing.TB, and serves without net/http/httptest,
-// because responder serve --dev links the simulator into the binary: neither the testing
-// package nor httptest (which registers a -httptest.serve flag) belongs there.
+// because responder serve --dev links the simulator into the binary, which carries no test
+// code (TestBinaryLinksNoTestCode in the root package checks it).
 type TB interface {
 	Helper()
 	Cleanup(func())
