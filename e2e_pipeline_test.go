@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // e2eRules is the rule set of the pipeline end-to-end tests.
@@ -121,21 +122,19 @@ func (s *stack) actions(t *testing.T) []auditEntry {
 func (s *stack) entry(t *testing.T, alertID string, cond func(auditEntry) bool) auditEntry {
 	t.Helper()
 	var got auditEntry
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.WaitFor(t, 30*time.Second, "the audit entry of "+alertID+" to meet the condition", func() (bool, string) {
 		for _, e := range s.actions(t) {
 			if e.AlertID == alertID && cond(e) {
-				return e
+				got = e
+				return true, ""
 			}
 			if e.AlertID == alertID {
 				got = e
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("audit entry of %s never met the condition; last seen %+v", alertID, got)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false, fmt.Sprintf("%+v", got)
+	})
+	return got
 }
 
 func (s *stack) metrics(t *testing.T) string {
@@ -384,19 +383,16 @@ func TestCrashRecoverySQLite(t *testing.T) {
 	}
 }
 
+// waitUntil waits for a condition on the responder or the simulator, for
+// at most 30 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitUntil(t, 30*time.Second, what, cond)
 }
 
 func TestDevModeEndToEnd(t *testing.T) {
 	t.Parallel()
+	testkit.LookPath(t, "curl", "the test runs the curl line --dev prints; apt-get install curl")
 	p := startResponder(t, []string{"RESPONDER_SERVER_LISTEN=127.0.0.1:0", "RESPONDER_SERVER_ADMIN_LISTEN=127.0.0.1:0"}, "serve", "--dev")
 	var curl, actions string
 	waitUntil(t, "the dev help", func() bool {

@@ -23,27 +23,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
+// binary is the responder built once by TestMain.
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "responder-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "responder")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building responder:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testkit.MainWithResponder(m, &binary)) }
 
 // proc is a running responder.
 type proc struct {
@@ -103,19 +90,13 @@ func startResponder(t *testing.T, env []string, args ...string) *proc {
 		t.Fatal("responder did not start within 30s")
 	}
 	// The listeners are logged before "responder starting".
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.WaitUntil(t, 10*time.Second, "the logged listeners to accept connections", func() bool {
 		p.mu.Lock()
 		n := len(p.addrs)
 		p.mu.Unlock()
-		if n > 0 && p.addrReady() {
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("listeners not logged")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return n > 0 && p.addrReady()
+	})
+	return p
 }
 
 func (p *proc) addrReady() bool {
@@ -399,21 +380,15 @@ func TestSIGTERMDuringSlowRequest(t *testing.T) {
 	}
 	// Signal only once the handler is reading our body: its goroutine shows
 	// in the admin listener's goroutine dump.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.WaitUntil(t, 10*time.Second, "the slow request to reach the handler", func() bool {
 		resp, err := http.Get("http://" + p.addr("admin") + "/debug/pprof/goroutine?debug=2")
 		if err != nil {
 			t.Fatal(err)
 		}
 		dump, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if bytes.Contains(dump, []byte("handlers.(*Webhooks).serve")) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the slow request never reached the handler")
-		}
-	}
+		return bytes.Contains(dump, []byte("handlers.(*Webhooks).serve"))
+	})
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -67,8 +67,10 @@ type Admin struct {
 	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
-// Webhooks configures inbound authentication. Several methods may be set;
-// a request must pass every one that is configured.
+// Webhooks configures inbound authentication. AllowCIDRs, when set, is a
+// gate every request must pass; then any one valid credential among those
+// configured (bearer token, basic credentials, HMAC signature) admits it
+// (handlers.WebhookAuth says why).
 type Webhooks struct {
 	// BearerTokenFile holds the token of "Authorization: Bearer <token>".
 	// Env: RESPONDER_WEBHOOKS_BEARER_TOKEN.
@@ -152,7 +154,9 @@ type Defender struct {
 	RateLimit          RateLimit `yaml:"rate_limit"`
 	// PollInterval is the machine action status polling period. Default 30s.
 	PollInterval time.Duration `yaml:"poll_interval"`
-	// ActionTimeout stops tracking an action after this long. Default 72h.
+	// ActionTimeout stops tracking an action after this long; it is also how
+	// long an alert or a collection is retried through a Defender outage.
+	// Default 72h.
 	ActionTimeout time.Duration `yaml:"action_timeout"`
 	// PostSettle is how long after an action request whose answer was lost
 	// (a timeout, a crash) the responder only looks for the action it may

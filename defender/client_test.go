@@ -680,7 +680,7 @@ func TestPackageURIQuota(t *testing.T) {
 		done <- err
 	}()
 	for b.clock.Waiters() == 0 {
-		<-b.clock.changed
+		<-b.clock.Changed()
 	}
 	b.clock.Advance(time.Minute)
 	if err := <-done; err != nil {

@@ -18,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/metrics"
 )
 
@@ -36,26 +36,9 @@ const (
 	srv = defendertest.DevServerID
 )
 
-type simClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *simClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *simClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-func newSimulator(t *testing.T, mutate func(*defendertest.Options)) (*defendertest.Simulator, *simClock) {
+func newSimulator(t *testing.T, mutate func(*defendertest.Options)) (*defendertest.Simulator, *testkit.FakeClock) {
 	t.Helper()
-	clock := &simClock{now: time.Now()}
+	clock := testkit.NewFakeClock(time.Now())
 	o := defendertest.DevOptions()
 	o.Now = clock.Now
 	if mutate != nil {

@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/metrics"
 )
 
@@ -42,90 +43,9 @@ const (
 	odataCT      = "application/json; odata.metadata=minimal; odata.streaming=true; charset=utf-8"
 )
 
-// fakeClock is a Clock that moves only when the test advances it.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-	changed chan struct{} // signalled when a waiter is added
-}
-
-type fakeWaiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC), changed: make(chan struct{}, 1)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	if d <= 0 {
-		ch <- c.now
-		return ch
-	}
-	c.waiters = append(c.waiters, fakeWaiter{at: c.now.Add(d), ch: ch})
-	select {
-	case c.changed <- struct{}{}:
-	default:
-	}
-	return ch
-}
-
-// Waiters returns how many After channels have not fired.
-func (c *fakeClock) Waiters() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.waiters)
-}
-
-// Advance moves the clock by d and fires the waiters due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.setLocked(c.now.Add(d))
-}
-
-// AdvanceToNext moves the clock to the earliest waiter and fires the due
-// waiters; it reports false when nobody waits.
-func (c *fakeClock) AdvanceToNext() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.waiters) == 0 {
-		return false
-	}
-	next := c.waiters[0].at
-	for _, w := range c.waiters {
-		if w.at.Before(next) {
-			next = w.at
-		}
-	}
-	c.setLocked(next)
-	return true
-}
-
-func (c *fakeClock) setLocked(t time.Time) {
-	if t.After(c.now) {
-		c.now = t
-	}
-	kept := c.waiters[:0]
-	for _, w := range c.waiters {
-		if !w.at.After(c.now) {
-			w.ch <- c.now
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	c.waiters = kept
+// newFakeClock returns the fake clock of the tests, at a fixed time.
+func newFakeClock() *testkit.FakeClock {
+	return testkit.NewFakeClock(time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC))
 }
 
 // tokenServer answers token requests and records their forms.
@@ -192,7 +112,7 @@ type bundle struct {
 	reg    *prometheus.Registry
 	m      *metrics.Metrics
 	logs   *observer.ObservedLogs
-	clock  *fakeClock
+	clock  *testkit.FakeClock
 
 	mu    sync.Mutex
 	calls []apiCall

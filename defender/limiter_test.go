@@ -46,7 +46,7 @@ func TestLimiter250Collects(t *testing.T) {
 					t.Fatalf("call failed: %v", err)
 				}
 				finished++
-			case <-b.clock.changed:
+			case <-b.clock.Changed():
 			}
 		}
 		if finished < n && !b.clock.AdvanceToNext() {
@@ -101,7 +101,7 @@ func TestWindowLimiterHour(t *testing.T) {
 			select {
 			case waited = <-ch:
 				break wait
-			case <-clk.changed:
+			case <-clk.Changed():
 				clk.AdvanceToNext()
 			}
 		}
@@ -134,7 +134,7 @@ func TestWindowLimiterCancel(t *testing.T) {
 		errc <- err
 	}()
 	for clk.Waiters() == 0 {
-		<-clk.changed
+		<-clk.Changed()
 	}
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
@@ -235,7 +235,7 @@ func TestWindowLimiterThrottle(t *testing.T) {
 		done <- clk.Now()
 	}()
 	for clk.Waiters() == 0 {
-		<-clk.changed
+		<-clk.Changed()
 	}
 	// The waiter's slot is +60 s; a 429 now asks for 90 s.
 	l.Throttle(start.Add(90 * time.Second))
@@ -246,7 +246,7 @@ wait:
 		select {
 		case admitted = <-done:
 			break wait
-		case <-clk.changed: // a new waiter: advance to it
+		case <-clk.Changed(): // a new waiter: advance to it
 		}
 	}
 	if d := admitted.Sub(start); d != 90*time.Second {
@@ -299,7 +299,7 @@ func TestRateLimitedThrottlesTheGroup(t *testing.T) {
 		done <- err
 	}()
 	for b.clock.Waiters() == 0 {
-		<-b.clock.changed
+		<-b.clock.Changed()
 	}
 	b.clock.AdvanceToNext()
 	if err := <-done; err != nil {

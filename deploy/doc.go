@@ -9,6 +9,7 @@
 // manifests keep their security settings, the exposition of the built binary
 // matches the metrics contract of SPEC section 9, and every dashboard query
 // returns data from a real Prometheus scraping a real `responder serve --dev`.
-// They need Debian's prometheus package (prometheus and promtool in PATH);
-// .ci/run installs it.
+// They run prometheus and promtool (Debian's prometheus package),
+// systemd-analyze, and kustomize or kubectl; a test whose program is missing
+// skips, or fails under .ci/run, which installs them.
 package deploy

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // binary is the responder built once by TestMain; root is the repository.
@@ -24,28 +26,11 @@ var binary, root string
 
 func TestMain(m *testing.M) {
 	var err error
-	root, err = filepath.Abs("..")
-	if err != nil {
+	if root, err = testkit.ModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	dir, err := os.MkdirTemp("", "responder-deploy-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "responder")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Dir = root
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building responder:", err)
-		_ = os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testkit.MainWithResponder(m, &binary))
 }
 
 // repoPath is a path inside the repository.
@@ -53,15 +38,11 @@ func repoPath(parts ...string) string {
 	return filepath.Join(append([]string{root}, parts...)...)
 }
 
-// tool finds a program the tests need. A missing one is a failure, not a
-// skip: the tests would otherwise pass without checking anything.
+// tool finds a program of Debian's prometheus package, or ends the test
+// through testkit.Skip (a failure under .ci/run, which installs it).
 func tool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s is not in PATH: install Debian's prometheus package (apt-get install -y prometheus), as .ci/run does", name)
-	}
-	return p
+	return testkit.LookPath(t, name, "Debian's prometheus package: apt-get install -y prometheus, as .ci/run does")
 }
 
 // process is a program started by a test and stopped in t.Cleanup.
@@ -182,7 +163,7 @@ func startResponder(t *testing.T) *responder {
 			t.Fatalf("responder did not log both listen addresses within 30s:\n%s", p.output())
 		}
 	}
-	waitFor(t, 30*time.Second, "responder ready", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "responder ready", func() (bool, string) {
 		code, body, err := httpDo(http.MethodGet, "http://"+r.webhooks+"/readyz", "", nil)
 		if err != nil {
 			return false, err.Error()
@@ -190,23 +171,6 @@ func startResponder(t *testing.T) *responder {
 		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
 	})
 	return r
-}
-
-// waitFor polls cond every 200ms until it holds or timeout passes; the
-// string is what the last poll saw, for the failure message.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 var client = &http.Client{Timeout: 10 * time.Second}

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // TestPromtool runs promtool over the shipped Prometheus files: the config
@@ -58,7 +59,7 @@ func TestDashboardOnPrometheus(t *testing.T) {
 	r := startResponder(t)
 	prom := startPrometheus(t, prometheus, r.admin)
 
-	waitFor(t, 30*time.Second, "Prometheus scraping the responder", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "Prometheus scraping the responder", func() (bool, string) {
 		v, err := prom.query(`up{job="responder"}`)
 		if err != nil {
 			return false, err.Error()
@@ -70,12 +71,12 @@ func TestDashboardOnPrometheus(t *testing.T) {
 
 	// Wait until the simulator finished both actions, then until Prometheus
 	// scraped a few times more, so that every counter moved in its data.
-	waitFor(t, 60*time.Second, "both machine actions Succeeded", func() (bool, string) {
+	testkit.WaitFor(t, 60*time.Second, "both machine actions Succeeded", func() (bool, string) {
 		v := metricSum(t, r.admin, "responder_machine_actions_finished_total", map[string]string{"status": "Succeeded"})
 		return v >= 2, fmt.Sprintf("Succeeded=%v", v)
 	})
 	settled := time.Now()
-	waitFor(t, 30*time.Second, "three scrapes after the activity", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "three scrapes after the activity", func() (bool, string) {
 		v, err := prom.query(`timestamp(up{job="responder"})`)
 		if err != nil || len(v) != 1 {
 			return false, fmt.Sprint(v, err)
@@ -206,7 +207,7 @@ func exercise(t *testing.T, r *responder) {
 	}
 	// A second ransomware alert on the workstation once the first collection
 	// is recorded: cooldown.
-	waitFor(t, 30*time.Second, "two collections created", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "two collections created", func() (bool, string) {
 		v := metricSum(t, r.admin, "responder_collections_total", map[string]string{"outcome": "created"})
 		return v >= 2, fmt.Sprintf("created=%v", v)
 	})
@@ -220,7 +221,7 @@ func exercise(t *testing.T, r *responder) {
 	if code, body, err := httpDo("POST", defender, "application/json", mde("da1000_5", defendertest.DevStaleDuplicateID, "High", "Ransomware")); err != nil || code != 202 {
 		t.Fatalf("alert while paused: %d %s %v", code, body, err)
 	}
-	waitFor(t, 30*time.Second, "a paused and a cooldown decision", func() (bool, string) {
+	testkit.WaitFor(t, 30*time.Second, "a paused and a cooldown decision", func() (bool, string) {
 		p := metricSum(t, r.admin, "responder_decisions_total", map[string]string{"decision": "paused"})
 		c := metricSum(t, r.admin, "responder_decisions_total", map[string]string{"decision": "cooldown"})
 		return p >= 1 && c >= 1, fmt.Sprintf("paused=%v cooldown=%v", p, c)

@@ -30,6 +30,7 @@ import (
 
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/config"
+	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/metrics"
 )
 
@@ -195,13 +196,10 @@ func TestGracefulShutdownFinishesInFlightRequest(t *testing.T) {
 	}
 	// Stop only once the handler is reading our body: its goroutine shows
 	// in this process's stacks.
-	deadline := time.Now().Add(10 * time.Second)
-	for buf := make([]byte, 1<<20); !bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("handlers.(*Webhooks).serve")); {
-		if time.Now().After(deadline) {
-			t.Fatal("the request never reached the handler")
-		}
-		runtime.Gosched()
-	}
+	buf := make([]byte, 1<<20)
+	testkit.WaitUntil(t, 10*time.Second, "the request to reach the handler", func() bool {
+		return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("handlers.(*Webhooks).serve"))
+	})
 	r.cancel()
 	if _, err := conn.Write([]byte(body[10:])); err != nil {
 		t.Fatal(err)

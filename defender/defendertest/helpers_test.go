@@ -13,7 +13,6 @@ import (
 	"io"
 	"math/big"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 const (
@@ -44,33 +44,11 @@ var (
 	machineIDR = regexp.MustCompile(`^[0-9a-f]{40}$`)
 )
 
-// fakeClock is the injected simulator clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2025, 3, 4, 10, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // bundle is what setup returns: the simulator, its server and its clock.
 type bundle struct {
 	sim   *defendertest.Simulator
-	srv   *httptest.Server
-	clock *fakeClock
+	srv   *defendertest.Server
+	clock *testkit.FakeClock
 	t0    time.Time
 }
 
@@ -104,7 +82,7 @@ func testMachines(now time.Time) []defendertest.Machine {
 
 func setup(t *testing.T, mutate ...func(*defendertest.Options)) *bundle {
 	t.Helper()
-	clock := newFakeClock()
+	clock := testkit.NewFakeClock(time.Date(2025, 3, 4, 10, 0, 0, 0, time.UTC))
 	opts := defendertest.Options{
 		TenantID:     testTenant,
 		ClientID:     testClient,

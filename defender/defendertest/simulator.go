@@ -11,12 +11,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -304,17 +302,6 @@ func New(opts Options) *Simulator {
 		s.AddMachine(m)
 	}
 	return s
-}
-
-// NewServer starts an httptest server for a new Simulator, sets its URL and registers the
-// server's Close with tb.Cleanup.
-func NewServer(tb testing.TB, opts Options) (*Simulator, *httptest.Server) {
-	tb.Helper()
-	s := New(opts)
-	srv := httptest.NewServer(s)
-	tb.Cleanup(srv.Close)
-	s.SetURL(srv.URL)
-	return s, srv
 }
 
 // URL returns the base URL set by NewServer, Serve or SetURL ("" before).

@@ -20,6 +20,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // --- token endpoint ---------------------------------------------------------------------
@@ -1232,20 +1233,14 @@ func TestFaultLate(t *testing.T) {
 		res.Body.Close()
 		t.Fatalf("answered %d before the delay ended", res.StatusCode)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var found bool
+	testkit.WaitUntil(t, 10*time.Second, "the late request to create its action", func() bool {
 		for _, a := range b.sim.Actions() {
-			found = found || a.RequestorComment == "late"
+			if a.RequestorComment == "late" {
+				return true
+			}
 		}
-		if found {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the late request created no action")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 func TestFaultDrop(t *testing.T) {
