@@ -33,4 +33,3 @@ const (
 	PackageURIPerMinute = 2
 	PackageURIPerHour   = 120
 )
-

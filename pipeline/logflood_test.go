@@ -15,6 +15,8 @@ import (
 	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender/defendertest"
 	"github.com/responder-dev/responder/internal/logsample"
+	"github.com/responder-dev/responder/internal/testkit"
+	"github.com/responder-dev/responder/store"
 )
 
 // TestSuppressedDecisionsDoNotFloodTheLog: with the circuit breaker open,
@@ -29,7 +31,7 @@ func TestSuppressedDecisionsDoNotFloodTheLog(t *testing.T) {
 	for i := range n {
 		e.submit(mdeAlert(fmt.Sprintf("flood-%d", i), fmt.Sprintf("%040x", 0xf100d000+i), "high"))
 	}
-	waitFor(t, "every decision", 30*time.Second, func() bool { return len(e.entries()) == n })
+	testkit.WaitUntil(t, 30*time.Second, "every decision", func() bool { return len(e.entries()) == n })
 	suppressed := 0
 	for _, en := range e.entries() {
 		if en.Decision == audit.CircuitOpen {
@@ -67,9 +69,9 @@ func TestSuppressedDecisionsDoNotFloodTheLog(t *testing.T) {
 // errors appear once per window with a count.
 func TestStoreOutageDoesNotFloodTheLog(t *testing.T) {
 	t.Parallel()
-	dsn := postgresDSN(t)
+	dsn := testkit.PostgresDSN(t)
 	core, logs := observer.New(zapcore.WarnLevel)
-	e := setup(t, envOpts{driver: DriverPostgres, dsn: dsn, logs: core})
+	e := setup(t, envOpts{driver: store.DriverPostgres, dsn: dsn, logs: core})
 	e.submit(mdeAlert("before", defendertest.DevWorkstationID, "high"))
 	e.waitEntry("before", func(*audit.Entry) bool { return true })
 
@@ -92,14 +94,14 @@ func TestStoreOutageDoesNotFloodTheLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Down for longer than a sampling window and a background tick.
-	waitFor(t, "the outage to be noticed", 20*time.Second, func() bool {
+	testkit.WaitUntil(t, 20*time.Second, "the outage to be noticed", func() bool {
 		return logs.FilterMessage("the store does not answer: webhooks get 503 and queued work waits until it does").Len() > 0
 	})
 	time.Sleep(12 * time.Second) // the outage lasts; the assertion is on what it logged meanwhile
 	if _, err := admin.ExecContext(ctx, `ALTER DATABASE `+name+` ALLOW_CONNECTIONS true`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the recovery to be noticed", 20*time.Second, func() bool {
+	testkit.WaitUntil(t, 20*time.Second, "the recovery to be noticed", func() bool {
 		return logs.FilterMessage("the store answers again").Len() > 0
 	})
 

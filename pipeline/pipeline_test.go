@@ -2,13 +2,9 @@ package pipeline
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,8 +23,11 @@ import (
 	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/quota"
 	"github.com/responder-dev/responder/rules"
+	"github.com/responder-dev/responder/store"
 )
 
 const testRules = `
@@ -45,7 +44,7 @@ rules:
 type testEnv struct {
 	t     *testing.T
 	sim   *defendertest.Simulator
-	store *Store
+	store *store.Store
 	p     *Pipeline
 	m     *metrics.Metrics
 }
@@ -55,7 +54,7 @@ type envOpts struct {
 	dsn      string // postgres: an existing database
 	sim      *defendertest.Simulator
 	cfg      Config
-	quota    defender.Limiter
+	quota    quota.Limiter
 	noStart  bool
 	simOpts  defendertest.Options
 	rulesSrc string
@@ -92,7 +91,7 @@ func setup(t *testing.T, o envOpts) *testEnv {
 		o.sim = newSim(t, o.simOpts)
 	}
 	if o.driver == "" {
-		o.driver = DriverSQLite
+		o.driver = store.DriverSQLite
 		o.dsn = filepath.Join(t.TempDir(), "responder.db")
 	}
 	logger := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
@@ -101,7 +100,7 @@ func setup(t *testing.T, o envOpts) *testEnv {
 	}
 	m := metrics.New(prometheus.NewRegistry())
 	ctx := context.Background()
-	store, err := OpenStore(ctx, o.driver, o.dsn)
+	store, err := store.Open(ctx, o.driver, o.dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,21 +182,9 @@ func (e *testEnv) submit(alerts ...alert.Alert) alert.Receipt {
 	return r
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (e *testEnv) entries() []*audit.Entry {
 	e.t.Helper()
-	es, err := e.store.Entries(context.Background(), Filter{Limit: 10000})
+	es, err := e.store.Entries(context.Background(), store.Filter{Limit: 10000})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -216,7 +203,7 @@ func (e *testEnv) entryFor(alertID string) *audit.Entry {
 func (e *testEnv) waitEntry(alertID string, cond func(*audit.Entry) bool) *audit.Entry {
 	e.t.Helper()
 	var got *audit.Entry
-	waitFor(e.t, "audit entry of "+alertID, 20*time.Second, func() bool {
+	testkit.WaitUntil(e.t, 20*time.Second, "audit entry of "+alertID, func() bool {
 		got = e.entryFor(alertID)
 		return got != nil && cond(got)
 	})
@@ -437,7 +424,7 @@ func TestOutageDoesNotLoseAlerts(t *testing.T) {
 	e.submit(mdeAlert("da-outage", defendertest.DevWorkstationID, "high"))
 	// Each failure waits for a queue poll: allow more than waitEntry does.
 	var got *audit.Entry
-	waitFor(t, "the collection after the outage", time.Minute, func() bool {
+	testkit.WaitUntil(t, time.Minute, "the collection after the outage", func() bool {
 		got = e.entryFor("da-outage")
 		return got != nil && got.Outcome != ""
 	})
@@ -486,8 +473,8 @@ func TestUnansweredPostIsLookedUpNotResent(t *testing.T) {
 	// A previous process marked the POST in flight, MDE created the action,
 	// and the process died before it read the answer.
 	posted := time.Now().Add(-time.Second)
-	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(string(audit.Posting)), postedAt: &posted}, posted); err != nil {
-		t.Fatal(err)
+	if claimed, err := e.store.ClaimPosting(ctx, en, posted, posted.Add(e.p.cfg.PostSettle)); err != nil || !claimed {
+		t.Fatalf("claim: %v %v", claimed, err)
 	}
 	other, err := defender.New(defender.Config{APIURL: sim.URL(), TokenURL: sim.TokenURL(), TenantID: defendertest.DevTenantID,
 		ClientID: defendertest.DevClientID, ClientSecret: defendertest.DevClientSecret, UserAgent: "responder/test"}, metrics.New(nil), zap.NewNop())
@@ -528,8 +515,8 @@ func TestPostingStateWithoutActionPostsAgain(t *testing.T) {
 	// The POST never reached MDE: the look-ups find nothing until it has
 	// settled, so it is sent again.
 	posted := time.Now().Add(-time.Second)
-	if err := e.store.updateEntry(ctx, e.store.DB, en.ID, entryUpdate{state: str(string(audit.Posting)), postedAt: &posted}, posted); err != nil {
-		t.Fatal(err)
+	if claimed, err := e.store.ClaimPosting(ctx, en, posted, posted.Add(e.p.cfg.PostSettle)); err != nil || !claimed {
+		t.Fatalf("claim: %v %v", claimed, err)
 	}
 	e.start()
 	if got := e.waitEntry("da-lost", func(en *audit.Entry) bool { return en.Outcome != "" }); got.Outcome != audit.Created {
@@ -553,7 +540,7 @@ func TestCircuitBreakerOpensAndRearms(t *testing.T) {
 	for i := range machines[:6] {
 		e.submit(mdeAlert(fmt.Sprintf("storm-%d", i), machines[i].ID, "high"))
 	}
-	waitFor(t, "six decisions", 20*time.Second, func() bool { return len(e.entries()) == 6 })
+	testkit.WaitUntil(t, 20*time.Second, "six decisions", func() bool { return len(e.entries()) == 6 })
 	counts := map[audit.Decision]int{}
 	for _, en := range e.entries() {
 		counts[en.Decision]++
@@ -567,7 +554,7 @@ func TestCircuitBreakerOpensAndRearms(t *testing.T) {
 	if v := testutil.ToFloat64(e.m.Decisions.WithLabelValues("high-severity", "circuit_open")); v != 3 {
 		t.Fatalf("suppressed decisions counted = %v", v)
 	}
-	waitFor(t, "three POSTs", 10*time.Second, func() bool { return len(posts(e.sim, "collectInvestigationPackage")) == 3 })
+	testkit.WaitUntil(t, 10*time.Second, "three POSTs", func() bool { return len(posts(e.sim, "collectInvestigationPackage")) == 3 })
 	// Eleven minutes later the window has cleared: the breaker re-arms.
 	mu.Lock()
 	now = now.Add(11 * time.Minute)
@@ -674,84 +661,17 @@ func TestPackageNotDownloadedIsRecorded(t *testing.T) {
 	}
 }
 
-func TestSharedLimiterWindows(t *testing.T) {
-	t.Parallel()
-	store, err := OpenStore(context.Background(), DriverSQLite, filepath.Join(t.TempDir(), "q.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	now := time.Unix(1_800_000_000, 0)
-	l := NewSharedLimiter(store, "actions", 3, 5)
-	l.now = func() time.Time { return now }
-	ctx := context.Background()
-	for i := 0; i < 3; i++ {
-		if w, err := l.try(ctx); err != nil || w != 0 {
-			t.Fatalf("call %d: wait %v err %v", i, w, err)
-		}
-		now = now.Add(time.Second)
-	}
-	w, err := l.try(ctx)
-	if err != nil || w != 58*time.Second+time.Millisecond { // 60 s window + 1 s slack, oldest call 3 s ago
-		t.Fatalf("4th call in the minute: wait %v err %v", w, err)
-	}
-	now = now.Add(w)
-	if w, err := l.try(ctx); err != nil || w != 0 {
-		t.Fatalf("after the wait: %v %v", w, err)
-	}
-	now = now.Add(62 * time.Second)
-	if w, _ := l.try(ctx); w != 0 {
-		t.Fatalf("5th call of the hour refused: %v", w)
-	}
-	now = now.Add(62 * time.Second)
-	if w, _ := l.try(ctx); w <= time.Minute {
-		t.Fatalf("6th call in the hour admitted or short wait: %v", w)
-	}
-}
-
-// postgresDSN creates a fresh database for one test and returns its DSN.
-func postgresDSN(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("RESPONDER_TEST_POSTGRES_DSN")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	name := fmt.Sprintf("responder_test_%d_%d", time.Now().UnixNano(), rand.IntN(1e6))
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatalf("PostgreSQL is needed for this test (RESPONDER_TEST_POSTGRES_DSN=%s): %v", base, err)
-	}
-	t.Cleanup(func() {
-		admin, err := sql.Open("pgx", base)
-		if err != nil {
-			return
-		}
-		defer admin.Close()
-		_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
 func TestPostgresCollect(t *testing.T) {
 	t.Parallel()
-	dsn := postgresDSN(t)
-	e := setup(t, envOpts{driver: DriverPostgres, dsn: dsn})
+	dsn := testkit.PostgresDSN(t)
+	e := setup(t, envOpts{driver: store.DriverPostgres, dsn: dsn})
 	e.submit(mdeAlert("pg-1", defendertest.DevWorkstationID, "high"))
 	got := e.waitEntry("pg-1", func(en *audit.Entry) bool { return en.ActionStatus == "Succeeded" })
 	if got.Outcome != audit.Created {
 		t.Fatalf("entry = %+v", got)
 	}
 	// Migrations are idempotent: opening again changes nothing.
-	s2, err := OpenStore(context.Background(), DriverPostgres, dsn)
+	s2, err := store.Open(context.Background(), store.DriverPostgres, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -760,7 +680,7 @@ func TestPostgresCollect(t *testing.T) {
 
 func TestPostgresReplicasShareWork(t *testing.T) {
 	t.Parallel()
-	dsn := postgresDSN(t)
+	dsn := testkit.PostgresDSN(t)
 	const machines = 40
 	ms := make([]defendertest.Machine, machines)
 	for i := range ms {
@@ -770,7 +690,7 @@ func TestPostgresReplicasShareWork(t *testing.T) {
 	// Start one replica first so the schema exists, then two more.
 	var replicas []*testEnv
 	for i := 0; i < 3; i++ {
-		replicas = append(replicas, setup(t, envOpts{driver: DriverPostgres, dsn: dsn, sim: sim,
+		replicas = append(replicas, setup(t, envOpts{driver: store.DriverPostgres, dsn: dsn, sim: sim,
 			// Slow polling keeps the simulator's 100 calls/min quota for the POSTs.
 			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000, PollInterval: 10 * time.Second}}))
 	}
@@ -793,8 +713,8 @@ func TestPostgresReplicasShareWork(t *testing.T) {
 	}
 	wg.Wait()
 	e := replicas[0]
-	waitFor(t, "every alert decided", 60*time.Second, func() bool { return len(e.entries()) == 2*machines })
-	waitFor(t, "every collection sent", 60*time.Second, func() bool {
+	testkit.WaitUntil(t, 60*time.Second, "every alert decided", func() bool { return len(e.entries()) == 2*machines })
+	testkit.WaitUntil(t, 60*time.Second, "every collection sent", func() bool {
 		for _, en := range e.entries() {
 			if en.Decision == audit.Collect && en.Outcome == "" {
 				return false
@@ -825,8 +745,8 @@ func TestPostgresReplicasShareWork(t *testing.T) {
 
 func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
 	t.Parallel()
-	dsn := postgresDSN(t)
-	const machines, quota = 12, 5
+	dsn := testkit.PostgresDSN(t)
+	const machines, perMinute = 12, 5
 	ms := make([]defendertest.Machine, machines)
 	for i := range ms {
 		ms[i] = defendertest.Machine{ID: fmt.Sprintf("%040x", 0xdef000+i), ComputerDNSName: fmt.Sprintf("q-%d.example.com", i), HealthStatus: "Active"}
@@ -834,12 +754,12 @@ func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
 	sim := newSim(t, defendertest.Options{Machines: ms, PendingFor: time.Hour})
 	var replicas []*testEnv
 	for i := 0; i < 3; i++ {
-		env := setup(t, envOpts{driver: DriverPostgres, dsn: dsn, sim: sim, noStart: true,
+		env := setup(t, envOpts{driver: store.DriverPostgres, dsn: dsn, sim: sim, noStart: true,
 			// Slow polling: the simulator's own 100 calls/min quota counts the
 			// polls too, and fast polls of the first actions could spend it
 			// before the later POSTs on a slow machine.
 			cfg: Config{MaxCollectionsPerHour: 1000, MaxMachinesPer10m: 1000, QuotaWait: 200 * time.Millisecond, PollInterval: 10 * time.Second}})
-		env.p.quota = NewSharedLimiter(env.store, "actions", quota, 1500)
+		env.p.quota = quota.NewShared(env.store, "actions", quota.Windows{PerMinute: perMinute, PerHour: 1500, Slack: quota.DefaultSlack})
 		env.start()
 		replicas = append(replicas, env)
 	}
@@ -847,19 +767,19 @@ func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
 	for i := range ms {
 		replicas[i%3].submit(mdeAlert(fmt.Sprintf("q-%d", i), ms[i].ID, "high"))
 	}
-	waitFor(t, "the quota spent", 30*time.Second, func() bool {
+	testkit.WaitUntil(t, 30*time.Second, "the quota spent", func() bool {
 		n := len(posts(sim, "collectInvestigationPackage"))
-		if n > quota {
-			t.Fatalf("%d POSTs, quota %d", n, quota)
+		if n > perMinute {
+			t.Fatalf("%d POSTs, quota %d", n, perMinute)
 		}
-		return n == quota
+		return n == perMinute
 	})
 	// The others wait in the queue, snoozed; none is sent within the minute
 	// and none is dropped.
-	waitFor(t, "every alert decided", 30*time.Second, func() bool { return len(replicas[0].entries()) == machines })
+	testkit.WaitUntil(t, 30*time.Second, "every alert decided", func() bool { return len(replicas[0].entries()) == machines })
 	time.Sleep(2 * time.Second) // a window for a wrong extra POST to show; the assertion is that none does
-	if n := len(posts(sim, "collectInvestigationPackage")); n != quota {
-		t.Fatalf("%d POSTs within the minute across replicas, quota %d", n, quota)
+	if n := len(posts(sim, "collectInvestigationPackage")); n != perMinute {
+		t.Fatalf("%d POSTs within the minute across replicas, quota %d", n, perMinute)
 	}
 	var queued int
 	for _, en := range replicas[0].entries() {
@@ -867,8 +787,8 @@ func TestPostgresQuotaHeldAcrossReplicas(t *testing.T) {
 			queued++
 		}
 	}
-	if queued != machines-quota {
-		t.Fatalf("%d collections waiting, want %d", queued, machines-quota)
+	if queued != machines-perMinute {
+		t.Fatalf("%d collections waiting, want %d", queued, machines-perMinute)
 	}
 }
 
@@ -909,12 +829,12 @@ func dumpOnFailure(t *testing.T, sim *defendertest.Simulator, e *testEnv) {
 // rows decided already are left alone.
 func TestDecideBatchSeesEarlierDecisions(t *testing.T) {
 	t.Parallel()
-	for _, driver := range []string{DriverSQLite, DriverPostgres} {
+	for _, driver := range []string{store.DriverSQLite, store.DriverPostgres} {
 		t.Run(driver, func(t *testing.T) {
 			t.Parallel()
 			o := envOpts{noStart: true, cfg: Config{MaxCollectionsPerHour: 100, MaxMachinesPer10m: 2}}
-			if driver == DriverPostgres {
-				o.driver, o.dsn = DriverPostgres, postgresDSN(t)
+			if driver == store.DriverPostgres {
+				o.driver, o.dsn = store.DriverPostgres, testkit.PostgresDSN(t)
 			}
 			e := setup(t, o)
 			ctx := context.Background()
@@ -973,12 +893,12 @@ func TestDecideBatchSeesEarlierDecisions(t *testing.T) {
 // reported new exactly once.
 func TestGroupCommitDeduplicates(t *testing.T) {
 	t.Parallel()
-	for _, driver := range []string{DriverSQLite, DriverPostgres} {
+	for _, driver := range []string{store.DriverSQLite, store.DriverPostgres} {
 		t.Run(driver, func(t *testing.T) {
 			t.Parallel()
 			o := envOpts{noStart: true}
-			if driver == DriverPostgres {
-				o.driver, o.dsn = DriverPostgres, postgresDSN(t)
+			if driver == store.DriverPostgres {
+				o.driver, o.dsn = store.DriverPostgres, testkit.PostgresDSN(t)
 			}
 			e := setup(t, o)
 			const keys = 300
@@ -1036,44 +956,6 @@ func TestGroupCommitDeduplicates(t *testing.T) {
 	}
 }
 
-// TestRedoableTxRestoresFullSync checks that the connection is handed back
-// flushing commits (synchronous=FULL, 2) after a redoable transaction,
-// whether it committed or failed.
-func TestRedoableTxRestoresFullSync(t *testing.T) {
-	t.Parallel()
-	e := setup(t, envOpts{noStart: true})
-	ctx := context.Background()
-	syncLevel := func() int {
-		var n int
-		if err := e.store.DB.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	if n := syncLevel(); n != 2 {
-		t.Fatalf("synchronous = %d before, want 2 (FULL)", n)
-	}
-	var inside int
-	if err := e.store.redoableTx(ctx, func(tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&inside)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if inside != 1 {
-		t.Fatalf("synchronous = %d inside, want 1 (NORMAL)", inside)
-	}
-	if n := syncLevel(); n != 2 {
-		t.Fatalf("synchronous = %d after a commit, want 2 (FULL)", n)
-	}
-	boom := errors.New("boom")
-	if err := e.store.redoableTx(ctx, func(*sql.Tx) error { return boom }); !errors.Is(err, boom) {
-		t.Fatalf("err = %v", err)
-	}
-	if n := syncLevel(); n != 2 {
-		t.Fatalf("synchronous = %d after a rollback, want 2 (FULL)", n)
-	}
-}
-
 // TestDispatchCrashBetweenEnqueueAndMark covers the SQLite dispatcher's
 // window between its two commits: the evaluate jobs are committed, the rows
 // are not marked (the process died). On restart the rows are dispatched
@@ -1084,7 +966,7 @@ func TestDispatchCrashBetweenEnqueueAndMark(t *testing.T) {
 	ctx := context.Background()
 	a := mdeAlert("crash-dispatch", defendertest.DevWorkstationID, "high")
 	e.submit(a)
-	ids, err := queryIDs(ctx, e.store.DB, `SELECT id FROM responder_alert WHERE dispatched = 0`)
+	ids, err := e.store.Undispatched(ctx, 100)
 	if err != nil || len(ids) != 1 {
 		t.Fatalf("undispatched rows = %v, %v", ids, err)
 	}
@@ -1097,7 +979,7 @@ func TestDispatchCrashBetweenEnqueueAndMark(t *testing.T) {
 	if got.Decision != audit.Collect || got.Outcome != audit.Created {
 		t.Fatalf("entry = %+v", got)
 	}
-	waitFor(t, "both evaluate jobs finished", 20*time.Second, func() bool {
+	testkit.WaitUntil(t, 20*time.Second, "both evaluate jobs finished", func() bool {
 		var open int
 		if err := e.store.DB.QueryRow(`SELECT COUNT(*) FROM river_job WHERE kind = 'responder.evaluate' AND state NOT IN ('completed', 'discarded', 'cancelled')`).Scan(&open); err != nil {
 			t.Fatal(err)
@@ -1113,42 +995,6 @@ func TestDispatchCrashBetweenEnqueueAndMark(t *testing.T) {
 	}
 	if n := len(posts(e.sim, "collectInvestigationPackage")); n != 1 {
 		t.Fatalf("%d POSTs, want 1", n)
-	}
-}
-
-// TestSQLiteStoreDirectoryMustExist: the store file is created on first
-// start, but a path whose directory does not exist (a typo in store.dsn) is
-// refused rather than starting an empty store; Created tells a new store.
-func TestSQLiteStoreDirectoryMustExist(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	missing := filepath.Join(dir, "no-such-dir", "responder.db")
-	if s, err := OpenStore(ctx, DriverSQLite, missing); err == nil {
-		s.Close()
-		t.Fatal("opened a store in a directory that does not exist")
-	} else if !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), missing) {
-		t.Fatalf("error %q should name the path and say that its directory does not exist", err)
-	}
-	if _, err := os.Stat(filepath.Dir(missing)); !os.IsNotExist(err) {
-		t.Fatalf("the missing directory was created (stat: %v)", err)
-	}
-
-	path := filepath.Join(dir, "responder.db")
-	s, err := OpenStore(ctx, DriverSQLite, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !s.Created {
-		t.Error("first open of a new file: Created = false")
-	}
-	s.Close()
-	s, err = OpenStore(ctx, DriverSQLite, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if s.Created {
-		t.Error("second open of the same file: Created = true")
 	}
 }
 

@@ -87,16 +87,7 @@ func (p *Pipeline) storeStatsLoop(ctx context.Context) {
 	t := time.NewTicker(storeStatsEvery)
 	defer t.Stop()
 	for {
-		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		rows, size, err := sr.Read(qctx)
-		cancel()
-		for table, n := range rows {
-			p.m.StoreRows.WithLabelValues(table).Set(float64(n))
-		}
-		if size >= 0 {
-			p.m.StoreBytes.Set(float64(size))
-		}
-		if err != nil && ctx.Err() == nil {
+		if err := p.refreshStoreStats(ctx, sr); err != nil && ctx.Err() == nil {
 			p.log.Warn("reading the store size failed", zap.Error(err))
 		}
 		select {
@@ -105,4 +96,19 @@ func (p *Pipeline) storeStatsLoop(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// refreshStoreStats sets the store gauges from sr. A table that cannot be
+// counted keeps its last value; the others are still set.
+func (p *Pipeline) refreshStoreStats(ctx context.Context, sr *store.StatsReader) error {
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rows, size, err := sr.Read(qctx)
+	for table, n := range rows {
+		p.m.StoreRows.WithLabelValues(table).Set(float64(n))
+	}
+	if size >= 0 {
+		p.m.StoreBytes.Set(float64(size))
+	}
+	return err
 }

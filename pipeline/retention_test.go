@@ -26,7 +26,8 @@ import (
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender/defendertest"
-	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/internal/testkit"
+	"github.com/responder-dev/responder/store"
 )
 
 const retentionDay = 24 * time.Hour
@@ -47,11 +48,11 @@ rules:
 func storeDrivers(t *testing.T, fn func(t *testing.T, driver, dsn string)) {
 	t.Run("SQLite", func(t *testing.T) {
 		t.Parallel()
-		fn(t, DriverSQLite, filepath.Join(t.TempDir(), "responder.db"))
+		fn(t, store.DriverSQLite, filepath.Join(t.TempDir(), "responder.db"))
 	})
 	t.Run("Postgres", func(t *testing.T) {
 		t.Parallel()
-		fn(t, DriverPostgres, postgresDSN(t))
+		fn(t, store.DriverPostgres, testkit.PostgresDSN(t))
 	})
 }
 
@@ -59,10 +60,9 @@ func storeDrivers(t *testing.T, fn func(t *testing.T, driver, dsn string)) {
 type seeder struct {
 	t  *testing.T
 	tx *sql.Tx
-	n  int
 }
 
-func seed(t *testing.T, s *Store, fn func(sd *seeder)) {
+func seed(t *testing.T, s *store.Store, fn func(sd *seeder)) {
 	t.Helper()
 	tx, err := s.DB.BeginTx(context.Background(), nil)
 	if err != nil {
@@ -140,7 +140,7 @@ func (sd *seeder) quota(at time.Time) {
 }
 
 // columnIDs returns the ids of a table, sorted.
-func columnIDs(t *testing.T, s *Store, query string) []int64 {
+func columnIDs(t *testing.T, s *store.Store, query string) []int64 {
 	t.Helper()
 	rows, err := s.DB.Query(query)
 	if err != nil {
@@ -171,7 +171,7 @@ func sortedIDs(set map[int64]bool) []int64 {
 // TestRetentionDeletesExactly ages a known mix of rows and requires one pass
 // to delete exactly the finished entries older than the retention that no
 // cooldown in force holds, with their alerts, and the cooldown rows that can
-// no longer be in force; in batches of at most retentionBatch rows.
+// no longer be in force; in batches of at most store.RetentionBatch rows.
 func TestRetentionDeletesExactly(t *testing.T) {
 	t.Parallel()
 	storeDrivers(t, func(t *testing.T, driver, dsn string) {
@@ -196,7 +196,7 @@ func TestRetentionDeletesExactly(t *testing.T) {
 				keep(sd.entry(now.Add(-retentionDay), now.Add(-retentionDay), audit.Done))
 			}
 			// Kept: old but live, in every live state.
-			for _, s := range liveStates {
+			for _, s := range audit.LiveStates() {
 				keep(sd.entry(now.Add(-60*retentionDay), now.Add(-60*retentionDay), s))
 			}
 			// Kept: old alerts not decided yet.
@@ -232,47 +232,47 @@ func TestRetentionDeletesExactly(t *testing.T) {
 			t.Fatal("the stored alert sent again is not a duplicate before the pass")
 		}
 
-		r := e.p.newRetainer()
-		r.pause = time.Millisecond
-		if driver == DriverPostgres {
+		r := e.p.store.NewRetainer(e.p.cfg.Retention, e.p.longestCooldown, e.p.cfg.Now)
+		r.SetPause(time.Millisecond)
+		if driver == store.DriverPostgres {
 			// Another replica holds the pass: this one deletes nothing.
 			conn, err := e.store.DB.Conn(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
 			var got bool
-			if err := conn.QueryRowContext(context.Background(), `SELECT pg_try_advisory_lock(`+retentionLockKey+`)`).Scan(&got); err != nil || !got {
+			if err := conn.QueryRowContext(context.Background(), `SELECT pg_try_advisory_lock(7406211, 16)`).Scan(&got); err != nil || !got {
 				t.Fatalf("taking the lock: %v %v", got, err)
 			}
-			res, err := r.pass(context.Background())
-			if !errors.Is(err, errRetentionBusy) || res != (retentionResult{}) {
+			res, err := r.Pass(context.Background())
+			if !errors.Is(err, store.ErrRetentionBusy) || res != (store.RetentionResult{}) {
 				t.Fatalf("pass while another replica holds the lock: %+v, %v", res, err)
 			}
-			if _, err := conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock(`+retentionLockKey+`)`); err != nil {
+			if _, err := conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock(7406211, 16)`); err != nil {
 				t.Fatal(err)
 			}
 			_ = conn.Close()
 		}
 
 		var batches []int64
-		r.onBatch = func(table string, n int64) {
+		r.OnBatch(func(table string, n int64) {
 			if table == "audit" {
 				batches = append(batches, n)
 			}
-		}
-		res, err := r.pass(context.Background())
+		})
+		res, err := r.Pass(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.audit != wantDeleted || res.alerts != wantDeleted || res.cooldowns != 2 {
+		if res.Audit != wantDeleted || res.Alerts != wantDeleted || res.Cooldowns != 2 {
 			t.Fatalf("pass = %+v, want %d entries, %d alerts, 2 cooldowns", res, wantDeleted, wantDeleted)
 		}
 		var want []int64 // full batches, then the last (empty when it divides)
-		for left := int64(wantDeleted); left >= 0; left -= retentionBatch {
-			want = append(want, min(left, retentionBatch))
+		for left := int64(wantDeleted); left >= 0; left -= store.RetentionBatch {
+			want = append(want, min(left, store.RetentionBatch))
 		}
 		if !slices.Equal(batches, want) {
-			t.Fatalf("entry batches = %v, want %v (at most %d rows per transaction)", batches, want, retentionBatch)
+			t.Fatalf("entry batches = %v, want %v (at most %d rows per transaction)", batches, want, store.RetentionBatch)
 		}
 
 		if got, want := columnIDs(t, e.store, `SELECT id FROM responder_audit`), sortedIDs(keepAudit); !slices.Equal(got, want) {
@@ -304,7 +304,7 @@ func TestRetentionDeletesExactly(t *testing.T) {
 		}
 
 		// A second pass finds nothing more.
-		if res, err := r.pass(context.Background()); err != nil || res.audit != 0 || res.alerts != 0 || res.cooldowns != 0 {
+		if res, err := r.Pass(context.Background()); err != nil || res.Audit != 0 || res.Alerts != 0 || res.Cooldowns != 0 {
 			t.Fatalf("second pass = %+v, %v; want nothing deleted", res, err)
 		}
 		// Its alert row gone, the alert sent again is new (README:
@@ -372,13 +372,13 @@ func TestRetentionUnderIntake(t *testing.T) {
 			}
 		}()
 
-		r := e.p.newRetainer()
+		r := e.p.store.NewRetainer(e.p.cfg.Retention, e.p.longestCooldown, e.p.cfg.Now)
 		start := time.Now()
-		res, err := r.pass(context.Background())
+		res, err := r.Pass(context.Background())
 		took := time.Since(start)
 		passing.Store(false)
 		// A few more submissions after the pass, then stop.
-		waitFor(t, "submissions after the pass", 10*time.Second, func() bool {
+		testkit.WaitUntil(t, 10*time.Second, "submissions after the pass", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return submitErr != nil || int64(len(accepted)) > during.Load()+5
@@ -391,14 +391,14 @@ func TestRetentionUnderIntake(t *testing.T) {
 		if submitErr != nil {
 			t.Fatalf("intake failed during the retention pass: %v", submitErr)
 		}
-		if res.audit != old || res.alerts != old || res.batches < old/retentionBatch {
-			t.Fatalf("pass = %+v, want %d entries and alerts in at least %d batches", res, old, old/retentionBatch)
+		if res.Audit != old || res.Alerts != old || res.Batches < old/store.RetentionBatch {
+			t.Fatalf("pass = %+v, want %d entries and alerts in at least %d batches", res, old, old/store.RetentionBatch)
 		}
 		if during.Load() == 0 {
 			t.Fatal("no submission was answered while the pass ran: the test checked nothing")
 		}
 		t.Logf("pass over %d entries took %s in %d batches; %d submissions answered meanwhile, the slowest in %s",
-			old, took, res.batches, during.Load(), slowest)
+			old, took, res.Batches, during.Load(), slowest)
 
 		var n int
 		if err := e.store.DB.QueryRow(`SELECT COUNT(*) FROM responder_alert WHERE alert_id LIKE 'intake-%'`).Scan(&n); err != nil {
@@ -414,7 +414,7 @@ func TestRetentionUnderIntake(t *testing.T) {
 		// What was accepted is decided as usual, and stays.
 		last := accepted[len(accepted)-1]
 		e.waitEntry(last, func(*audit.Entry) bool { return true })
-		if res, err := r.pass(context.Background()); err != nil || res.audit != 0 {
+		if res, err := r.Pass(context.Background()); err != nil || res.Audit != 0 {
 			t.Fatalf("second pass = %+v, %v; want nothing deleted", res, err)
 		}
 	})
@@ -425,9 +425,6 @@ func TestRetentionUnderIntake(t *testing.T) {
 // stored.
 func TestStoreGauges(t *testing.T) {
 	t.Parallel()
-	if got := slices.Sorted(maps.Keys(storeTables)); !slices.Equal(got, slices.Sorted(slices.Values(metrics.StoreTables))) {
-		t.Fatalf("storeTables %v and metrics.StoreTables %v differ", got, metrics.StoreTables)
-	}
 	storeDrivers(t, func(t *testing.T, driver, dsn string) {
 		e := setup(t, envOpts{driver: driver, dsn: dsn, noStart: true})
 		now := time.Now()
@@ -440,10 +437,10 @@ func TestStoreGauges(t *testing.T) {
 				sd.quota(now)
 			}
 		})
-		sr := &statsReader{store: e.store}
-		defer sr.close()
+		sr := e.store.NewStatsReader()
+		defer sr.Close()
 		ctx := context.Background()
-		if err := sr.refresh(ctx, e.m); err != nil {
+		if err := e.p.refreshStoreStats(ctx, sr); err != nil {
 			t.Fatal(err)
 		}
 		want := map[string]float64{"alert": 3, "audit": 2, "cooldown": 1, "quota": 4, "job": 0}
@@ -456,7 +453,7 @@ func TestStoreGauges(t *testing.T) {
 		if before <= 0 {
 			t.Fatalf("responder_store_bytes = %v", before)
 		}
-		if driver == DriverSQLite {
+		if driver == store.DriverSQLite {
 			// The database's pages plus the WAL file.
 			var pages, size int64
 			if err := e.store.DB.QueryRow(`PRAGMA page_count`).Scan(&pages); err != nil {
@@ -479,7 +476,7 @@ func TestStoreGauges(t *testing.T) {
 		buf := make([]byte, 2<<20)
 		_, _ = rand.Read(buf)
 		seed(t, e.store, func(sd *seeder) { sd.alert(now, `{"x":"`+hex.EncodeToString(buf)+`"}`) })
-		if err := sr.refresh(ctx, e.m); err != nil {
+		if err := e.p.refreshStoreStats(ctx, sr); err != nil {
 			t.Fatal(err)
 		}
 		if got := testutil.ToFloat64(e.m.StoreRows.WithLabelValues("alert")); got != 4 {
@@ -496,8 +493,8 @@ func TestStoreGauges(t *testing.T) {
 // without counting.
 func TestStoreGaugesUseEstimatesForLargeTables(t *testing.T) {
 	t.Parallel()
-	dsn := postgresDSN(t)
-	e := setup(t, envOpts{driver: DriverPostgres, dsn: dsn, noStart: true})
+	dsn := testkit.PostgresDSN(t)
+	e := setup(t, envOpts{driver: store.DriverPostgres, dsn: dsn, noStart: true})
 	ctx := context.Background()
 	if _, err := e.store.DB.ExecContext(ctx, `INSERT INTO responder_quota (grp, at_ms) SELECT 'actions', g FROM generate_series(1, 150000) g`); err != nil {
 		t.Fatal(err)
@@ -509,8 +506,8 @@ func TestStoreGaugesUseEstimatesForLargeTables(t *testing.T) {
 	if _, err := e.store.DB.ExecContext(ctx, `DELETE FROM responder_quota WHERE at_ms <= 10`); err != nil {
 		t.Fatal(err)
 	}
-	sr := &statsReader{store: e.store}
-	if err := sr.refresh(ctx, e.m); err != nil {
+	sr := e.store.NewStatsReader()
+	if err := e.p.refreshStoreStats(ctx, sr); err != nil {
 		t.Fatal(err)
 	}
 	got := testutil.ToFloat64(e.m.StoreRows.WithLabelValues("quota"))
@@ -539,12 +536,12 @@ func TestRetentionLoop(t *testing.T) {
 		}
 	})
 	e.start()
-	waitFor(t, "old entries deleted by the background pass", 20*time.Second, func() bool {
+	testkit.WaitUntil(t, 20*time.Second, "old entries deleted by the background pass", func() bool {
 		var n int
 		_ = e.store.DB.QueryRow(`SELECT COUNT(*) FROM responder_audit`).Scan(&n)
 		return n == 0
 	})
-	waitFor(t, "a second pass", 20*time.Second, func() bool { return logs.FilterMessage("retention pass").Len() >= 2 })
+	testkit.WaitUntil(t, 20*time.Second, "a second pass", func() bool { return logs.FilterMessage("retention pass").Len() >= 2 })
 	if b := testutil.ToFloat64(e.m.StoreBytes); b <= 0 {
 		t.Fatalf("responder_store_bytes = %v after start", b)
 	}
@@ -598,4 +595,12 @@ func TestEvaluateJobSkipsDeletedAlerts(t *testing.T) {
 	if got := e.entryFor("da-kept"); got == nil || got.Decision != audit.NoMatch {
 		t.Fatalf("the remaining alert: %+v", got)
 	}
+}
+
+// ms is a time as the store keeps it: unix milliseconds, 0 for the zero time.
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
 }

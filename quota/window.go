@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 )
+
 // Clock tells the time and waits; tests inject a fake.
 type Clock interface {
 	Now() time.Time

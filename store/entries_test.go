@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/responder-dev/responder/audit"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // TestAuditPaging walks the audit trail page by page with before_id, on
@@ -20,10 +21,10 @@ func TestAuditPaging(t *testing.T) {
 			t.Parallel()
 			dsn := filepath.Join(t.TempDir(), "responder.db")
 			if driver == DriverPostgres {
-				dsn = postgresDSN(t)
+				dsn = testkit.PostgresDSN(t)
 			}
 			ctx := context.Background()
-			store, err := OpenStore(ctx, driver, dsn)
+			store, err := Open(ctx, driver, dsn)
 			if err != nil {
 				t.Fatal(err)
 			}

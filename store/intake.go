@@ -248,4 +248,3 @@ func (in *Intake) insertSQL(n int) string {
 	in.insertSQLs[n] = b.String()
 	return in.insertSQLs[n]
 }
-

@@ -35,14 +35,14 @@ import (
 const DefaultRetention = 90 * 24 * time.Hour
 
 // Retention batches. Each batch is one short transaction deleting up to
-// retentionBatch entries and as many alerts (measured over 100,000 entries
+// RetentionBatch entries and as many alerts (measured over 100,000 entries
 // with 1 KiB payloads: 11 ms on average on SQLite, where intake's commits
 // wait for it, the one writer; 37 ms on PostgreSQL, where they do not), and
 // the pause between batches lets intake and decisions in, so a pass over a
 // large backlog (the first after an upgrade: a million entries take about
 // five minutes) never holds them up for long.
 const (
-	retentionBatch = 250
+	RetentionBatch = 250
 	retentionPause = 50 * time.Millisecond
 	// retentionTxTimeout bounds one batch.
 	retentionTxTimeout = 30 * time.Second
@@ -90,8 +90,15 @@ func (s *Store) NewRetainer(retention time.Duration, cooldown func() (time.Durat
 	if now == nil {
 		now = time.Now
 	}
-	return &Retainer{store: s, retention: retention, cooldown: cooldown, batch: retentionBatch, pause: retentionPause, now: now}
+	return &Retainer{store: s, retention: retention, cooldown: cooldown, batch: RetentionBatch, pause: retentionPause, now: now}
 }
+
+// OnBatch has fn told the rows each committed batch deleted from table
+// ("cooldown", or "audit" for entries), for tests and observers.
+func (r *Retainer) OnBatch(fn func(table string, rows int64)) { r.onBatch = fn }
+
+// SetPause sets the pause between two batches (default 50 ms).
+func (r *Retainer) SetPause(d time.Duration) { r.pause = d }
 
 // Retention returns the retention the retainer applies.
 func (r *Retainer) Retention() time.Duration { return r.retention }
