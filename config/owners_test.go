@@ -262,3 +262,22 @@ func TestDefaultsAreTheOwners(t *testing.T) {
 		t.Errorf("log = %+v", d.Log)
 	}
 }
+
+// TestFederatedTokenFileRelativeToConfig: like every *_file key, a relative
+// defender.federated_token_file is read next to the config file.
+func TestFederatedTokenFileRelativeToConfig(t *testing.T) {
+	t.Parallel()
+	p := writeConfig(t, "webhooks:\n  allow_unauthenticated: true\nadmin:\n  bearer_token_file: admin\ndefender:\n  tenant_id: t\n  client_id: c\n  federated_token_file: token\n")
+	for name, content := range map[string]string{"admin": "a", "token": "jwt"} {
+		if err := os.WriteFile(filepath.Join(filepath.Dir(p), name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := Load(p, nil, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(filepath.Dir(p), "token"); cfg.Defender.FederatedTokenFile != want {
+		t.Fatalf("federated_token_file = %q, want %q", cfg.Defender.FederatedTokenFile, want)
+	}
+}
