@@ -20,6 +20,8 @@ import (
 	"github.com/responder-dev/responder/config"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/handlers"
+	"github.com/responder-dev/responder/internal/logging"
+	"github.com/responder-dev/responder/internal/loopback"
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/pipeline"
 	"github.com/responder-dev/responder/quota"
@@ -32,7 +34,7 @@ const submitTimeout = 10 * time.Second
 
 // requestTimeout bounds each Defender request; jobs must finish well within
 // the queue's job timeout.
-const requestTimeout = config.DefenderRequestTimeout
+const requestTimeout = defender.DefaultTimeout
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", stderr)
@@ -69,7 +71,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "responder serve: invalid configuration: %s\n", oneLine(err))
 		return 1
 	}
-	logger, err := newLogger(cfg.Log.Level, cfg.Log.Format, stdout)
+	logger, err := logging.New(cfg.Log.Level, cfg.Log.Format, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "responder serve: %v\n", err)
 		return 1
@@ -87,7 +89,8 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 
 // serve runs the service until ctx ends.
 func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger *zap.Logger, stdout io.Writer) error {
-	if dev != nil && !config.LoopbackOnly(cfg.Server.Listen) && !cfg.WebhookAuthConfigured() {
+	web := cfg.Handlers()
+	if dev != nil && !loopback.Listen(web.Server.Listen) && !web.WebhookAuthConfigured() {
 		return errors.New("--dev serves webhooks without authentication, so server.listen must be a loopback address (e.g. 127.0.0.1:8080)")
 	}
 	reg := prometheus.NewRegistry()
@@ -145,14 +148,14 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 		return err
 	}
 
-	auth, err := handlers.NewWebhookAuth(cfg)
+	auth, err := handlers.NewWebhookAuth(web)
 	if err != nil {
 		return err
 	}
-	if !cfg.WebhookAuthConfigured() {
+	if !web.WebhookAuthConfigured() {
 		logger.Warn("webhook authentication is off (webhooks.allow_unauthenticated)")
 	}
-	if len(cfg.AdminTokens()) == 0 {
+	if len(web.Admin.Tokens) == 0 {
 		logger.Warn("the admin API has no token (admin.allow_unauthenticated): any local user can pause, resume and reload", zap.String("admin_listen", cfg.Server.AdminListen))
 	}
 	if cfg.Defender.DryRun {
@@ -161,14 +164,14 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	hooks := &handlers.Webhooks{
 		Auth:           auth,
 		Sink:           p,
-		MaxBodyBytes:   cfg.Server.MaxBodyBytes,
+		MaxBodyBytes:   web.Server.MaxBodyBytes,
 		AcceptResolved: func() bool { return rm.Current().AcceptsResolved() },
 		SubmitTimeout:  submitTimeout,
 		Metrics:        m,
 		Logger:         logger.Named("webhooks"),
 	}
 	srv, err := handlers.New(handlers.Options{
-		Config:   cfg,
+		Settings: web,
 		Webhooks: hooks,
 		Gatherer: reg,
 		Ready: func(ctx context.Context) error {
@@ -230,29 +233,14 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 }
 
 // newDefender builds the Defender client, or returns nil in dry-run mode
-// without credentials (decisions are then recorded, nothing is looked up).
+// without a credential (decisions are then recorded, nothing is looked up).
+// config.Load has checked the client's settings with the client's own rules.
 func newDefender(cfg *config.Config, limiters map[defender.Group]quota.Limiter, m *metrics.Metrics, logger *zap.Logger, onRoles func([]string)) (*defender.Client, error) {
-	d := cfg.Defender
-	if cfg.Secrets.DefenderClientSecret == "" && d.CertificateFile == "" && d.FederatedTokenFile == "" {
-		if d.DryRun {
-			return nil, nil
-		}
-		return nil, errors.New("no Defender credential configured")
+	dc, build := cfg.DefenderClient()
+	if !build {
+		return nil, nil
 	}
-	dc := defender.Config{
-		Cloud: d.Cloud, APIURL: d.APIURL, TokenURL: d.TokenURL, TenantID: d.TenantID, ClientID: d.ClientID,
-		ClientSecret: cfg.Secrets.DefenderClientSecret, FederatedTokenFile: d.FederatedTokenFile,
-		RateLimit: defender.RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
-		UserAgent: UserAgent(), Timeout: requestTimeout, LimiterSlack: quota.DefaultSlack,
-		PackageHosts: d.PackageHosts, MaxPackageBytes: d.MaxPackageBytes,
-	}
-	if d.CertificateFile != "" {
-		pem, err := os.ReadFile(d.CertificateFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading defender.certificate_file: %w", err)
-		}
-		dc.CertificatePEM = pem
-	}
+	dc.UserAgent, dc.LimiterSlack = UserAgent(), quota.DefaultSlack
 	// The pipeline takes the action quota itself, so that a job waiting for
 	// it frees its worker.
 	opts := []defender.Option{defender.WithLimiter(defender.GroupActions, nil), defender.WithTokenRoles(onRoles)}

@@ -8,6 +8,10 @@ import (
 	"time"
 
 	"github.com/responder-dev/responder/defender"
+	"github.com/responder-dev/responder/handlers"
+	"github.com/responder-dev/responder/internal/logging"
+	"github.com/responder-dev/responder/pipeline"
+	"github.com/responder-dev/responder/store"
 )
 
 // Config is the whole service configuration.
@@ -28,12 +32,13 @@ type Config struct {
 	File string `yaml:"-"`
 }
 
-// Server configures the listeners.
+// Server configures the listeners (handlers.ServerSettings; the defaults
+// are handlers.Default*).
 type Server struct {
 	// Listen is the webhook listener address (also /healthz, /readyz). Default ":8080".
 	Listen string `yaml:"listen"`
 	// AdminListen serves /metrics, the admin API and pprof. Default ":9090";
-	// "" serves them on Listen.
+	// "" serves them on Listen, which then needs an admin token.
 	AdminListen string `yaml:"admin_listen"`
 	// MaxBodyBytes caps a webhook body; larger bodies get 413. Default 1 MiB.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
@@ -67,10 +72,12 @@ type Admin struct {
 	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
-// Webhooks configures inbound authentication. AllowCIDRs, when set, is a
-// gate every request must pass; then any one valid credential among those
-// configured (bearer token, basic credentials, HMAC signature) admits it
-// (handlers.WebhookAuth says why).
+// Webhooks configures inbound authentication (handlers.WebhookAuth): when
+// AllowCIDRs is set, the socket peer must be inside it (a gate every request
+// passes first); then any ONE valid credential among those configured (the
+// bearer token, basic credentials, the HMAC signature) is enough, since
+// Alertmanager cannot sign what Grafana, on the same endpoint, does.
+// server.tls_client_ca_file adds a client certificate requirement.
 type Webhooks struct {
 	// BearerTokenFile holds the token of "Authorization: Bearer <token>".
 	// Env: RESPONDER_WEBHOOKS_BEARER_TOKEN.
@@ -78,7 +85,8 @@ type Webhooks struct {
 	BasicAuth       BasicAuth `yaml:"basic_auth"`
 	HMAC            HMAC      `yaml:"hmac"`
 	// AllowCIDRs restricts the socket peer address (X-Forwarded-For is not
-	// trusted). Empty allows every peer.
+	// trusted): prefixes or single addresses (handlers.ParseCIDR). Empty
+	// allows every peer.
 	AllowCIDRs []string `yaml:"allow_cidrs"`
 	// AllowUnauthenticated must be true to serve webhooks with no method set.
 	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
@@ -95,12 +103,14 @@ type BasicAuth struct {
 type HMAC struct {
 	// SecretFile holds the shared secret. Env: RESPONDER_WEBHOOKS_HMAC_SECRET.
 	SecretFile string `yaml:"secret_file"`
-	// Header carries the hex signature. Default X-Grafana-Alerting-Signature.
+	// Header carries the hex signature. Default
+	// handlers.DefaultHMACHeader (X-Grafana-Alerting-Signature).
 	Header string `yaml:"header"`
 	// TimestampHeader, when set, carries the unix time that was signed as
 	// "<timestamp>:<body>"; requests older or newer than MaxSkew are refused.
 	TimestampHeader string `yaml:"timestamp_header"`
-	// MaxSkew bounds the timestamp's distance from now. Default 5m.
+	// MaxSkew bounds the timestamp's distance from now. Default
+	// handlers.DefaultMaxSkew (5m).
 	MaxSkew time.Duration `yaml:"max_skew"`
 }
 
@@ -119,7 +129,7 @@ type Store struct {
 }
 
 // DefaultRetention is the default of store.retention (SPEC section 16).
-const DefaultRetention = 90 * 24 * time.Hour
+const DefaultRetention = store.DefaultRetention
 
 // MinRetention is the shortest store.retention accepted: a deleted alert
 // row forgets its dedup key, and a finished entry may still get its package
@@ -135,13 +145,17 @@ type Rules struct {
 
 // Defender configures the Microsoft Defender for Endpoint API.
 type Defender struct {
-	// Cloud is commercial, gcc, gcc-high or dod; it sets the API and login hosts.
+	// Cloud is one of defender.Clouds (commercial, gcc, gcc-high, dod); it
+	// sets the API and login hosts. Default defender.DefaultCloud.
 	Cloud string `yaml:"cloud"`
 	// APIURL overrides the API base URL (e.g. a regional host).
 	APIURL string `yaml:"api_url"`
 	// TokenURL overrides the token endpoint.
 	TokenURL string `yaml:"token_url"`
+	// TenantID is required, unless TokenURL is set, whenever a Defender
+	// client is built: always, except in dry-run mode without a credential.
 	TenantID string `yaml:"tenant_id"`
+	// ClientID is required whenever a Defender client is built.
 	ClientID string `yaml:"client_id"`
 	// ClientSecretFile holds the client secret. Env: RESPONDER_DEFENDER_CLIENT_SECRET.
 	ClientSecretFile string `yaml:"client_secret_file"`
@@ -161,7 +175,7 @@ type Defender struct {
 	// PostSettle is how long after an action request whose answer was lost
 	// (a timeout, a crash) the responder only looks for the action it may
 	// have created before it sends the request again. Default 5m; at least
-	// DefenderRequestTimeout and a second.
+	// defender.DefaultTimeout (the request timeout) and a second.
 	PostSettle time.Duration `yaml:"post_settle"`
 	// DownloadDir, when set, receives each finished package.
 	DownloadDir string `yaml:"download_dir"`
@@ -170,7 +184,8 @@ type Defender struct {
 	// entry that exact host. Empty: the cloud's package storage hosts
 	// (defender.DefaultPackageHosts). The API host is always allowed.
 	PackageHosts []string `yaml:"package_hosts"`
-	// MaxPackageBytes caps a package download, in bytes. Default 2 GiB.
+	// MaxPackageBytes caps a package download, in bytes. Default
+	// defender.DefaultMaxPackageBytes (2 GiB).
 	MaxPackageBytes int64 `yaml:"max_package_bytes"`
 	// DryRun decides, logs, counts and audits but never calls a write endpoint.
 	DryRun bool `yaml:"dry_run"`
@@ -178,8 +193,8 @@ type Defender struct {
 
 // RateLimit is the MDE quota per tenant.
 type RateLimit struct {
-	PerMinute int `yaml:"per_minute"` // default 100
-	PerHour   int `yaml:"per_hour"`   // default 1500
+	PerMinute int `yaml:"per_minute"` // default defender.DefaultPerMinute (100)
+	PerHour   int `yaml:"per_hour"`   // default defender.DefaultPerHour (1500)
 }
 
 // Safety configures the circuit breaker and kill switch.
@@ -194,8 +209,8 @@ type Safety struct {
 
 // Log configures logging.
 type Log struct {
-	Level  string `yaml:"level"`  // debug | info | warn | error; default info
-	Format string `yaml:"format"` // json | console; default json
+	Level  string `yaml:"level"`  // one of logging.Levels; default logging.DefaultLevel (info)
+	Format string `yaml:"format"` // one of logging.Formats; default logging.DefaultFormat (json)
 }
 
 // Secrets are the secret values, from *_file keys or the environment.
@@ -205,37 +220,54 @@ type Secrets struct {
 	WebhookBasicPassword string
 	WebhookHMACSecret    string
 	DefenderClientSecret string
+	// DefenderCertificatePEM is the content of defender.certificate_file
+	// (a certificate and its private key), read once at load.
+	DefenderCertificatePEM []byte
 }
 
-// DefenderRequestTimeout bounds each request to Defender (API and login).
-const DefenderRequestTimeout = 15 * time.Second
+// Defaults of the store, rules and pipeline keys, taken from their owners
+// where they have one (store.*, pipeline.Default*); every other default is
+// its owner's constant too: handlers.Default*, defender.Default*,
+// logging.Default*.
+const (
+	DefaultStoreDriver           = store.DriverSQLite
+	DefaultStoreDSN              = "responder.db"
+	DefaultRulesFile             = "rules.yaml"
+	DefaultPollInterval          = pipeline.DefaultPollInterval
+	DefaultActionTimeout         = pipeline.DefaultActionTimeout
+	DefaultPostSettle            = pipeline.DefaultPostSettle
+	DefaultMaxCollectionsPerHour = pipeline.DefaultMaxCollectionsPerHour
+	DefaultMaxMachinesPer10m     = pipeline.DefaultMaxMachinesPer10m
+)
 
-// Default returns the configuration with every default of SPEC section 4.
-// It is the single place where defaults are stated.
+// Default returns the configuration with every default of SPEC section 4,
+// each taken from its owner's constant (see the constants above).
 func Default() *Config {
+	h := handlers.DefaultSettings()
+	d := defender.DefaultConfig()
 	return &Config{
 		Server: Server{
-			Listen:          ":8080",
-			AdminListen:     ":9090",
-			MaxBodyBytes:    1 << 20,
-			ReadTimeout:     10 * time.Second,
-			ShutdownTimeout: 30 * time.Second,
+			Listen:          h.Server.Listen,
+			AdminListen:     h.Server.AdminListen,
+			MaxBodyBytes:    h.Server.MaxBodyBytes,
+			ReadTimeout:     h.Server.ReadTimeout,
+			ShutdownTimeout: h.Server.ShutdownTimeout,
 		},
 		Webhooks: Webhooks{
-			HMAC: HMAC{Header: "X-Grafana-Alerting-Signature", MaxSkew: 5 * time.Minute},
+			HMAC: HMAC{Header: h.Webhooks.HMACHeader, MaxSkew: h.Webhooks.MaxSkew},
 		},
-		Store: Store{Driver: "sqlite", DSN: "responder.db", Retention: DefaultRetention},
-		Rules: Rules{Files: []string{"rules.yaml"}},
+		Store: Store{Driver: DefaultStoreDriver, DSN: DefaultStoreDSN, Retention: DefaultRetention},
+		Rules: Rules{Files: []string{DefaultRulesFile}},
 		Defender: Defender{
-			Cloud:           "commercial",
-			RateLimit:       RateLimit{PerMinute: 100, PerHour: 1500},
-			PollInterval:    30 * time.Second,
-			ActionTimeout:   72 * time.Hour,
-			PostSettle:      5 * time.Minute,
-			MaxPackageBytes: defender.DefaultMaxPackageBytes,
+			Cloud:           d.Cloud,
+			RateLimit:       RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
+			PollInterval:    DefaultPollInterval,
+			ActionTimeout:   DefaultActionTimeout,
+			PostSettle:      DefaultPostSettle,
+			MaxPackageBytes: d.MaxPackageBytes,
 		},
-		Safety: Safety{MaxCollectionsPerHour: 200, MaxMachinesPer10m: 50},
-		Log:    Log{Level: "info", Format: "json"},
+		Safety: Safety{MaxCollectionsPerHour: DefaultMaxCollectionsPerHour, MaxMachinesPer10m: DefaultMaxMachinesPer10m},
+		Log:    Log{Level: logging.DefaultLevel, Format: logging.DefaultFormat},
 	}
 }
 
@@ -244,12 +276,8 @@ func Default() *Config {
 // "by" of the state changes it makes.
 const AdminTokenName = "admin"
 
-// AdminToken is one credential of the admin API: the token and the name that
-// logs show for whoever presented it.
-type AdminToken struct {
-	Name  string
-	Token string
-}
+// AdminToken is one credential of the admin API (handlers owns the type).
+type AdminToken = handlers.AdminToken
 
 // AdminTokens returns the credentials that the admin API accepts; none means
 // the API is served without authentication (allowed only on loopback, see
@@ -262,25 +290,57 @@ func (c *Config) AdminTokens() []AdminToken {
 	return []AdminToken{{Name: AdminTokenName, Token: c.Secrets.AdminBearerToken}}
 }
 
-// AdminUnauthenticatedAllowed reports whether the admin API may be served
-// without a token: admin.allow_unauthenticated is set and the admin API has
-// a loopback-only listener of its own.
-func (c *Config) AdminUnauthenticatedAllowed() bool {
-	return c.Admin.AllowUnauthenticated && c.Server.AdminListen != "" && LoopbackOnly(c.Server.AdminListen)
-}
-
 // AdminAddr is the address the admin API is served on: server.admin_listen,
 // or server.listen when it is "".
 func (c *Config) AdminAddr() string {
-	if c.Server.AdminListen == "" {
-		return c.Server.Listen
-	}
-	return c.Server.AdminListen
+	return c.Handlers().AdminAddr()
 }
 
-// WebhookAuthConfigured reports whether any webhook authentication method is set.
-func (c *Config) WebhookAuthConfigured() bool {
-	w := c.Webhooks
-	return c.Secrets.WebhookBearerToken != "" || w.BasicAuth.Username != "" ||
-		c.Secrets.WebhookHMACSecret != "" || len(w.AllowCIDRs) > 0 || c.Server.TLSClientCAFile != ""
+// Handlers returns the settings of the HTTP edge: the server.*, admin.*
+// and webhooks.* keys with their secrets. Load validates them with
+// handlers.Settings.Validate, the check handlers.New runs.
+func (c *Config) Handlers() handlers.Settings {
+	return handlers.Settings{
+		Server: handlers.ServerSettings{
+			Listen: c.Server.Listen, AdminListen: c.Server.AdminListen, MaxBodyBytes: c.Server.MaxBodyBytes,
+			ReadTimeout: c.Server.ReadTimeout, ShutdownTimeout: c.Server.ShutdownTimeout,
+			TLSCertFile: c.Server.TLSCertFile, TLSKeyFile: c.Server.TLSKeyFile, TLSClientCAFile: c.Server.TLSClientCAFile,
+		},
+		Admin: handlers.AdminSettings{
+			Tokens:               c.AdminTokens(),
+			AllowUnauthenticated: c.Admin.AllowUnauthenticated,
+			AllowedHosts:         c.Admin.AllowedHosts,
+		},
+		Webhooks: handlers.WebhookSettings{
+			BearerToken:          c.Secrets.WebhookBearerToken,
+			BasicUser:            c.Webhooks.BasicAuth.Username,
+			BasicPassword:        c.Secrets.WebhookBasicPassword,
+			HMACSecret:           c.Secrets.WebhookHMACSecret,
+			HMACHeader:           c.Webhooks.HMAC.Header,
+			TimestampHeader:      c.Webhooks.HMAC.TimestampHeader,
+			MaxSkew:              c.Webhooks.HMAC.MaxSkew,
+			AllowCIDRs:           c.Webhooks.AllowCIDRs,
+			AllowUnauthenticated: c.Webhooks.AllowUnauthenticated,
+		},
+	}
+}
+
+// DefenderClient returns the configuration of the Defender client, from
+// defender.DefaultConfig with the defender.* keys and secrets on top, and
+// whether serve builds a client at all: always, except in dry-run mode
+// without a credential (decisions are then recorded and nothing is looked
+// up). Load validates it with defender.Config.Problems, the check
+// defender.New runs. The caller adds what is not configuration (user agent,
+// limiter slack, HTTP client).
+func (c *Config) DefenderClient() (defender.Config, bool) {
+	d := c.Defender
+	dc := defender.DefaultConfig()
+	dc.Cloud, dc.APIURL, dc.TokenURL, dc.TenantID, dc.ClientID = d.Cloud, d.APIURL, d.TokenURL, d.TenantID, d.ClientID
+	dc.ClientSecret = c.Secrets.DefenderClientSecret
+	dc.CertificatePEM = c.Secrets.DefenderCertificatePEM
+	dc.FederatedTokenFile = d.FederatedTokenFile
+	dc.RateLimit = defender.RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour}
+	dc.PackageHosts = d.PackageHosts
+	dc.MaxPackageBytes = d.MaxPackageBytes
+	return dc, !d.DryRun || dc.HasCredential()
 }

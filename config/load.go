@@ -1,12 +1,8 @@
 package config
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,7 +10,10 @@ import (
 	"time"
 
 	"github.com/responder-dev/responder/defender"
+	"github.com/responder-dev/responder/handlers"
+	"github.com/responder-dev/responder/internal/logging"
 	"github.com/responder-dev/responder/internal/yamlx"
+	"github.com/responder-dev/responder/store"
 )
 
 // EnvPrefix starts every environment override: RESPONDER_ + the key path in
@@ -207,6 +206,7 @@ func (l *loader) resolvePaths() {
 		&c.Server.TLSCertFile, &c.Server.TLSKeyFile, &c.Server.TLSClientCAFile,
 		&c.Admin.BearerTokenFile, &c.Webhooks.BearerTokenFile, &c.Webhooks.BasicAuth.PasswordFile,
 		&c.Webhooks.HMAC.SecretFile, &c.Defender.ClientSecretFile, &c.Defender.CertificateFile,
+		&c.Defender.FederatedTokenFile,
 	} {
 		*p = l.resolve(*p)
 	}
@@ -261,13 +261,20 @@ func (l *loader) readSecrets() {
 	read(c.Webhooks.BasicAuth.PasswordFile, "webhooks.basic_auth.password_file", EnvPrefix+"WEBHOOKS_BASIC_AUTH_PASSWORD", &c.Secrets.WebhookBasicPassword)
 	read(c.Webhooks.HMAC.SecretFile, "webhooks.hmac.secret_file", EnvPrefix+"WEBHOOKS_HMAC_SECRET", &c.Secrets.WebhookHMACSecret)
 	read(c.Defender.ClientSecretFile, "defender.client_secret_file", EnvPrefix+"DEFENDER_CLIENT_SECRET", &c.Secrets.DefenderClientSecret)
+	// The certificate file holds a private key: it is read once, here,
+	// and its content checked by the Defender client's rules.
+	if f := c.Defender.CertificateFile; f != "" {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			l.problem("defender.certificate_file", "cannot read %q: %v", f, errors.Unwrap(err))
+			l.decodeFailed["defender.certificate_file"] = true
+			return
+		}
+		c.Secrets.DefenderCertificatePEM = pem
+	}
 }
 
-var (
-	drivers    = []string{"sqlite", "postgres"}
-	logLevels  = []string{"debug", "info", "warn", "error"}
-	logFormats = []string{"json", "console"}
-)
+var drivers = store.Drivers
 
 func oneOf(v string, set []string) bool {
 	for _, s := range set {
@@ -286,76 +293,14 @@ func quoteList(set []string) string {
 	return strings.Join(q, ", ")
 }
 
+// validate reports every problem of the configuration at its key. Each
+// part is checked by the package that uses it (handlers.Settings.Validate,
+// defender.Config.Problems, logging.Check*), the very checks serve's
+// constructors run, so that `check` refuses what `serve` would; the rules of
+// the store and the pipeline, which config cannot import, are here.
 func (l *loader) validate() {
 	c := l.cfg
-	if c.Server.Listen == "" {
-		l.problem("server.listen", "must not be empty")
-	}
-	if c.Server.MaxBodyBytes <= 0 {
-		l.problem("server.max_body_bytes", "must be positive, got %d", c.Server.MaxBodyBytes)
-	}
-	if c.Server.ReadTimeout <= 0 {
-		l.problem("server.read_timeout", "must be positive, got %s", c.Server.ReadTimeout)
-	}
-	if c.Server.ShutdownTimeout <= 0 {
-		l.problem("server.shutdown_timeout", "must be positive, got %s", c.Server.ShutdownTimeout)
-	}
-	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
-		l.problem("server.tls_cert_file", "tls_cert_file and tls_key_file must be set together")
-	}
-	if c.Server.TLSClientCAFile != "" && c.Server.TLSCertFile == "" {
-		l.problem("server.tls_client_ca_file", "requires tls_cert_file and tls_key_file (mTLS needs TLS)")
-	}
-	for _, p := range []struct{ path, file string }{
-		{"server.tls_cert_file", c.Server.TLSCertFile},
-		{"server.tls_key_file", c.Server.TLSKeyFile},
-		{"server.tls_client_ca_file", c.Server.TLSClientCAFile},
-		{"defender.certificate_file", c.Defender.CertificateFile},
-	} {
-		if p.file == "" {
-			continue
-		}
-		if _, err := os.Stat(p.file); err != nil {
-			l.problem(p.path, "cannot read %q: %v", p.file, errors.Unwrap(err))
-		}
-	}
-	// The TLS material is checked whole here, with the key's position, so
-	// that `check` catches it and serve fails before it opens anything.
-	if c.Server.TLSCertFile != "" && c.Server.TLSKeyFile != "" {
-		if _, err := tls.LoadX509KeyPair(c.Server.TLSCertFile, c.Server.TLSKeyFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			l.problem("server.tls_key_file", "%q and %q are not a certificate and its key: %v", c.Server.TLSCertFile, c.Server.TLSKeyFile, err)
-		}
-	}
-	if ca := c.Server.TLSClientCAFile; ca != "" {
-		if pem, err := os.ReadFile(ca); err == nil && !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			l.problem("server.tls_client_ca_file", "%q holds no PEM certificate", ca)
-		}
-	}
-
-	if c.Webhooks.BasicAuth.Username != "" && c.Secrets.WebhookBasicPassword == "" {
-		l.problem("webhooks.basic_auth.password_file", "basic_auth.username is set but no password (password_file or %sWEBHOOKS_BASIC_AUTH_PASSWORD)", EnvPrefix)
-	}
-	if c.Webhooks.BasicAuth.Username == "" && c.Secrets.WebhookBasicPassword != "" {
-		l.problem("webhooks.basic_auth.username", "a basic auth password is set but no username")
-	}
-	if c.Secrets.WebhookHMACSecret != "" && c.Webhooks.HMAC.Header == "" {
-		l.problem("webhooks.hmac.header", "must not be empty when an HMAC secret is set")
-	}
-	if c.Webhooks.HMAC.MaxSkew <= 0 {
-		l.problem("webhooks.hmac.max_skew", "must be positive, got %s", c.Webhooks.HMAC.MaxSkew)
-	}
-	for i, cidr := range c.Webhooks.AllowCIDRs {
-		if _, err := netip.ParsePrefix(cidr); err != nil {
-			if _, err2 := netip.ParseAddr(cidr); err2 != nil {
-				l.problem(fmt.Sprintf("webhooks.allow_cidrs[%d]", i), "invalid CIDR %q", cidr)
-			}
-		}
-	}
-	webhookSecretFailed := l.decodeFailed["webhooks.bearer_token_file"] || l.decodeFailed["webhooks.basic_auth.password_file"] || l.decodeFailed["webhooks.hmac.secret_file"]
-	if !c.WebhookAuthConfigured() && !c.Webhooks.AllowUnauthenticated && !webhookSecretFailed {
-		l.problem("webhooks", "no webhook authentication is configured (bearer_token_file, basic_auth, hmac, allow_cidrs or server.tls_client_ca_file); set webhooks.allow_unauthenticated: true to accept unauthenticated webhooks on purpose")
-	}
-	l.validateAdmin()
+	l.validateHandlers()
 
 	if !oneOf(c.Store.Driver, drivers) {
 		l.problem("store.driver", "unknown driver %q (want one of %s)", c.Store.Driver, quoteList(drivers))
@@ -382,68 +327,8 @@ func (l *loader) validate() {
 		l.problem("rules.files", "at least one rules file is required")
 	}
 
+	l.validateDefender()
 	d := c.Defender
-	if !oneOf(d.Cloud, defender.Clouds) {
-		l.problem("defender.cloud", "unknown cloud %q (want one of %s)", d.Cloud, quoteList(defender.Clouds))
-	}
-	// The Defender client's own rules, so that check refuses what serve
-	// would (the host is parsed, not matched by prefix).
-	if d.APIURL != "" {
-		if err := defender.CheckAPIURL(d.APIURL); err != nil {
-			l.problem("defender.api_url", "%v", err)
-		}
-	}
-	if d.TokenURL != "" {
-		if err := defender.CheckURL(d.TokenURL); err != nil {
-			l.problem("defender.token_url", "%v", err)
-		}
-	} else if d.TenantID != "" {
-		if err := defender.CheckTenantID(d.TenantID); err != nil {
-			l.problem("defender.tenant_id", "%v", err)
-		}
-	}
-	if d.CertificateFile != "" {
-		// A missing file is reported above.
-		if pem, err := os.ReadFile(d.CertificateFile); err == nil {
-			if err := defender.CheckCertificate(pem); err != nil {
-				l.problem("defender.certificate_file", "%q: %v", d.CertificateFile, err)
-			}
-		}
-	}
-	for i, h := range d.PackageHosts {
-		if err := defender.CheckPackageHost(h); err != nil {
-			l.problem(fmt.Sprintf("defender.package_hosts[%d]", i), "%v", err)
-		}
-	}
-	if d.MaxPackageBytes <= 0 {
-		l.problem("defender.max_package_bytes", "must be positive, got %d", d.MaxPackageBytes)
-	}
-	if !d.DryRun {
-		if d.TenantID == "" {
-			l.problem("defender.tenant_id", "required unless defender.dry_run is true")
-		}
-		if d.ClientID == "" {
-			l.problem("defender.client_id", "required unless defender.dry_run is true")
-		}
-	}
-	creds := 0
-	for _, set := range []bool{c.Secrets.DefenderClientSecret != "", d.CertificateFile != "", d.FederatedTokenFile != ""} {
-		if set {
-			creds++
-		}
-	}
-	switch {
-	case creds == 0 && !d.DryRun:
-		l.problem("defender.client_secret_file", "no Defender credential: set client_secret_file (or %sDEFENDER_CLIENT_SECRET), certificate_file or federated_token_file, or turn on defender.dry_run", EnvPrefix)
-	case creds > 1:
-		l.problem("defender.client_secret_file", "set only one Defender credential of client secret, certificate_file and federated_token_file")
-	}
-	if d.RateLimit.PerMinute <= 0 {
-		l.problem("defender.rate_limit.per_minute", "must be positive, got %d", d.RateLimit.PerMinute)
-	}
-	if d.RateLimit.PerHour <= 0 {
-		l.problem("defender.rate_limit.per_hour", "must be positive, got %d", d.RateLimit.PerHour)
-	}
 	if d.PollInterval <= 0 {
 		l.problem("defender.poll_interval", "must be positive, got %s", d.PollInterval)
 	}
@@ -452,8 +337,7 @@ func (l *loader) validate() {
 	} else if d.PollInterval > 0 && d.ActionTimeout < d.PollInterval {
 		l.problem("defender.action_timeout", "must be at least poll_interval (%s), got %s", d.PollInterval, d.ActionTimeout)
 	}
-
-	if minSettle := DefenderRequestTimeout + time.Second; d.PostSettle < minSettle {
+	if minSettle := defender.DefaultTimeout + time.Second; d.PostSettle < minSettle {
 		// Sooner, a request still in flight could create its action after
 		// the look that did not find it, and the second POST a second one.
 		l.problem("defender.post_settle", "must be at least %s (the request timeout and a second), got %s", minSettle, d.PostSettle)
@@ -466,57 +350,58 @@ func (l *loader) validate() {
 		l.problem("safety.max_machines_per_10m", "must be positive, got %d", c.Safety.MaxMachinesPer10m)
 	}
 
-	if !oneOf(c.Log.Level, logLevels) {
-		l.problem("log.level", "unknown level %q (want one of %s)", c.Log.Level, quoteList(logLevels))
+	if err := logging.CheckLevel(c.Log.Level); err != nil {
+		l.problem("log.level", "%v", err)
 	}
-	if !oneOf(c.Log.Format, logFormats) {
-		l.problem("log.format", "unknown format %q (want one of %s)", c.Log.Format, quoteList(logFormats))
+	if err := logging.CheckFormat(c.Log.Format); err != nil {
+		l.problem("log.format", "%v", err)
 	}
 }
 
-// validateAdmin keeps the admin API closed by default: without an admin
-// token it is served only on a loopback-only listener of its own, and only
-// when admin.allow_unauthenticated says so.
-func (l *loader) validateAdmin() {
+// validateHandlers reports the problems of the server.*, admin.* and
+// webhooks.* keys, found by handlers.Settings.Validate. A secret that could
+// not be read is reported already: "no authentication" would only repeat
+// it, so that consequence is left out.
+func (l *loader) validateHandlers() {
+	webhookSecretFailed := l.decodeFailed["webhooks.bearer_token_file"] || l.decodeFailed["webhooks.basic_auth.password_file"] || l.decodeFailed["webhooks.hmac.secret_file"]
+	adminFailed := l.decodeFailed["admin.bearer_token_file"] || l.decodeFailed["server.admin_listen"] || l.decodeFailed["admin.allow_unauthenticated"]
+	for _, p := range l.cfg.Handlers().Validate() {
+		if webhookSecretFailed && errors.Is(p, handlers.ErrNoWebhookAuth) || adminFailed && errors.Is(p, handlers.ErrOpenAdminAPI) {
+			continue
+		}
+		l.problem(p.Key, "%s", p.Msg)
+	}
+}
+
+// validateDefender reports the problems of the Defender client's keys,
+// found by defender.Config.Problems. Without a client (dry-run mode and no
+// credential) the required keys are not required; a credential that could
+// not be read is reported already.
+func (l *loader) validateDefender() {
 	c := l.cfg
-	for i, h := range c.Admin.AllowedHosts {
-		if !validHostName(h) {
-			l.problem(fmt.Sprintf("admin.allowed_hosts[%d]", i), "%q is not a host name (give the name alone: no scheme, port, path or wildcard)", h)
+	dc, client := c.DefenderClient()
+	credFailed := l.decodeFailed["defender.client_secret_file"] || l.decodeFailed["defender.certificate_file"]
+	for _, p := range dc.Problems() {
+		msg := p.Msg
+		switch {
+		case errors.Is(p, defender.ErrRequired):
+			if !client {
+				continue
+			}
+			msg = "required unless defender.dry_run is true"
+			if c.Defender.DryRun {
+				msg = "required when a Defender credential is set: the client is built even with defender.dry_run"
+			}
+		case errors.Is(p, defender.ErrNoCredential):
+			if !client || credFailed {
+				continue
+			}
+			msg = "no Defender credential: set client_secret_file (or " + EnvPrefix + "DEFENDER_CLIENT_SECRET), certificate_file or federated_token_file, or turn on defender.dry_run"
+		case p.Field == "certificate_file":
+			msg = fmt.Sprintf("%q: %s", c.Defender.CertificateFile, p.Msg)
 		}
+		l.problem("defender."+p.Field, "%s", msg)
 	}
-	if len(c.AdminTokens()) > 0 || l.decodeFailed["admin.bearer_token_file"] ||
-		l.decodeFailed["server.admin_listen"] || l.decodeFailed["admin.allow_unauthenticated"] {
-		return
-	}
-	const setToken = "set admin.bearer_token_file (or " + EnvPrefix + "ADMIN_BEARER_TOKEN)"
-	admin := c.Server.AdminListen
-	switch {
-	case admin == "":
-		l.problem("server.admin_listen", `is "", which serves the admin API on the webhook listener: that needs an admin token; %s, or give the admin API a listener of its own`, setToken)
-	case !LoopbackOnly(admin) && c.Admin.AllowUnauthenticated:
-		l.problem("admin.allow_unauthenticated", "is only accepted with a loopback-only server.admin_listen (an IP loopback address or localhost), not %q; %s", admin, setToken)
-	case !LoopbackOnly(admin):
-		l.problem("server.admin_listen", "%q is not loopback-only and no admin token is set: %s to protect the admin API and pprof", admin, setToken)
-	case !c.Admin.AllowUnauthenticated:
-		l.problem("admin", "no admin token is set: %s, or set admin.allow_unauthenticated: true to serve the admin API on %q without one", setToken, admin)
-	}
-}
-
-// validHostName reports whether s can be an entry of admin.allowed_hosts:
-// a DNS name (letters, digits, '-', '_' and dots) or an IP address.
-func validHostName(s string) bool {
-	if _, err := netip.ParseAddr(s); err == nil {
-		return true
-	}
-	if s == "" || len(s) > 253 || strings.HasPrefix(s, ".") || strings.Contains(s, "..") {
-		return false
-	}
-	for _, r := range s {
-		if !(r == '-' || r == '_' || r == '.' || '0' <= r && r <= '9' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') {
-			return false
-		}
-	}
-	return true
 }
 
 // Keys lists every key path of the configuration with its environment

@@ -3,24 +3,77 @@ package defender
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/responder-dev/responder/internal/loopback"
 )
 
-// Clouds are the Defender clouds Config.Cloud accepts.
-var Clouds = []string{"commercial", "gcc", "gcc-high", "dod"}
+// cloud is one Defender cloud: its API and login hosts, the audience of
+// its tokens, and where its package links lead (SPEC section 7). The
+// government clouds' package hosts are an inference from their API host
+// names (securitycenter.microsoft.us): Microsoft documents no sample.
+// Microsoft's documented commercial sample link is
+// https://userrequests-us.securitycenter.windows.com/safedownload/...;
+// other regions use userrequests-eu, -uk, -au and so on.
+type cloud struct {
+	name, api, login, scope string
+	packageHosts            []string
+}
 
-// Defaults of Config.
+// clouds is the one list of Defender clouds: Clouds, Endpoints,
+// DefaultPackageHosts and the validation of defender.cloud read it. The
+// scope does not follow a regional API host: commercial tokens always carry
+// the audience https://api.securitycenter.microsoft.com.
+var clouds = []cloud{
+	{"commercial", "https://api.securitycenter.microsoft.com", "https://login.microsoftonline.com",
+		"https://api.securitycenter.microsoft.com/.default", []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"}},
+	{"gcc", "https://api-gcc.securitycenter.microsoft.us", "https://login.microsoftonline.com",
+		"https://api-gcc.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"}},
+	{"gcc-high", "https://api-gov.securitycenter.microsoft.us", "https://login.microsoftonline.us",
+		"https://api-gov.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"}},
+	{"dod", "https://api-gov.securitycenter.microsoft.us", "https://login.microsoftonline.us",
+		"https://api-gov.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"}},
+}
+
+// Clouds are the names Config.Cloud accepts, in the order of clouds.
+var Clouds = cloudNames()
+
+func cloudNames() []string {
+	names := make([]string, len(clouds))
+	for i, c := range clouds {
+		names[i] = c.name
+	}
+	return names
+}
+
+// lookupCloud finds a cloud by its exact name ("" is DefaultCloud).
+func lookupCloud(name string) (cloud, bool) {
+	if name == "" {
+		name = DefaultCloud
+	}
+	for _, c := range clouds {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return cloud{}, false
+}
+
+// Defaults of Config: New applies them to the zero fields, and the
+// service's configuration starts from them (config.Default).
 const (
-	DefaultCloud           = "commercial"
-	DefaultPerMinute       = 100
-	DefaultPerHour         = 1500
-	DefaultTimeout         = 30 * time.Second
+	DefaultCloud     = "commercial"
+	DefaultPerMinute = 100
+	DefaultPerHour   = 1500
+	// DefaultTimeout bounds each request to the API and the login
+	// endpoint. The pipeline waits this long, and a second, before it looks
+	// for an action whose request lost its answer (defender.post_settle).
+	DefaultTimeout         = 15 * time.Second
 	DefaultDownloadTimeout = 30 * time.Minute
 	DefaultUserAgent       = "responder"
 	// DefaultMaxPackageBytes caps a package download: 2 GiB.
@@ -40,7 +93,8 @@ const (
 )
 
 // Config configures a Client. Exactly one credential must be set:
-// ClientSecret, CertificatePEM or FederatedTokenFile.
+// ClientSecret, CertificatePEM or FederatedTokenFile. New applies
+// DefaultConfig to the zero fields, then checks the result with Problems.
 type Config struct {
 	// Cloud is commercial, gcc, gcc-high or dod; it sets the API host, the
 	// login host and the token scope (see Endpoints). Default commercial.
@@ -73,7 +127,7 @@ type Config struct {
 	// re-read when it changes.
 	FederatedTokenFile string
 	// RateLimit is the quota per API group. Zero fields take the defaults
-	// 100/min and 1500/h.
+	// DefaultPerMinute and DefaultPerHour.
 	RateLimit RateLimit
 	// LimiterSlack lengthens the quota windows of the default limiters (0:
 	// exact windows; the service uses quota.DefaultSlack).
@@ -82,7 +136,7 @@ type Config struct {
 	// "responder".
 	UserAgent string
 	// Timeout bounds every request to the API and the login endpoint,
-	// reading the answer included. Default 30s.
+	// reading the answer included. Default DefaultTimeout (15s).
 	Timeout time.Duration
 	// DownloadTimeout bounds a package download. Default 30m.
 	DownloadTimeout time.Duration
@@ -110,38 +164,207 @@ type RateLimit struct {
 }
 
 // Endpoints returns the API base URL, the login base URL and the token scope
-// of a cloud (SPEC section 7). The scope does not follow a regional API host:
-// commercial tokens always carry the audience
-// https://api.securitycenter.microsoft.com.
-func Endpoints(cloud string) (apiURL, loginHost, scope string, err error) {
-	switch strings.ToLower(strings.TrimSpace(cloud)) {
-	case "", "commercial":
-		return "https://api.securitycenter.microsoft.com", "https://login.microsoftonline.com",
-			"https://api.securitycenter.microsoft.com/.default", nil
-	case "gcc":
-		return "https://api-gcc.securitycenter.microsoft.us", "https://login.microsoftonline.com",
-			"https://api-gcc.securitycenter.microsoft.us/.default", nil
-	case "gcc-high", "dod":
-		return "https://api-gov.securitycenter.microsoft.us", "https://login.microsoftonline.us",
-			"https://api-gov.securitycenter.microsoft.us/.default", nil
-	default:
-		return "", "", "", fmt.Errorf("unknown defender cloud %q (want one of %s)", cloud, strings.Join(Clouds, ", "))
+// of a cloud (SPEC section 7); "" is DefaultCloud.
+func Endpoints(name string) (apiURL, loginHost, scope string, err error) {
+	c, ok := lookupCloud(name)
+	if !ok {
+		return "", "", "", fmt.Errorf("unknown defender cloud %q (want one of %s)", name, quoteList(Clouds))
+	}
+	return c.api, c.login, c.scope, nil
+}
+
+// DefaultPackageHosts returns the package storage hosts of a cloud ("" is
+// DefaultCloud; an unknown cloud has none).
+func DefaultPackageHosts(name string) []string {
+	c, _ := lookupCloud(name)
+	return append([]string(nil), c.packageHosts...)
+}
+
+// DefaultConfig returns a Config with every default: the zero fields of the
+// Config given to New take these values, and the service's configuration
+// starts from them. PackageHosts stays empty: it defaults to the cloud's.
+func DefaultConfig() Config {
+	return Config{
+		Cloud:                DefaultCloud,
+		CertificateAlg:       AlgPS256,
+		RateLimit:            RateLimit{PerMinute: DefaultPerMinute, PerHour: DefaultPerHour},
+		UserAgent:            DefaultUserAgent,
+		Timeout:              DefaultTimeout,
+		DownloadTimeout:      DefaultDownloadTimeout,
+		DownloadStallTimeout: DefaultDownloadStallTimeout,
+		MaxPackageBytes:      DefaultMaxPackageBytes,
 	}
 }
 
-// DefaultPackageHosts returns the package storage hosts of a cloud.
-// Microsoft's documented sample link is
-// https://userrequests-us.securitycenter.windows.com/safedownload/...;
-// other regions use userrequests-eu, -uk, -au and so on. The government
-// clouds' hosts are an inference from their API host names
-// (securitycenter.microsoft.us): Microsoft documents no sample.
-func DefaultPackageHosts(cloud string) []string {
-	switch strings.ToLower(strings.TrimSpace(cloud)) {
-	case "gcc-high", "dod":
-		return []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"}
-	default:
-		return []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"}
+// withDefaults returns cfg with DefaultConfig in its zero fields and the
+// cloud's package hosts when it lists none.
+func (cfg Config) withDefaults() Config {
+	d := DefaultConfig()
+	if cfg.Cloud == "" {
+		cfg.Cloud = d.Cloud
 	}
+	if cfg.CertificateAlg == "" {
+		cfg.CertificateAlg = d.CertificateAlg
+	}
+	if cfg.RateLimit.PerMinute == 0 {
+		cfg.RateLimit.PerMinute = d.RateLimit.PerMinute
+	}
+	if cfg.RateLimit.PerHour == 0 {
+		cfg.RateLimit.PerHour = d.RateLimit.PerHour
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = d.UserAgent
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = d.Timeout
+	}
+	if cfg.DownloadTimeout == 0 {
+		cfg.DownloadTimeout = d.DownloadTimeout
+	}
+	if cfg.DownloadStallTimeout == 0 {
+		cfg.DownloadStallTimeout = d.DownloadStallTimeout
+	}
+	if cfg.MaxPackageBytes == 0 {
+		cfg.MaxPackageBytes = d.MaxPackageBytes
+	}
+	if len(cfg.PackageHosts) == 0 {
+		cfg.PackageHosts = DefaultPackageHosts(cfg.Cloud)
+	}
+	return cfg
+}
+
+// ErrRequired is the class of a FieldError for a required field left empty
+// (tenant_id, client_id): errors.Is(err, ErrRequired).
+var ErrRequired = errors.New("is required")
+
+// ErrNoCredential is the class of the FieldError of a Config with none of
+// the three credentials: errors.Is(err, ErrNoCredential).
+var ErrNoCredential = errors.New("a credential is required: client secret, certificate or federated token file")
+
+// FieldError is one problem of a Config. Field names the setting as the
+// service's configuration names it under "defender." ("api_url",
+// "package_hosts[1]", "rate_limit.per_minute"); Msg says what is wrong,
+// phrased to follow that name ("defender.cloud: unknown cloud ...").
+type FieldError struct {
+	Field string
+	Msg   string
+	// class is ErrRequired, ErrNoCredential or nil.
+	class error
+	// sentence, when set, is Error's text: the problem said on its own,
+	// without a key in front.
+	sentence string
+}
+
+// Error says the problem on its own, for the error of New.
+func (e *FieldError) Error() string {
+	if e.sentence != "" {
+		return e.sentence
+	}
+	return e.Field + ": " + e.Msg
+}
+
+// Unwrap returns the class of the problem (ErrRequired, ErrNoCredential),
+// or nil.
+func (e *FieldError) Unwrap() error { return e.class }
+
+// HasCredential reports whether any of the three credentials is set: the
+// service builds no client in dry-run mode without one.
+func (cfg Config) HasCredential() bool {
+	return cfg.credentials() > 0
+}
+
+func (cfg Config) credentials() int {
+	n := 0
+	for _, set := range []bool{cfg.ClientSecret != "", len(cfg.CertificatePEM) > 0, cfg.FederatedTokenFile != ""} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
+// Problems checks cfg as given, with no default applied (New applies
+// DefaultConfig first): it returns every problem, in a stable order. It is
+// the one implementation of the Defender client's rules; the service's
+// `check` and `serve` both run it (through config.Load) before New does.
+func (cfg Config) Problems() []*FieldError {
+	var ps []*FieldError
+	add := func(field, format string, args ...any) {
+		ps = append(ps, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	addErr := func(field string, err error) {
+		if err != nil {
+			ps = append(ps, &FieldError{Field: field, Msg: err.Error()})
+		}
+	}
+	required := func(field string) {
+		ps = append(ps, &FieldError{Field: field, Msg: "required", class: ErrRequired, sentence: field + " is required"})
+	}
+	if _, ok := lookupCloud(cfg.Cloud); !ok || cfg.Cloud == "" {
+		ps = append(ps, &FieldError{Field: "cloud", Msg: fmt.Sprintf("unknown cloud %q (want one of %s)", cfg.Cloud, quoteList(Clouds)),
+			sentence: fmt.Sprintf("unknown defender cloud %q (want one of %s)", cfg.Cloud, quoteList(Clouds))})
+	}
+	if cfg.APIURL != "" {
+		addErr("api_url", CheckAPIURL(cfg.APIURL))
+	}
+	switch {
+	case cfg.TokenURL != "":
+		addErr("token_url", CheckURL(cfg.TokenURL))
+	case cfg.TenantID == "":
+		required("tenant_id")
+	default:
+		addErr("tenant_id", CheckTenantID(cfg.TenantID))
+	}
+	if len(cfg.CertificatePEM) > 0 {
+		addErr("certificate_file", CheckCertificate(cfg.CertificatePEM))
+	}
+	for i, h := range cfg.PackageHosts {
+		addErr(fmt.Sprintf("package_hosts[%d]", i), CheckPackageHost(h))
+	}
+	if cfg.MaxPackageBytes <= 0 {
+		add("max_package_bytes", "must be positive, got %d", cfg.MaxPackageBytes)
+	}
+	if cfg.ClientID == "" {
+		required("client_id")
+	}
+	switch cfg.credentials() {
+	case 0:
+		ps = append(ps, &FieldError{Field: "client_secret_file", Msg: ErrNoCredential.Error(), class: ErrNoCredential, sentence: ErrNoCredential.Error()})
+	case 1:
+	default:
+		msg := "set only one credential: client secret, certificate or federated token file"
+		ps = append(ps, &FieldError{Field: "client_secret_file", Msg: msg, sentence: msg})
+	}
+	if f := cfg.FederatedTokenFile; f != "" {
+		if fi, err := os.Stat(f); err != nil {
+			add("federated_token_file", "cannot read %q: %v", f, errors.Unwrap(err))
+		} else if fi.IsDir() {
+			add("federated_token_file", "%q is a directory", f)
+		}
+	}
+	switch cfg.CertificateAlg {
+	case AlgPS256, AlgRS256:
+	default:
+		add("certificate_alg", "certificate algorithm %q: want PS256 or RS256", cfg.CertificateAlg)
+	}
+	if cfg.RateLimit.PerMinute <= 0 {
+		add("rate_limit.per_minute", "must be positive, got %d", cfg.RateLimit.PerMinute)
+	}
+	if cfg.RateLimit.PerHour <= 0 {
+		add("rate_limit.per_hour", "must be positive, got %d", cfg.RateLimit.PerHour)
+	}
+	for _, t := range []struct {
+		field string
+		d     time.Duration
+	}{{"timeout", cfg.Timeout}, {"download_timeout", cfg.DownloadTimeout}, {"download_stall_timeout", cfg.DownloadStallTimeout}} {
+		if t.d <= 0 {
+			add(t.field, "must be positive, got %s", t.d)
+		}
+	}
+	if cfg.UserAgent == "" || strings.ContainsAny(cfg.UserAgent, "\r\n") {
+		add("user_agent", "must be one line, not empty")
+	}
+	return ps
 }
 
 // resolved is a validated Config with defaults applied.
@@ -155,121 +378,44 @@ type resolved struct {
 
 // resolve applies defaults and validates cfg; every problem is reported.
 func resolve(cfg Config) (*resolved, error) {
-	var errs []error
-	r := &resolved{Config: cfg}
-	apiURL, login, scope, err := Endpoints(cfg.Cloud)
-	if err != nil {
-		errs = append(errs, err)
+	cfg = cfg.withDefaults()
+	if ps := cfg.Problems(); len(ps) > 0 {
+		errs := make([]error, len(ps))
+		for i, p := range ps {
+			errs[i] = p
+		}
+		return nil, fmt.Errorf("defender config: %w", errors.Join(errs...))
 	}
-	r.scope = scope
+	c, _ := lookupCloud(cfg.Cloud)
+	r := &resolved{Config: cfg, scope: c.scope, tokenURL: cfg.TokenURL}
+	apiURL := c.api
 	if cfg.APIURL != "" {
 		apiURL = cfg.APIURL
 	}
-	if apiURL != "" {
-		if u, err := checkAPIURL(apiURL); err != nil {
-			errs = append(errs, fmt.Errorf("api_url: %w", err))
-		} else {
-			r.apiBase = u
-		}
+	u, err := checkAPIURL(apiURL)
+	if err != nil {
+		return nil, fmt.Errorf("defender config: api_url: %w", err)
 	}
-	if cfg.TokenURL != "" {
-		if err := CheckURL(cfg.TokenURL); err != nil {
-			errs = append(errs, fmt.Errorf("token_url: %w", err))
-		}
-		r.tokenURL = cfg.TokenURL
-	} else if login != "" {
-		if cfg.TenantID == "" {
-			errs = append(errs, errors.New("tenant_id is required"))
-		} else if err := CheckTenantID(cfg.TenantID); err != nil {
-			errs = append(errs, fmt.Errorf("tenant_id: %w", err))
-		} else {
-			r.tokenURL = login + "/" + cfg.TenantID + "/oauth2/v2.0/token"
-		}
+	r.apiBase = u
+	if r.tokenURL == "" {
+		r.tokenURL = c.login + "/" + cfg.TenantID + "/oauth2/v2.0/token"
 	}
-	if cfg.ClientID == "" {
-		errs = append(errs, errors.New("client_id is required"))
-	}
-	n := 0
-	if cfg.ClientSecret != "" {
-		n++
-	}
-	if len(cfg.CertificatePEM) > 0 {
-		n++
-	}
-	if cfg.FederatedTokenFile != "" {
-		n++
-		if fi, err := os.Stat(cfg.FederatedTokenFile); err != nil {
-			errs = append(errs, fmt.Errorf("federated_token_file: %w", err))
-		} else if fi.IsDir() {
-			errs = append(errs, fmt.Errorf("federated_token_file %q is a directory", cfg.FederatedTokenFile))
-		}
-	}
-	switch n {
-	case 0:
-		errs = append(errs, errors.New("a credential is required: client secret, certificate or federated token file"))
-	case 1:
-	default:
-		errs = append(errs, errors.New("set only one credential: client secret, certificate or federated token file"))
-	}
-	switch cfg.CertificateAlg {
-	case "":
-		r.CertificateAlg = AlgPS256
-	case AlgPS256, AlgRS256:
-	default:
-		errs = append(errs, fmt.Errorf("certificate algorithm %q: want PS256 or RS256", cfg.CertificateAlg))
-	}
-	if cfg.RateLimit.PerMinute < 0 || cfg.RateLimit.PerHour < 0 {
-		errs = append(errs, errors.New("rate_limit: per_minute and per_hour must not be negative"))
-	}
-	if r.RateLimit.PerMinute == 0 {
-		r.RateLimit.PerMinute = DefaultPerMinute
-	}
-	if r.RateLimit.PerHour == 0 {
-		r.RateLimit.PerHour = DefaultPerHour
-	}
-	if cfg.Timeout < 0 || cfg.DownloadTimeout < 0 || cfg.DownloadStallTimeout < 0 {
-		errs = append(errs, errors.New("timeouts must not be negative"))
-	}
-	if r.Timeout == 0 {
-		r.Timeout = DefaultTimeout
-	}
-	if r.DownloadTimeout == 0 {
-		r.DownloadTimeout = DefaultDownloadTimeout
-	}
-	if r.DownloadStallTimeout == 0 {
-		r.DownloadStallTimeout = DefaultDownloadStallTimeout
-	}
-	switch {
-	case cfg.MaxPackageBytes < 0:
-		errs = append(errs, fmt.Errorf("max_package_bytes must be positive, got %d", cfg.MaxPackageBytes))
-	case cfg.MaxPackageBytes == 0:
-		r.MaxPackageBytes = DefaultMaxPackageBytes
-	}
-	hosts := cfg.PackageHosts
-	if len(hosts) == 0 {
-		hosts = DefaultPackageHosts(cfg.Cloud)
-	}
-	r.PackageHosts = append([]string(nil), hosts...)
-	for i, h := range hosts {
-		if err := CheckPackageHost(h); err != nil {
-			errs = append(errs, fmt.Errorf("package_hosts[%d]: %w", i, err))
-			continue
-		}
+	r.PackageHosts = append([]string(nil), cfg.PackageHosts...)
+	for _, h := range cfg.PackageHosts {
 		r.packageHosts = append(r.packageHosts, strings.ToLower(h))
-	}
-	if r.UserAgent == "" {
-		r.UserAgent = DefaultUserAgent
-	}
-	if strings.ContainsAny(r.UserAgent, "\r\n") {
-		errs = append(errs, errors.New("user agent must be one line"))
 	}
 	if r.HTTPClient == nil {
 		r.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("defender config: %w", errors.Join(errs...))
-	}
 	return r, nil
+}
+
+func quoteList(set []string) string {
+	q := make([]string, len(set))
+	for i, s := range set {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
 }
 
 // CheckURL validates a Defender API or token endpoint URL as the client
@@ -313,23 +459,13 @@ func checkURL(raw string) (*url.URL, error) {
 	switch u.Scheme {
 	case "https":
 	case "http":
-		if !loopback(u.Hostname()) {
+		if !loopback.Host(u.Hostname()) {
 			return nil, fmt.Errorf("%q: http is allowed only to a loopback host; use https", raw)
 		}
 	default:
 		return nil, fmt.Errorf("%q: want https", raw)
 	}
 	return u, nil
-}
-
-// loopback reports whether host (without port) is localhost or a loopback
-// IP address.
-func loopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // CheckTenantID validates an Entra tenant id: a GUID or a domain name

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/responder-dev/responder/internal/loopback"
 )
 
 // recorder is a server that must receive nothing: it counts requests and
@@ -314,7 +316,7 @@ func (s *storage) client() *http.Client {
 		if to, ok := routes[addr]; ok {
 			return d.DialContext(ctx, network, to)
 		}
-		if host, _, _ := net.SplitHostPort(addr); !loopback(host) {
+		if host, _, _ := net.SplitHostPort(addr); !loopback.Host(host) {
 			return nil, fmt.Errorf("test network: no route to %s", host)
 		}
 		return d.DialContext(ctx, network, addr)

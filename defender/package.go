@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/responder-dev/responder/internal/loopback"
 )
 
 // GetPackageURI returns the short-lived download link of a collected
@@ -68,7 +70,7 @@ func checkDownloadURL(uri string) (*url.URL, error) {
 	}
 	switch {
 	case u.Scheme == "https":
-	case u.Scheme == "http" && loopback(u.Hostname()):
+	case u.Scheme == "http" && loopback.Host(u.Hostname()):
 	default:
 		return nil, errors.New("package link is not an https URL")
 	}

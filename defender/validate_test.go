@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -102,6 +103,63 @@ func TestCheckCertificate(t *testing.T) {
 		_, nerr := New(Config{TenantID: testTenant, ClientID: testClientID, CertificatePEM: tc.pem}, nil, nil)
 		if len(tc.pem) > 0 && (nerr == nil) != (tc.err == "") {
 			t.Errorf("%s: New: %v", tc.name, nerr)
+		}
+	}
+}
+
+// TestProblems: the checks New runs after applying DefaultConfig, which the
+// service's config runs on the values as configured.
+func TestProblems(t *testing.T) {
+	t.Parallel()
+	var got []string
+	for _, p := range DefaultConfig().Problems() {
+		got = append(got, p.Field)
+		if !errors.Is(p, ErrRequired) && !errors.Is(p, ErrNoCredential) {
+			t.Errorf("default config: %v is not a missing value", p)
+		}
+	}
+	if strings.Join(got, ",") != "tenant_id,client_id,client_secret_file" {
+		t.Fatalf("default config problems at %v", got)
+	}
+	good := DefaultConfig()
+	good.TenantID, good.ClientID, good.ClientSecret = testTenant, testClientID, testSecret
+	for _, name := range Clouds {
+		c := good
+		c.Cloud = name
+		if ps := c.Problems(); len(ps) != 0 {
+			t.Errorf("cloud %s: %v", name, ps[0])
+		}
+		if _, _, _, err := Endpoints(name); err != nil || len(DefaultPackageHosts(name)) == 0 {
+			t.Errorf("cloud %s: endpoints %v, package hosts %v", name, err, DefaultPackageHosts(name))
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		mod   func(*Config)
+		field string
+	}{
+		{"upper-case cloud", func(c *Config) { c.Cloud = "GCC" }, "cloud"},
+		{"empty cloud", func(c *Config) { c.Cloud = "" }, "cloud"},
+		{"zero rate", func(c *Config) { c.RateLimit.PerHour = 0 }, "rate_limit.per_hour"},
+		{"zero cap", func(c *Config) { c.MaxPackageBytes = 0 }, "max_package_bytes"},
+		{"token url without tenant", func(c *Config) { c.TenantID = ""; c.TokenURL = "https://login.example.com/t" }, ""},
+		{"loopback http", func(c *Config) { c.APIURL = "http://[::ffff:127.0.0.1]:8080" }, ""},
+	} {
+		c := good
+		tc.mod(&c)
+		var fields []string
+		for _, p := range c.Problems() {
+			fields = append(fields, p.Field)
+		}
+		if strings.Join(fields, ",") != tc.field {
+			t.Errorf("%s: problems at %v, want %q", tc.name, fields, tc.field)
+		}
+		// New reads a zero value as the default; anything else it refuses
+		// exactly when Problems does.
+		_, err := New(c, nil, nil)
+		zero := tc.name == "empty cloud" || tc.name == "zero rate" || tc.name == "zero cap"
+		if (err == nil) != (tc.field == "" || zero) {
+			t.Errorf("%s: New = %v", tc.name, err)
 		}
 	}
 }

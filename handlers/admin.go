@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/config"
 )
 
 // AdminAPI holds the operations behind /api/v1/*. A nil function leaves its
@@ -65,7 +64,7 @@ var ErrNotFound = errors.New("not found")
 const ByUnauthenticated = "unauthenticated"
 
 // Requester is who made an admin API request: By is the name of the admin
-// token presented (config.AdminTokenName for admin.bearer_token_file), or
+// token presented (AdminToken.Name: "admin" for admin.bearer_token_file), or
 // ByUnauthenticated; RemoteAddr is the socket peer, never a forwarded header.
 type Requester struct {
 	By         string
@@ -105,20 +104,13 @@ func WithRequester(ctx context.Context, r Requester) context.Context {
 // /metrics, /healthz and /readyz are not behind it: Prometheus and the
 // kubelet reach them under whatever name they were given.
 type adminGuard struct {
-	tokens []config.AdminToken
+	tokens []AdminToken
 	hosts  map[string]bool // lower case, no port, no trailing dot
 	log    *zap.Logger
 }
 
-func newAdminGuard(c *config.Config, log *zap.Logger) *adminGuard {
-	g := &adminGuard{tokens: c.AdminTokens(), hosts: map[string]bool{"localhost": true}, log: log}
-	if host, _, err := net.SplitHostPort(c.AdminAddr()); err == nil && host != "" {
-		g.hosts[normalHost(host)] = true
-	}
-	for _, h := range c.Admin.AllowedHosts {
-		g.hosts[normalHost(h)] = true
-	}
-	return g
+func newAdminGuard(s Settings, log *zap.Logger) *adminGuard {
+	return &adminGuard{tokens: s.Admin.Tokens, hosts: s.adminHosts(), log: log}
 }
 
 // normalHost lower-cases a host name and drops a trailing dot.
@@ -375,7 +367,7 @@ func (s *Server) mountAdminAPI(e *echo.Echo, guard *adminGuard) {
 		})
 	}
 	if a.Evaluate != nil {
-		maxBody := s.opts.Config.Server.MaxBodyBytes
+		maxBody := s.opts.Settings.Server.MaxBodyBytes
 		g.POST("/evaluate", func(c echo.Context) error {
 			var format alert.Format
 			if q := c.QueryParam("format"); q != "" {

@@ -19,7 +19,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/config"
 	"github.com/responder-dev/responder/metrics"
 )
 
@@ -33,13 +32,13 @@ type adminBundle struct {
 	query   atomic.Pointer[ActionsQuery]
 }
 
-func newAdminBundle(t *testing.T, cfg *config.Config) *adminBundle {
+func newAdminBundle(t *testing.T, cfg *Settings) *adminBundle {
 	t.Helper()
 	b := &adminBundle{}
 	core, logs := observer.New(zap.DebugLevel)
 	b.logs = logs
 	m := metrics.New(nil)
-	srv, err := New(Options{Config: cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.New(core),
+	srv, err := New(Options{Settings: *cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.New(core),
 		Ready: func(context.Context) error { return nil },
 		Admin: AdminAPI{
 			Pause:  func(context.Context) error { b.pauses.Add(1); return nil },
@@ -90,15 +89,15 @@ func (b *adminBundle) do(method, path, body string, headers ...string) *httptest
 
 func TestNewRefusesAnOpenAdminAPI(t *testing.T) {
 	t.Parallel()
-	for name, mutate := range map[string]func(*config.Config){
-		"not allowed":               func(c *config.Config) { c.Admin.AllowUnauthenticated = false },
-		"every interface":           func(c *config.Config) { c.Server.AdminListen = ":0" },
-		"on the webhook listener":   func(c *config.Config) { c.Server.AdminListen = "" },
-		"a name resolving anywhere": func(c *config.Config) { c.Server.AdminListen = "responder.example.com:0" },
+	for name, mutate := range map[string]func(*Settings){
+		"not allowed":               func(c *Settings) { c.Admin.AllowUnauthenticated = false },
+		"every interface":           func(c *Settings) { c.Server.AdminListen = ":0" },
+		"on the webhook listener":   func(c *Settings) { c.Server.AdminListen = "" },
+		"a name resolving anywhere": func(c *Settings) { c.Server.AdminListen = "responder.example.com:0" },
 	} {
 		cfg := testConfig()
 		mutate(cfg)
-		_, err := New(Options{Config: cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(),
+		_, err := New(Options{Settings: *cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(),
 			Webhooks: &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, Metrics: metrics.New(nil), Logger: zap.NewNop()}})
 		if err == nil || !strings.Contains(err.Error(), "the admin API needs an admin token") {
 			t.Errorf("%s: New = %v, want a refusal", name, err)
@@ -113,7 +112,7 @@ func TestAdminHost(t *testing.T) {
 	cfg := testConfig()
 	cfg.Server.AdminListen = "admin.internal:9090"
 	cfg.Admin.AllowedHosts = []string{"Responder.Example.com", "ops"}
-	cfg.Secrets.AdminBearerToken = "admin-token"
+	cfg.Admin.Tokens = adminTokens("admin-token")
 	b := newAdminBundle(t, cfg)
 	cases := []struct {
 		host string
@@ -295,7 +294,7 @@ func TestAdminAcceptsYAMLWhereAsked(t *testing.T) {
 func TestAdminToken(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig()
-	cfg.Secrets.AdminBearerToken = "admin-token"
+	cfg.Admin.Tokens = adminTokens("admin-token")
 	b := newAdminBundle(t, cfg)
 	for _, tc := range []struct {
 		name, auth string
@@ -345,7 +344,7 @@ func TestAdminActionsLogged(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			cfg := testConfig()
-			cfg.Secrets.AdminBearerToken = tc.token
+			cfg.Admin.Tokens = adminTokens(tc.token)
 			b := newAdminBundle(t, cfg)
 			auth := []string{"Authorization", "Bearer " + tc.token}
 			for _, action := range []string{"pause", "reload", "resume"} {

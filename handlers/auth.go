@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/responder-dev/responder/config"
 )
 
 // WebhookAuth authenticates webhook requests (SPEC section 10) in two steps:
@@ -47,28 +45,28 @@ type WebhookAuth struct {
 	Now func() time.Time
 }
 
-// NewWebhookAuth builds the checks from the configuration.
-func NewWebhookAuth(c *config.Config) (*WebhookAuth, error) {
+// NewWebhookAuth builds the checks from the webhook settings, and the
+// client certificate requirement from server.tls_client_ca_file. It fails
+// on an allow_cidrs entry that ParseCIDR refuses (Settings.Validate reports
+// it first, with its index).
+func NewWebhookAuth(s Settings) (*WebhookAuth, error) {
+	w := s.Webhooks
 	a := &WebhookAuth{
-		BearerToken:       c.Secrets.WebhookBearerToken,
-		BasicUser:         c.Webhooks.BasicAuth.Username,
-		BasicPassword:     c.Secrets.WebhookBasicPassword,
-		HMACSecret:        c.Secrets.WebhookHMACSecret,
-		HMACHeader:        c.Webhooks.HMAC.Header,
-		TimestampHeader:   c.Webhooks.HMAC.TimestampHeader,
-		MaxSkew:           c.Webhooks.HMAC.MaxSkew,
-		RequireClientCert: c.Server.TLSClientCAFile != "",
+		BearerToken:       w.BearerToken,
+		BasicUser:         w.BasicUser,
+		BasicPassword:     w.BasicPassword,
+		HMACSecret:        w.HMACSecret,
+		HMACHeader:        w.HMACHeader,
+		TimestampHeader:   w.TimestampHeader,
+		MaxSkew:           w.MaxSkew,
+		RequireClientCert: s.Server.TLSClientCAFile != "",
 	}
-	for _, s := range c.Webhooks.AllowCIDRs {
-		p, err := netip.ParsePrefix(s)
+	for _, c := range w.AllowCIDRs {
+		p, err := ParseCIDR(c)
 		if err != nil {
-			addr, err2 := netip.ParseAddr(s)
-			if err2 != nil {
-				return nil, fmt.Errorf("webhooks.allow_cidrs: invalid CIDR %q", s)
-			}
-			p = netip.PrefixFrom(addr, addr.BitLen())
+			return nil, fmt.Errorf("webhooks.allow_cidrs: %w", err)
 		}
-		a.AllowCIDRs = append(a.AllowCIDRs, p.Masked())
+		a.AllowCIDRs = append(a.AllowCIDRs, p)
 	}
 	return a, nil
 }

@@ -8,13 +8,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"time"
 
@@ -24,12 +22,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/config"
 )
 
 // Options configures the HTTP servers.
 type Options struct {
-	Config   *config.Config
+	// Settings are the listeners, limits, TLS and admin access; New
+	// refuses settings that Settings.Validate refuses.
+	Settings Settings
 	Webhooks *Webhooks
 	Gatherer prometheus.Gatherer
 	// Ready reports whether the service can take alerts (store answers,
@@ -48,17 +47,25 @@ type Server struct {
 	tls       *tls.Config
 }
 
-// New builds the servers; Listen binds them and Serve runs them.
+// New builds the servers; Listen binds them and Serve runs them. It refuses
+// what Settings.Validate refuses (config.Load does too): a caller that
+// built its own settings must not open the admin API by mistake. An error
+// about admin access wraps ErrOpenAdminAPI.
 func New(opts Options) (*Server, error) {
-	c := opts.Config
-	s := &Server{opts: opts}
-	if c.Server.TLSCertFile != "" {
-		tc, err := tlsConfig(c.Server)
-		if err != nil {
-			return nil, err
+	st := opts.Settings
+	tc, problems := st.check()
+	if len(problems) > 0 {
+		errs := make([]error, len(problems))
+		for i, p := range problems {
+			errs[i] = p
 		}
-		s.tls = tc
+		err := errors.Join(errs...)
+		if errors.Is(err, ErrOpenAdminAPI) {
+			return nil, fmt.Errorf("%w: %w", ErrOpenAdminAPI, err)
+		}
+		return nil, fmt.Errorf("invalid HTTP settings: %w", err)
 	}
+	s := &Server{opts: opts, tls: tc}
 	public := newEcho(opts.Logger)
 	public.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
@@ -67,7 +74,7 @@ func New(opts Options) (*Server, error) {
 	opts.Webhooks.mount(public)
 
 	admin := public
-	if c.Server.AdminListen != "" {
+	if st.Server.AdminListen != "" {
 		admin = newEcho(opts.Logger)
 		admin.GET("/healthz", func(c echo.Context) error {
 			return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
@@ -75,62 +82,33 @@ func New(opts Options) (*Server, error) {
 		admin.GET("/readyz", s.readyz)
 	}
 	admin.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})))
-	if len(c.AdminTokens()) == 0 && !c.AdminUnauthenticatedAllowed() {
-		// config.Load refuses this; a caller that built its own config
-		// must not open the admin API by mistake.
-		return nil, errors.New("the admin API needs an admin token, or admin.allow_unauthenticated with a loopback-only server.admin_listen")
-	}
-	guard := newAdminGuard(c, opts.Logger.Named("admin"))
+	guard := newAdminGuard(st, opts.Logger.Named("admin"))
 	s.mountAdminAPI(admin, guard)
 	s.mountPprof(admin, guard)
 
-	s.add("webhooks", c.Server.Listen, public, c)
-	if c.Server.AdminListen != "" {
-		s.add("admin", c.Server.AdminListen, admin, c)
+	s.add("webhooks", st.Server.Listen, public)
+	if st.Server.AdminListen != "" {
+		s.add("admin", st.Server.AdminListen, admin)
 	}
 	return s, nil
 }
 
-func (s *Server) add(name, addr string, h http.Handler, c *config.Config) {
+func (s *Server) add(name, addr string, h http.Handler) {
+	read := s.opts.Settings.Server.ReadTimeout
 	s.names = append(s.names, name)
 	s.servers = append(s.servers, &http.Server{
 		Addr:              addr,
 		Handler:           h,
-		ReadHeaderTimeout: min(c.Server.ReadTimeout, 5*time.Second),
-		ReadTimeout:       c.Server.ReadTimeout,
+		ReadHeaderTimeout: min(read, 5*time.Second),
+		ReadTimeout:       read,
 		// Writing the answer waits for the store (bounded by the submit
 		// timeout), so it gets more time than reading.
-		WriteTimeout:   c.Server.ReadTimeout + 20*time.Second,
+		WriteTimeout:   read + 20*time.Second,
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
 		TLSConfig:      s.tls,
 		ErrorLog:       zap.NewStdLog(s.opts.Logger.Named("http")),
 	})
-}
-
-func tlsConfig(c config.Server) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading server.tls_cert_file and tls_key_file: %w", err)
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-	if c.TLSClientCAFile != "" {
-		pem, err := os.ReadFile(c.TLSClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading server.tls_client_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("server.tls_client_ca_file %q holds no PEM certificate", c.TLSClientCAFile)
-		}
-		tc.ClientCAs = pool
-		// A certificate that is presented must verify, but the handshake
-		// does not demand one: the webhooks do (WebhookAuth), while the
-		// probes, /metrics and the token-protected admin API stay reachable
-		// by kubelet and Prometheus, which present none.
-		tc.ClientAuth = tls.VerifyClientCertIfGiven
-	}
-	return tc, nil
 }
 
 // Listen binds every listener, so that a taken port fails the start at once.
@@ -199,10 +177,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		s.opts.Logger.Info("shutting down: no new connections; requests in flight finish", zap.Duration("shutdown_timeout", s.opts.Config.Server.ShutdownTimeout))
+		s.opts.Logger.Info("shutting down: no new connections; requests in flight finish", zap.Duration("shutdown_timeout", s.opts.Settings.Server.ShutdownTimeout))
 	case serveErr = <-errc:
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.opts.Config.Server.ShutdownTimeout)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.opts.Settings.Server.ShutdownTimeout)
 	defer cancel()
 	var errs []error
 	for _, srv := range s.servers {

@@ -29,7 +29,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/config"
 	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/metrics"
 )
@@ -41,13 +40,13 @@ type running struct {
 	addrs  map[string]string
 }
 
-func start(t *testing.T, cfg *config.Config, opts Options) *running {
+func start(t *testing.T, cfg *Settings, opts Options) *running {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
-	opts.Config = cfg
+	opts.Settings = *cfg
 	if opts.Webhooks == nil {
-		auth, err := NewWebhookAuth(cfg)
+		auth, err := NewWebhookAuth(*cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,15 +71,26 @@ func start(t *testing.T, cfg *config.Config, opts Options) *running {
 	return r
 }
 
-func testConfig() *config.Config {
-	c := config.Default()
+func testConfig() *Settings {
+	c := DefaultSettings()
 	c.Server.Listen = "127.0.0.1:0"
 	c.Server.AdminListen = "127.0.0.1:0"
 	c.Server.ShutdownTimeout = 5 * time.Second
 	// The admin API of these tests is on loopback without a token, as
 	// config allows only on purpose; tests of the token set one.
 	c.Admin.AllowUnauthenticated = true
-	return c
+	// Webhook tests that need authentication build their WebhookAuth.
+	c.Webhooks.AllowUnauthenticated = true
+	return &c
+}
+
+// adminTokens is the admin token list config builds from
+// admin.bearer_token_file: none for "", else one named "admin".
+func adminTokens(token string) []AdminToken {
+	if token == "" {
+		return nil
+	}
+	return []AdminToken{{Name: "admin", Token: token}}
 }
 
 func get(t *testing.T, client *http.Client, url, token string) (int, string) {
@@ -101,7 +111,7 @@ func get(t *testing.T, client *http.Client, url, token string) (int, string) {
 func TestListenersAndProbes(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig()
-	cfg.Secrets.AdminBearerToken = "admin-token"
+	cfg.Admin.Tokens = adminTokens("admin-token")
 	ready := errors.New("store: connection refused")
 	r := start(t, cfg, Options{
 		Ready: func(context.Context) error { return ready },
@@ -141,7 +151,7 @@ func TestSingleListenerWhenAdminListenEmpty(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig()
 	cfg.Server.AdminListen = ""
-	cfg.Secrets.AdminBearerToken = "admin-token" // required with the admin API on the webhook listener
+	cfg.Admin.Tokens = adminTokens("admin-token") // required with the admin API on the webhook listener
 	r := start(t, cfg, Options{Admin: AdminAPI{Rules: func() any { return map[string]int{"rules": 3} }}})
 	if len(r.addrs) != 1 {
 		t.Fatalf("listeners = %v", r.addrs)
@@ -167,7 +177,7 @@ func TestPortInUseFailsAtListen(t *testing.T) {
 	cfg := testConfig()
 	cfg.Server.Listen = ln.Addr().String()
 	m := metrics.New(nil)
-	srv, err := New(Options{Config: cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(),
+	srv, err := New(Options{Settings: *cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(),
 		Webhooks: &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, Metrics: m, Logger: zap.NewNop()}})
 	if err != nil {
 		t.Fatal(err)
@@ -332,10 +342,10 @@ func newCert(t *testing.T, parent *x509.Certificate, parentKey *ecdsa.PrivateKey
 
 // adminHandler builds the servers without listening and returns the admin
 // listener's handler.
-func adminHandler(t *testing.T, cfg *config.Config, admin AdminAPI) http.Handler {
+func adminHandler(t *testing.T, cfg *Settings, admin AdminAPI) http.Handler {
 	t.Helper()
 	m := metrics.New(nil)
-	srv, err := New(Options{Config: cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(), Admin: admin,
+	srv, err := New(Options{Settings: *cfg, Gatherer: prometheus.NewRegistry(), Logger: zap.NewNop(), Admin: admin,
 		Webhooks: &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, Metrics: m, Logger: zap.NewNop()}})
 	if err != nil {
 		t.Fatal(err)
@@ -368,7 +378,7 @@ func TestGetPause(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			cfg := testConfig()
-			cfg.Secrets.AdminBearerToken = "admin-token"
+			cfg.Admin.Tokens = adminTokens("admin-token")
 			h := adminHandler(t, cfg, AdminAPI{Paused: tc.paused})
 			req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:9090/api/v1/pause", nil)
 			if tc.token != "" {

@@ -23,7 +23,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/responder-dev/responder/alert"
-	"github.com/responder-dev/responder/config"
 	"github.com/responder-dev/responder/metrics"
 )
 
@@ -400,7 +399,7 @@ func TestWebhookAuthAnyCredential(t *testing.T) {
 
 func TestNewWebhookAuthFromConfig(t *testing.T) {
 	t.Parallel()
-	c := config.Default()
+	c := DefaultSettings()
 	c.Webhooks.AllowCIDRs = []string{"10.0.0.0/8", "192.0.2.7"}
 	a, err := NewWebhookAuth(c)
 	if err != nil {

@@ -86,18 +86,27 @@ type Config struct {
 	Now func() time.Time
 }
 
+// Defaults of Config (and of the configuration keys that set it: SPEC 4).
+const (
+	DefaultPollInterval          = 30 * time.Second
+	DefaultActionTimeout         = 72 * time.Hour
+	DefaultPostSettle            = 5 * time.Minute
+	DefaultMaxCollectionsPerHour = 200
+	DefaultMaxMachinesPer10m     = 50
+)
+
 func (c Config) withDefaults() Config {
 	if c.PollInterval <= 0 {
-		c.PollInterval = 30 * time.Second
+		c.PollInterval = DefaultPollInterval
 	}
 	if c.ActionTimeout <= 0 {
-		c.ActionTimeout = 72 * time.Hour
+		c.ActionTimeout = DefaultActionTimeout
 	}
 	if c.MaxCollectionsPerHour <= 0 {
-		c.MaxCollectionsPerHour = 200
+		c.MaxCollectionsPerHour = DefaultMaxCollectionsPerHour
 	}
 	if c.MaxMachinesPer10m <= 0 {
-		c.MaxMachinesPer10m = 50
+		c.MaxMachinesPer10m = DefaultMaxMachinesPer10m
 	}
 	if c.Workers <= 0 {
 		c.Workers = 20
@@ -115,10 +124,10 @@ func (c Config) withDefaults() Config {
 		c.QuotaWait = 5 * time.Second
 	}
 	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 15 * time.Second
+		c.RequestTimeout = defender.DefaultTimeout
 	}
 	if c.PostSettle <= 0 {
-		c.PostSettle = 5 * time.Minute
+		c.PostSettle = DefaultPostSettle
 	}
 	if c.Retention <= 0 {
 		c.Retention = store.DefaultRetention

@@ -37,6 +37,9 @@ const (
 	DriverPostgres = "postgres"
 )
 
+// Drivers lists the drivers Open accepts.
+var Drivers = []string{DriverSQLite, DriverPostgres}
+
 // Store is the database shared by the queue and the responder's own tables.
 // Both drivers go through database/sql so that one code path serves both.
 type Store struct {
