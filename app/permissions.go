@@ -40,15 +40,8 @@ func neededPermissions(set *rules.Set, dryRun bool) []string {
 			continue
 		}
 		var p string
-		switch r.Action {
-		case rules.ActionCollect:
-			p = defender.PermissionCollectForensics
-		case rules.ActionIsolate:
-			p = defender.PermissionIsolate
-		case rules.ActionAntivirusScan:
-			p = defender.PermissionScan
-		case rules.ActionRestrict:
-			p = defender.PermissionRestrictExecution
+		if spec, ok := defender.MachineActionByName(string(r.Action)); ok {
+			p = spec.Permission
 		}
 		if p != "" && !slices.Contains(needed, p) {
 			needed = append(needed, p)

@@ -165,6 +165,69 @@ func validActionID(id string) bool {
 	return true
 }
 
+// MachineActionSpec is what the responder knows of one machine action it
+// sends: the one table (MachineActions) that the client, the collection,
+// the permission check and the rules' action names share.
+type MachineActionSpec struct {
+	// Name is the action's name: the rule action (rules.Action) and the
+	// operation label of the client's metrics.
+	Name string
+	// Type is Defender's machine action type (MachineAction.Type), by
+	// which an earlier or running action is looked up.
+	Type string
+	// Path is the POST's last path segment under /api/machines/{id}/.
+	Path string
+	// Permission is the application permission it needs.
+	Permission string
+	// body is the request body, from the comment; MDE's keys are
+	// case-sensitive, and some actions need more than the comment.
+	body func(comment string) actionBody
+}
+
+// MachineActions lists the machine actions the responder sends; rules may
+// ask for the first four (SPEC 6.1), the releases are for operators.
+var MachineActions = []MachineActionSpec{
+	{Name: opCollect, Type: TypeCollectInvestigationPackage, Path: "collectInvestigationPackage", Permission: PermissionCollectForensics,
+		body: func(c string) actionBody { return actionBody{Comment: c} }},
+	{Name: opIsolate, Type: TypeIsolate, Path: "isolate", Permission: PermissionIsolate,
+		body: func(c string) actionBody { return actionBody{Comment: c, IsolationType: IsolationFull} }},
+	{Name: opScan, Type: TypeRunAntiVirusScan, Path: "runAntiVirusScan", Permission: PermissionScan,
+		body: func(c string) actionBody { return actionBody{Comment: c, ScanType: ScanQuick} }},
+	{Name: opRestrict, Type: TypeRestrictCodeExecution, Path: "restrictCodeExecution", Permission: PermissionRestrictExecution,
+		body: func(c string) actionBody { return actionBody{Comment: c} }},
+	{Name: opUnisolate, Type: TypeUnisolate, Path: "unisolate", Permission: PermissionIsolate,
+		body: func(c string) actionBody { return actionBody{Comment: c} }},
+	{Name: opUnrestrict, Type: TypeUnrestrictCodeExecution, Path: "unrestrictCodeExecution", Permission: PermissionRestrictExecution,
+		body: func(c string) actionBody { return actionBody{Comment: c} }},
+}
+
+// MachineActionByName returns the machine action named name.
+func MachineActionByName(name string) (MachineActionSpec, bool) {
+	for _, a := range MachineActions {
+		if a.Name == name {
+			return a, true
+		}
+	}
+	return MachineActionSpec{}, false
+}
+
+// pathOf is the POST path segment of the machine action named name.
+func pathOf(name string) string {
+	a, _ := MachineActionByName(name)
+	return a.Path
+}
+
+// Act sends the machine action named name (MachineActions) with its
+// default options: full isolation, a quick scan. On OutcomeAlreadyRunning,
+// look the pending action up with PendingAction; never re-send it.
+func (c *Client) Act(ctx context.Context, name, machineID, comment string) (MachineAction, error) {
+	spec, ok := MachineActionByName(name)
+	if !ok {
+		return MachineAction{}, invalid("act", fmt.Sprintf("unknown machine action %q", clean(name)), ErrInvalidArgument)
+	}
+	return c.postAction(ctx, spec.Name, machineID, spec.Path, spec.body(comment))
+}
+
 // actionBody is the body of an action POST; MDE's keys are case-sensitive.
 type actionBody struct {
 	Comment       string `json:"Comment"`
@@ -178,7 +241,7 @@ type actionBody struct {
 // re-send the POST. After a retryable error the POST may or may not have
 // reached MDE: look with PendingAction before sending it again.
 func (c *Client) CollectInvestigationPackage(ctx context.Context, machineID, comment string) (MachineAction, error) {
-	return c.postAction(ctx, opCollect, machineID, "collectInvestigationPackage", actionBody{Comment: comment})
+	return c.Act(ctx, opCollect, machineID, comment)
 }
 
 // Isolate isolates the machine from the network. isolationType is Full,
@@ -189,12 +252,12 @@ func (c *Client) Isolate(ctx context.Context, machineID, comment, isolationType 
 	default:
 		return MachineAction{}, invalid(opIsolate, fmt.Sprintf("isolation type %q: want Full, Selective or UnManagedDevice", clean(isolationType)), ErrInvalidArgument)
 	}
-	return c.postAction(ctx, opIsolate, machineID, "isolate", actionBody{Comment: comment, IsolationType: isolationType})
+	return c.postAction(ctx, opIsolate, machineID, pathOf(opIsolate), actionBody{Comment: comment, IsolationType: isolationType})
 }
 
 // Unisolate releases the machine from isolation.
 func (c *Client) Unisolate(ctx context.Context, machineID, comment string) (MachineAction, error) {
-	return c.postAction(ctx, opUnisolate, machineID, "unisolate", actionBody{Comment: comment})
+	return c.postAction(ctx, opUnisolate, machineID, pathOf(opUnisolate), actionBody{Comment: comment})
 }
 
 // RunAntivirusScan starts a Defender Antivirus scan; scanType is Quick or
@@ -203,17 +266,17 @@ func (c *Client) RunAntivirusScan(ctx context.Context, machineID, comment, scanT
 	if scanType != ScanQuick && scanType != ScanFull {
 		return MachineAction{}, invalid(opScan, fmt.Sprintf("scan type %q: want Quick or Full", clean(scanType)), ErrInvalidArgument)
 	}
-	return c.postAction(ctx, opScan, machineID, "runAntiVirusScan", actionBody{Comment: comment, ScanType: scanType})
+	return c.postAction(ctx, opScan, machineID, pathOf(opScan), actionBody{Comment: comment, ScanType: scanType})
 }
 
 // RestrictCodeExecution restricts the machine to Microsoft-signed code.
 func (c *Client) RestrictCodeExecution(ctx context.Context, machineID, comment string) (MachineAction, error) {
-	return c.postAction(ctx, opRestrict, machineID, "restrictCodeExecution", actionBody{Comment: comment})
+	return c.postAction(ctx, opRestrict, machineID, pathOf(opRestrict), actionBody{Comment: comment})
 }
 
 // UnrestrictCodeExecution lifts the code execution restriction.
 func (c *Client) UnrestrictCodeExecution(ctx context.Context, machineID, comment string) (MachineAction, error) {
-	return c.postAction(ctx, opUnrestrict, machineID, "unrestrictCodeExecution", actionBody{Comment: comment})
+	return c.postAction(ctx, opUnrestrict, machineID, pathOf(opUnrestrict), actionBody{Comment: comment})
 }
 
 // postAction sends an action POST and decodes the MachineAction answered.

@@ -84,6 +84,8 @@ func Operations() []string {
 // API is what the pipeline needs from Defender. *Client implements it; tests
 // and dry runs may substitute their own.
 type API interface {
+	// Act sends the machine action named name (MachineActions).
+	Act(ctx context.Context, name, machineID, comment string) (MachineAction, error)
 	CollectInvestigationPackage(ctx context.Context, machineID, comment string) (MachineAction, error)
 	Isolate(ctx context.Context, machineID, comment, isolationType string) (MachineAction, error)
 	Unisolate(ctx context.Context, machineID, comment string) (MachineAction, error)
@@ -500,20 +502,21 @@ func (c *Client) observe(op, code string, begin time.Time) {
 	c.m.DefenderDuration.WithLabelValues(op).Observe(time.Since(begin).Seconds())
 }
 
-// permissions names the application permission an operation needs.
-var permissions = map[string]string{
-	opCollect:            PermissionCollectForensics,
-	opIsolate:            PermissionIsolate,
-	opUnisolate:          PermissionIsolate,
-	opScan:               PermissionScan,
-	opRestrict:           PermissionRestrictExecution,
-	opUnrestrict:         PermissionRestrictExecution,
-	opGetMachineAction:   PermissionReadAll,
-	opListMachineActions: PermissionReadAll,
-	opGetMachine:         PermissionReadAll,
-	opFindMachines:       PermissionReadAll,
-	opGetPackageURI:      PermissionReadAll,
-}
+// permissions names the application permission an operation needs: a
+// machine action's (MachineActions), or reading.
+var permissions = func() map[string]string {
+	m := map[string]string{
+		opGetMachineAction:   PermissionReadAll,
+		opListMachineActions: PermissionReadAll,
+		opGetMachine:         PermissionReadAll,
+		opFindMachines:       PermissionReadAll,
+		opGetPackageURI:      PermissionReadAll,
+	}
+	for _, a := range MachineActions {
+		m[a.Name] = a.Permission
+	}
+	return m
+}()
 
 // logFailure logs a failed call: loudly for a missing permission (an
 // administrator must act), as a warning for an exceeded quota, else at debug

@@ -352,30 +352,17 @@ func (p *Pipeline) failedTransiently(ctx context.Context, e *audit.Entry, de *de
 	return de
 }
 
-// actionType maps a rule action to MDE's machine action type.
+// actionType is Defender's machine action type of a rule action
+// (defender.MachineActions), by which an earlier or running action of the
+// decision is looked up.
 func actionType(a rules.Action) string {
-	switch a {
-	case rules.ActionIsolate:
-		return defender.TypeIsolate
-	case rules.ActionAntivirusScan:
-		return defender.TypeRunAntiVirusScan
-	case rules.ActionRestrict:
-		return defender.TypeRestrictCodeExecution
-	}
-	return defender.TypeCollectInvestigationPackage
+	spec, _ := defender.MachineActionByName(string(a))
+	return spec.Type
 }
 
-// send performs the MDE POST of an action.
+// send sends the machine action of a decision.
 func (p *Pipeline) send(ctx context.Context, e *audit.Entry) (defender.MachineAction, error) {
-	switch rules.Action(e.Action) {
-	case rules.ActionIsolate:
-		return p.api.Isolate(ctx, e.MachineID, e.Comment, defender.IsolationFull)
-	case rules.ActionAntivirusScan:
-		return p.api.RunAntivirusScan(ctx, e.MachineID, e.Comment, defender.ScanQuick)
-	case rules.ActionRestrict:
-		return p.api.RestrictCodeExecution(ctx, e.MachineID, e.Comment)
-	}
-	return p.api.CollectInvestigationPackage(ctx, e.MachineID, e.Comment)
+	return p.api.Act(ctx, e.Action, e.MachineID, e.Comment)
 }
 
 // settleUntil is until when the request of a posting entry may still show

@@ -34,8 +34,9 @@ func (evaluateArgs) InsertOpts() river.InsertOpts {
 }
 
 // queueEvaluate is the queue of evaluate jobs. It is separate from the
-// default queue (collect, track, download) so that a backlog of evaluations
-// waiting for the machine-read quota never starves the tracking of actions.
+// default queue (collect jobs) and the track queue (track and download
+// jobs), so that a backlog of evaluations waiting for the machine-read
+// quota never holds up a collection or the tracking of actions.
 const queueEvaluate = "evaluate"
 
 // maxLookups bounds the machine reads in flight. The read quota admits

@@ -145,26 +145,18 @@ func (in *Intake) commitBatch(batch []*submitRequest) {
 	// Insert in dedup-key order: concurrent batches on PostgreSQL (other
 	// replicas) then take the unique-index locks in one global order and
 	// cannot deadlock on each other.
-	type item struct {
-		req, idx int
-		key      string
-	}
-	var items []item
+	var items []intakeItem
 	for ri, r := range live {
 		receipts[ri] = alert.Receipt{Duplicate: make([]bool, len(r.alerts))}
 		for i := range r.alerts {
-			items = append(items, item{ri, i, r.keys[i]})
+			items = append(items, intakeItem{ri, i, r.keys[i]})
 		}
 	}
-	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
-	now := in.now()
-	// The batch outlives any one request's context: it serves them all.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	slices.SortFunc(items, func(a, b intakeItem) int { return strings.Compare(a.key, b.key) })
 	// A key that occurs twice in the batch is stored once: its first
 	// occurrence (the sorted order is stable) decides, the others are
 	// duplicates of it.
-	var unique []item
+	var unique []intakeItem
 	for i, it := range items {
 		if i > 0 && it.key == items[i-1].key {
 			receipts[it.req].Duplicate[it.idx] = true
@@ -172,7 +164,34 @@ func (in *Intake) commitBatch(batch []*submitRequest) {
 		}
 		unique = append(unique, it)
 	}
-	err := in.store.RetryTx(ctx, func(tx *sql.Tx) error {
+	err := in.insert(live, unique, receipts)
+	if err == nil && in.onCommit != nil {
+		in.onCommit()
+	}
+	for ri, r := range live {
+		if err != nil {
+			r.done <- submitResult{err: err}
+			continue
+		}
+		r.done <- submitResult{receipt: receipts[ri]}
+	}
+}
+
+// intakeItem is one alert of a batch: its request, its place in it, its
+// dedup key.
+type intakeItem struct {
+	req, idx int
+	key      string
+}
+
+// insert stores the unique alerts of live in one transaction and marks in
+// receipts those that were stored before.
+func (in *Intake) insert(live []*submitRequest, unique []intakeItem, receipts []alert.Receipt) error {
+	now := in.now()
+	// The batch outlives any one request's context: it serves them all.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return in.store.RetryTx(ctx, func(tx *sql.Tx) error {
 		// Many rows per statement: one round trip (PostgreSQL) and one
 		// statement execution (SQLite) per chunk, not per alert.
 		for start := 0; start < len(unique); start += insertChunk {
@@ -183,22 +202,9 @@ func (in *Intake) commitBatch(batch []*submitRequest) {
 				a := &r.alerts[it.idx]
 				args = append(args, it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, r.payloads[it.idx], ms(now))
 			}
-			rows, err := tx.QueryContext(ctx, in.insertSQL(len(chunk)), args...)
+			stored, err := insertedKeys(ctx, tx, in.insertSQL(len(chunk)), args)
 			if err != nil {
-				return fmt.Errorf("storing alerts: %w", err)
-			}
-			stored := make(map[string]bool, len(chunk))
-			for rows.Next() {
-				var key string
-				if err := rows.Scan(&key); err != nil {
-					rows.Close()
-					return fmt.Errorf("storing alerts: %w", err)
-				}
-				stored[key] = true
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return fmt.Errorf("storing alerts: %w", err)
+				return err
 			}
 			for _, it := range chunk {
 				receipts[it.req].Duplicate[it.idx] = !stored[it.key]
@@ -206,18 +212,27 @@ func (in *Intake) commitBatch(batch []*submitRequest) {
 		}
 		return nil
 	})
-	if err == nil {
-		if in.onCommit != nil {
-			in.onCommit()
-		}
+}
+
+// insertedKeys runs an insert that returns the dedup keys it stored.
+func insertedKeys(ctx context.Context, tx *sql.Tx, query string, args []any) (map[string]bool, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("storing alerts: %w", err)
 	}
-	for ri, r := range live {
-		if err != nil {
-			r.done <- submitResult{err: err}
-			continue
+	defer rows.Close()
+	stored := map[string]bool{}
+	for rows.Next() {
+		var key string
+		if err := rows.Scan(&key); err != nil {
+			return nil, fmt.Errorf("storing alerts: %w", err)
 		}
-		r.done <- submitResult{receipt: receipts[ri]}
+		stored[key] = true
 	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storing alerts: %w", err)
+	}
+	return stored, nil
 }
 
 // insertChunk bounds the rows of one insert statement (7 parameters each,
