@@ -10,7 +10,9 @@
 // with -postgres, PostgreSQL; closed loop on 64 connections, then an open
 // loop at 1,000 alerts/s), dispatch (202 to the simulator's receipt of the
 // POST at 10 and 100 alerts/s), storm (100,000 alerts for 20,000 machines in
-// one burst), idle (RSS of an idle responder).
+// one burst), idle (RSS of an idle responder), replay (issue 13: a store
+// seeded with 1,000,000 alerts replayed against 1,000 rules, and the
+// intake's p99 beside a replay; not part of all, see replay.go).
 package main
 
 import (
@@ -45,15 +47,25 @@ import (
 )
 
 func main() {
-	scenario := flag.String("scenario", "intake", "intake, dispatch, storm, idle or all")
+	scenario := flag.String("scenario", "intake", "intake, dispatch, storm, idle, all (these four) or replay")
 	duration := flag.Duration("duration", 10*time.Second, "length of each closed-loop run")
 	conns := flag.Int("connections", 64, "concurrent connections of the closed loop")
-	postgres := flag.String("postgres", "", "PostgreSQL DSN of a database to create a benchmark database in (intake on postgres); empty skips it")
+	postgres := flag.String("postgres", "", "PostgreSQL DSN of a database to create benchmark databases beside (intake and replay on postgres); empty skips it")
 	stormAlerts := flag.Int("storm-alerts", 100_000, "alerts of the storm")
 	stormMachines := flag.Int("storm-machines", 20_000, "machines of the storm")
 	stormObserve := flag.Duration("storm-observe", 3*time.Minute, "how long to watch the storm drain")
 	flag.StringVar(&profileDir, "profile", "", "directory to write CPU profiles of the responder to (intake runs)")
+	var ro replayOptions
+	flag.IntVar(&ro.alerts, "replay-alerts", 1_000_000, "alerts seeded for the replay scenario")
+	flag.StringVar(&ro.storePath, "store", "", "SQLite seed store of the replay scenario (default: responder-replay-<alerts>.db in the temporary directory)")
+	flag.BoolVar(&ro.keep, "keep", false, "keep the replay's seed stores, and reuse them when they hold the same seed")
+	flag.DurationVar(&ro.intakeFor, "intake-for", 20*time.Second, "length of each intake measurement beside a replay")
+	flag.BoolVar(&ro.skipSeed, "seed-only", false, "replay scenario: seed (or check the kept seed) and stop")
 	flag.Parse()
+	ro.postgres = *postgres
+	if ro.storePath == "" {
+		ro.storePath = filepath.Join(os.TempDir(), fmt.Sprintf("responder-replay-%d.db", ro.alerts))
+	}
 	if profileDir != "" {
 		if err := os.MkdirAll(profileDir, 0o755); err != nil {
 			fatal(err)
@@ -78,6 +90,9 @@ func main() {
 	}
 	if run("idle") {
 		b.idle()
+	}
+	if *scenario == "replay" {
+		b.replay(ro)
 	}
 }
 

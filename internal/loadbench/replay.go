@@ -1,0 +1,383 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// replayOptions are the flags of the replay scenario.
+type replayOptions struct {
+	alerts    int
+	storePath string // the SQLite seed store
+	keep      bool   // keep the seed stores, and reuse them when they match
+	postgres  string // PostgreSQL DSN of a database to create the seed database beside; "" skips PostgreSQL
+	intakeFor time.Duration
+	skipSeed  bool // seed only: no replay, no intake
+}
+
+// replay seeds stores with o.alerts alerts (SQLite, and PostgreSQL with
+// -postgres), replays them with the real binary against a 1,000-rule
+// candidate over a 1-day and the full 8-day window (wall time, peak RSS),
+// then measures the intake's p99 at 1,000 alerts/s on a serving responder
+// holding the same alerts, without and with a replay running.
+func (b *bench) replay(o replayOptions) {
+	fmt.Printf("\n## replay: %d stored alerts x 1,000 rules (issue 13)\n", o.alerts)
+	ctx := context.Background()
+	current, candidate := filepath.Join(b.dir, "current.yaml"), filepath.Join(b.dir, "candidate.yaml")
+	for path, text := range map[string]string{current: currentRules, candidate: candidateRules()} {
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			fatal(err)
+		}
+	}
+	spec := defaultSeedSpec(o.alerts, time.Now().UTC())
+	var stores []*seeded
+	s, err := seedSQLite(ctx, o.storePath, spec, o.keep, current)
+	if err != nil {
+		fatal(err)
+	}
+	stores = append(stores, s)
+	if o.postgres != "" {
+		s, err := seedPostgres(ctx, o.postgres, spec, o.keep, current)
+		if err != nil {
+			fatal(err)
+		}
+		stores = append(stores, s)
+	}
+	defer func() {
+		for _, s := range stores {
+			if s.remove != nil {
+				s.remove()
+			}
+		}
+	}()
+	for _, s := range stores {
+		if s.reused {
+			fmt.Printf("%s: reused the seed store of %s (seeded in %s)\n", s.driver, s.end.Format(time.RFC3339), s.took.Round(100*time.Millisecond))
+		}
+	}
+	if o.skipSeed {
+		return
+	}
+	for _, s := range stores {
+		cfg := b.replayConfig(s.driver, s.dsn, current)
+		for _, w := range []time.Duration{24 * time.Hour, 8 * 24 * time.Hour} {
+			run := b.runReplay(context.Background(), cfg, candidate, s.end, w, s.driver)
+			fmt.Printf("%-8s %s\n", s.driver, run)
+		}
+	}
+	for _, s := range stores {
+		b.intakeBesideReplay(ctx, s, o, candidate, current)
+	}
+}
+
+// replayConfig writes a configuration naming the store; the safety limits
+// are the defaults the seeded decisions were taken with.
+func (b *bench) replayConfig(driver, dsn, current string) string {
+	path := filepath.Join(b.dir, fmt.Sprintf("replay-%s-%d.yaml", driver, time.Now().UnixNano()))
+	text := fmt.Sprintf(`store:
+  driver: %s
+  dsn: %q
+rules:
+  files: [%q]
+safety:
+  max_collections_per_hour: 200
+  max_machines_per_10m: 50
+webhooks:
+  allow_unauthenticated: true
+admin:
+  allow_unauthenticated: true
+defender:
+  dry_run: true
+`, driver, dsn, current)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		fatal(err)
+	}
+	return path
+}
+
+// window returns the arguments selecting the last d of the seeded window
+// ending at end: --since while the seed is fresh (as a user would write
+// it), else --from and --to, so that a kept seed gives the same window.
+func window(end time.Time, d time.Duration) url.Values {
+	v := url.Values{}
+	if time.Since(end) < time.Hour {
+		v.Set("since", fmt.Sprintf("%dd", int(d/(24*time.Hour))))
+		return v
+	}
+	v.Set("from", end.Add(-d).Format(time.RFC3339))
+	v.Set("to", end.Add(time.Second).Format(time.RFC3339))
+	return v
+}
+
+func windowArgs(v url.Values) []string {
+	var out []string
+	for _, k := range []string{"since", "from", "to"} {
+		if x := v.Get(k); x != "" {
+			out = append(out, "--"+k, x)
+		}
+	}
+	return out
+}
+
+// replayResult is the part of the replay's JSON output (SPEC 12) the
+// benchmark reports.
+type replayResult struct {
+	Alerts            int `json:"alerts"`
+	UnknownAttributes int `json:"unknown_attributes"`
+	Decisions         struct {
+		Current   map[string]int `json:"current"`
+		Candidate map[string]int `json:"candidate"`
+	} `json:"decisions"`
+	Transitions []struct {
+		From  string `json:"from"`
+		To    string `json:"to"`
+		Count int    `json:"count"`
+	} `json:"transitions"`
+	NewlyCollected []json.RawMessage `json:"newly_collected"`
+	NewlySpared    []json.RawMessage `json:"newly_spared"`
+	Quota          struct {
+		PeakPerMinute   int `json:"peak_per_minute"`
+		PeakPerHour     int `json:"peak_per_hour"`
+		LateCollections int `json:"late_collections"`
+	} `json:"quota"`
+}
+
+func (r *replayResult) summary() string {
+	var tr []string
+	for _, t := range r.Transitions {
+		tr = append(tr, fmt.Sprintf("%s->%s=%d", t.From, t.To, t.Count))
+	}
+	sort.Strings(tr)
+	return fmt.Sprintf("unknown attributes %d; current %v; candidate %v; transitions %s; newly collected %d, spared %d; quota peak %d/min %d/h, %d late",
+		r.UnknownAttributes, r.Decisions.Current, r.Decisions.Candidate, strings.Join(tr, " "),
+		len(r.NewlyCollected), len(r.NewlySpared), r.Quota.PeakPerMinute, r.Quota.PeakPerHour, r.Quota.LateCollections)
+}
+
+// replayRun is one run of `responder replay`.
+type replayRun struct {
+	what      string
+	wall      time.Duration
+	user, sys time.Duration
+	maxRSS    int64 // bytes, from wait4's rusage
+	exit      int
+	stderr    string
+	result    replayResult
+	err       error
+}
+
+func (r *replayRun) String() string {
+	if r.err != nil {
+		return fmt.Sprintf("%s: failed after %s: %v (exit %d) %s", r.what, r.wall.Round(time.Millisecond), r.err, r.exit, strings.TrimSpace(r.stderr))
+	}
+	cores := (r.user + r.sys).Seconds() / r.wall.Seconds()
+	return fmt.Sprintf("%s: %d alerts in %.1f s (%.0f alerts/s), peak RSS %.1f MiB, CPU %.1f s user + %.1f s sys (%.2f cores), exit %d\n         %s",
+		r.what, r.result.Alerts, r.wall.Seconds(), float64(r.result.Alerts)/r.wall.Seconds(), mib(r.maxRSS),
+		r.user.Seconds(), r.sys.Seconds(), cores, r.exit, r.result.summary())
+}
+
+// runReplay runs the real binary's replay over the last d of the seed,
+// and measures its wall time and peak RSS. With -profile, it writes a CPU
+// profile when the command supports --cpuprofile.
+func (b *bench) runReplay(ctx context.Context, cfg, candidate string, end time.Time, d time.Duration, label string) *replayRun {
+	w := window(end, d)
+	args := append([]string{"replay", "--rules", candidate, "--config", cfg, "--format", "json"}, windowArgs(w)...)
+	run := &replayRun{what: fmt.Sprintf("replay %s (%s)", strings.Join(windowArgs(w), " "), label)}
+	if profileDir != "" && b.replayHasFlag("cpuprofile") {
+		args = append(args, "--cpuprofile", filepath.Join(profileDir, fmt.Sprintf("replay-%s-%dd.pprof", label, int(d.Hours()/24))))
+	}
+	cmd := exec.CommandContext(ctx, b.binary, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	run.wall = time.Since(start)
+	run.stderr = stderr.String()
+	if st := cmd.ProcessState; st != nil {
+		run.exit = st.ExitCode()
+		run.user, run.sys = st.UserTime(), st.SystemTime()
+		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+			run.maxRSS = ru.Maxrss * 1024 // kilobytes on Linux
+		}
+	}
+	var exitErr *exec.ExitError
+	if err != nil && !(errors.As(err, &exitErr) && run.exit == 1) { // 1: a threshold, which none is given
+		run.err = err
+		return run
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &run.result); err != nil {
+		run.err = fmt.Errorf("reading the JSON output: %w", err)
+	}
+	return run
+}
+
+// replayHasFlag reports whether `responder replay --help` mentions flag.
+func (b *bench) replayHasFlag(flag string) bool {
+	out, _ := exec.Command(b.binary, "replay", "--help").CombinedOutput()
+	return bytes.Contains(out, []byte("-"+flag))
+}
+
+// serveRules are the serving responder's rules in the intake measurement:
+// they read no machine attribute, so the service asks the simulator for
+// none and the queue does the same work in every phase.
+const serveRules = `rules:
+  - name: high-malware
+    when: 'alert.severity in ["high", "critical"] && alert.category in ["Malware", "Ransomware"]'
+`
+
+// intakeBesideReplay serves a copy of the seeded store (the service adds
+// alerts to it) and measures the p99 of the webhook's 202 at 1,000
+// alerts/s: without a replay, with replays through the admin API back to
+// back, with CLI replays back to back, and without again.
+func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptions, candidate, current string) {
+	fmt.Printf("\n### intake p99 at 1,000 alerts/s on the %s store of %d alerts, without and with a replay of the 8-day window\n", s.driver, o.alerts)
+	dsn, drop := b.copyStore(ctx, s, o)
+	defer drop()
+	rulesPath := filepath.Join(b.dir, "serve-rules.yaml")
+	if err := os.WriteFile(rulesPath, []byte(serveRules), 0o644); err != nil {
+		fatal(err)
+	}
+	machines := machineIDs(5000, 1)
+	sim := b.sim(machines, 100)
+	env := []string{"RESPONDER_STORE_DSN=" + dsn, "RESPONDER_RULES_FILES=" + rulesPath}
+	if s.driver == "postgres" {
+		env = append(env, "RESPONDER_STORE_DRIVER=postgres")
+	}
+	r := b.start(sim, env...)
+	defer r.stop()
+	p := newPayloads(machines)
+	openLoop("warm-up", r.hook, 1000, 2*time.Second, p.next)
+	cfg := b.replayConfig(s.driver, dsn, current)
+	rulesYAML, err := os.ReadFile(candidate)
+	if err != nil {
+		fatal(err)
+	}
+	w := window(s.end, 8*24*time.Hour)
+	api := func(ctx context.Context) string {
+		start := time.Now()
+		code, body, err := postReplay(ctx, r.admin, w, rulesYAML)
+		if err != nil {
+			return fmt.Sprintf("API replay: %v after %s", err, time.Since(start).Round(time.Millisecond))
+		}
+		var res replayResult
+		if code != http.StatusOK || json.Unmarshal(body, &res) != nil {
+			return fmt.Sprintf("API replay: %d after %s: %.300s", code, time.Since(start).Round(time.Millisecond), body)
+		}
+		return fmt.Sprintf("API replay: %d alerts in %.1f s", res.Alerts, time.Since(start).Seconds())
+	}
+	cli := func(ctx context.Context) string {
+		run := b.runReplay(ctx, cfg, candidate, s.end, 8*24*time.Hour, s.driver+"-beside-serve")
+		if run.err != nil {
+			return run.String()
+		}
+		return fmt.Sprintf("CLI replay: %d alerts in %.1f s, peak RSS %.1f MiB", run.result.Alerts, run.wall.Seconds(), mib(run.maxRSS))
+	}
+	phases := []struct {
+		name   string
+		replay func(context.Context) string
+	}{{"no replay", nil}, {"replay via POST /api/v1/replay", api}, {"CLI replay on the same store", cli}, {"no replay, again", nil}}
+	for _, ph := range phases {
+		res, replays := besideReplays(ph.replay, func() *result {
+			return openLoop(fmt.Sprintf("%s @1000/s, %s", s.driver, ph.name), r.hook, 1000, o.intakeFor, p.next)
+		})
+		fmt.Println(res)
+		for _, line := range replays {
+			fmt.Println("        ", line)
+		}
+	}
+	_, peak := rss(r.cmd.Process.Pid)
+	fmt.Printf("%-34s serving responder's peak RSS %.1f MiB\n", "", mib(peak))
+}
+
+// besideReplays runs measure while replays run back to back (none when
+// replay is nil): the first starts 2 s before the measurement, so that it
+// is past loading its rules, and the last is let finish afterwards.
+func besideReplays(replay func(context.Context) string, measure func() *result) (*result, []string) {
+	if replay == nil {
+		return measure(), nil
+	}
+	var mu sync.Mutex
+	var lines []string
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			line := replay(context.Background())
+			mu.Lock()
+			lines = append(lines, line)
+			mu.Unlock()
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	res := measure()
+	close(stop)
+	<-done
+	return res, lines
+}
+
+// postReplay asks the serving responder for a replay of window w.
+func postReplay(ctx context.Context, admin string, w url.Values, rules []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, admin+"/api/v1/replay?"+w.Encode(), bytes.NewReader(rules))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/yaml")
+	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// copyStore gives the serving responder a copy of the seed (it writes to
+// its store), or the seed itself when it is not kept.
+func (b *bench) copyStore(ctx context.Context, s *seeded, o replayOptions) (string, func()) {
+	if !o.keep {
+		return s.dsn, func() {}
+	}
+	start := time.Now()
+	if s.driver == "sqlite" {
+		dst := filepath.Join(b.dir, "serve.db")
+		if err := copyFile(s.dsn, dst); err != nil {
+			fatal(fmt.Errorf("copying the seed store: %w", err))
+		}
+		fmt.Printf("copied the seed store in %s\n", time.Since(start).Round(100*time.Millisecond))
+		return dst, func() { removeSQLite(dst) }
+	}
+	u, err := url.Parse(s.dsn)
+	if err != nil {
+		fatal(err)
+	}
+	seedName := strings.TrimPrefix(u.Path, "/")
+	name := fmt.Sprintf("responder_replay_serve_%d", time.Now().UnixNano())
+	if err := recreateDatabase(ctx, o.postgres, name, seedName); err != nil {
+		fatal(err)
+	}
+	fmt.Printf("copied the seed database in %s\n", time.Since(start).Round(100*time.Millisecond))
+	dsn, err := withDatabase(o.postgres, name)
+	if err != nil {
+		fatal(err)
+	}
+	return dsn, func() { _ = dropDatabase(o.postgres, name) }
+}
