@@ -18,6 +18,7 @@ import (
 	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/pipeline"
 	"github.com/responder-dev/responder/rules"
@@ -188,21 +189,21 @@ func decideInPipeline(t *testing.T, tc decisionCase, rulesFile string) (worker, 
 	})
 	entryOf := func(alertID string) *audit.Entry {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
+		var found *audit.Entry
+		testkit.WaitUntil(t, 20*time.Second, "alert "+alertID+" decided", func() bool {
 			es, err := st.Entries(ctx, store.Filter{Limit: 100})
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, e := range es {
 				if e.AlertID == alertID {
-					return e
+					found = e
+					return true
 				}
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("alert %s was never decided", alertID)
-		return nil
+			return false
+		})
+		return found
 	}
 	submit := func(body string) {
 		t.Helper()
