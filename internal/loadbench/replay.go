@@ -12,11 +12,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/responder-dev/responder/quota"
+	"github.com/responder-dev/responder/replay"
+	"github.com/responder-dev/responder/rules"
+	"github.com/responder-dev/responder/store"
 )
 
 // replayOptions are the flags of the replay scenario.
@@ -26,7 +33,14 @@ type replayOptions struct {
 	keep      bool   // keep the seed stores, and reuse them when they match
 	postgres  string // PostgreSQL DSN of a database to create the seed database beside; "" skips PostgreSQL
 	intakeFor time.Duration
-	skipSeed  bool // seed only: no replay, no intake
+	// steps are the parts to run after seeding: cli (the replay command's
+	// runs), profile (an in-process replay's CPU profile, with -profile),
+	// intake (the p99 beside a replay); none: seed only.
+	steps string
+}
+
+func (o replayOptions) step(name string) bool {
+	return slices.Contains(strings.Split(o.steps, ","), name)
 }
 
 // replay seeds stores with o.alerts alerts (SQLite, and PostgreSQL with
@@ -69,23 +83,31 @@ func (b *bench) replay(o replayOptions) {
 			fmt.Printf("%s: reused the seed store of %s (seeded in %s)\n", s.driver, s.end.Format(time.RFC3339), s.took.Round(100*time.Millisecond))
 		}
 	}
-	if o.skipSeed {
-		return
-	}
 	for _, s := range stores {
+		if !o.step("cli") {
+			break
+		}
 		cfg := b.replayConfig(s.driver, s.dsn, current)
 		for _, w := range []time.Duration{24 * time.Hour, 8 * 24 * time.Hour} {
 			run := b.runReplay(context.Background(), cfg, candidate, s.end, w, s.driver)
 			fmt.Printf("%-8s %s\n", s.driver, run)
 		}
 	}
+	if profileDir != "" && o.step("profile") {
+		for _, s := range stores {
+			profileReplay(ctx, s, candidate)
+		}
+	}
 	for _, s := range stores {
-		b.intakeBesideReplay(ctx, s, o, candidate, current)
+		if o.step("intake") {
+			b.intakeBesideReplay(ctx, s, o, candidate, current)
+		}
 	}
 }
 
 // replayConfig writes a configuration naming the store; the safety limits
-// are the defaults the seeded decisions were taken with.
+// are the defaults the seeded decisions were taken with, and like them it
+// has no global dry run (the replay reads no credential).
 func (b *bench) replayConfig(driver, dsn, current string) string {
 	path := filepath.Join(b.dir, fmt.Sprintf("replay-%s-%d.yaml", driver, time.Now().UnixNano()))
 	text := fmt.Sprintf(`store:
@@ -100,8 +122,6 @@ webhooks:
   allow_unauthenticated: true
 admin:
   allow_unauthenticated: true
-defender:
-  dry_run: true
 `, driver, dsn, current)
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		fatal(err)
@@ -285,6 +305,12 @@ func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptio
 		}
 		return fmt.Sprintf("CLI replay: %d alerts in %.1f s, peak RSS %.1f MiB", run.result.Alerts, run.wall.Seconds(), mib(run.maxRSS))
 	}
+	// One API replay alone first: its time without load, and with
+	// -profile the service's CPU profile while it runs (the replay
+	// command has no profile flag of its own).
+	wait := profile(r.admin, "replay-api-"+s.driver, 30*time.Second)
+	fmt.Printf("%-34s %s, alone\n", "", api(ctx))
+	wait()
 	phases := []struct {
 		name   string
 		replay func(context.Context) string
@@ -380,4 +406,45 @@ func (b *bench) copyStore(ctx context.Context, s *seeded, o replayOptions) (stri
 		fatal(err)
 	}
 	return dsn, func() { _ = dropDatabase(o.postgres, name) }
+}
+
+// profileReplay runs the replay of the 8-day window in this process, with
+// the options `responder replay` builds from replayConfig's settings, and
+// writes its CPU profile: the command has no profile flag of its own.
+func profileReplay(ctx context.Context, s *seeded, candidate string) {
+	set, err := rules.LoadFiles(candidate)
+	if err != nil {
+		fatal(err)
+	}
+	w := window(s.end, 8*24*time.Hour)
+	win, err := replay.ParseWindow(w.Get("since"), w.Get("from"), w.Get("to"), "", time.Now())
+	if err != nil {
+		fatal(err)
+	}
+	st, err := store.OpenReadOnly(ctx, s.driver, s.dsn)
+	if err != nil {
+		fatal(err)
+	}
+	defer st.Close()
+	path := filepath.Join(profileDir, "replay-inprocess-"+s.driver+".pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fatal(err)
+	}
+	start := time.Now()
+	rep, err := replay.Run(ctx, st, replay.Options{
+		Rules: set, Window: win,
+		Limits: rules.CircuitLimits{PerHour: 200, MachinesPer10m: 50},
+		Quota:  quota.Windows{PerMinute: 100, PerHour: 1500, Slack: quota.DefaultSlack},
+	})
+	pprof.StopCPUProfile()
+	if err != nil {
+		fmt.Printf("%-8s in-process replay: %v\n", s.driver, err)
+		return
+	}
+	fmt.Printf("%-8s in-process replay (profiled, %s): %d alerts in %.1f s\n", s.driver, path, rep.Alerts, time.Since(start).Seconds())
 }
