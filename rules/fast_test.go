@@ -148,6 +148,11 @@ func TestFastEquivalence(t *testing.T) {
 			if want != got || (wantErr == nil) != (gotErr == nil) {
 				t.Errorf("alert %d, %q: reference %v, %v; accelerated %v, %v", ai, r.when, want, wantErr, got, gotErr)
 			}
+			// A failing guard skips the rule: only right when the rule is
+			// false, and without an error to report.
+			if !r.guard.pass(e) && (want || wantErr != nil) {
+				t.Errorf("alert %d, %q: the guard fails, the reference gives %v, %v", ai, r.when, want, wantErr)
+			}
 			if wantErr != nil && first < 0 {
 				firstErrs = append(firstErrs, r.name)
 			}
@@ -198,6 +203,38 @@ func TestRegexpPrefilter(t *testing.T) {
 		folded := e.foldedField(cachedFieldIndex["alert.title"])
 		if got := matchesFunc(s, f); got != want || matchesFoldedFunc(folded, f) != want || f.re.MatchString(s) != want {
 			t.Errorf("%q: %v, want %v", s, got, want)
+		}
+	}
+}
+
+// TestGuards: the leading terms of four cheap forms become the guard, and
+// nothing after a term of another form (it could fail at run time, and the
+// error must still be reported).
+func TestGuards(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		when  string
+		terms int
+	}{
+		{`alert.severity == "high"`, 1},
+		{`"high" == alert.severity`, 1},
+		{`alert.category == "Malware" && alert.severity in ["high", "critical"] && "vip" in machine.tags`, 3},
+		{`alert.category == "Malware" and alert.title matches "(?i)emotet"`, 2},
+		{`alert.title matches "(?i)(ransom|crypt)"`, 0}, // no required literal
+		{`alert.severity == "high" && int(alert.labels["count"]) > 3 && alert.category == "Malware"`, 1},
+		{`int(alert.labels["count"]) > 3 && alert.severity == "high"`, 0},
+		{`alert.severity == "high" || alert.category == "Malware"`, 0},
+		{`alert.severity in ["high", 1]`, 0},
+		{`alert.severity in machine.tags`, 0},
+		{`"workstation" not in machine.tags`, 0},
+		{`alert.labels["team"] == "security"`, 0},
+		{`$env.alert.severity == "high"`, 0},
+		{`let alert = machine; alert.name == "x"`, 0},
+		{`(alert.source == "defender" && alert.severity == "high") && machine.group == "Finance"`, 3},
+	}
+	for _, tc := range cases {
+		if got := len(compileGuard(tc.when)); got != tc.terms {
+			t.Errorf("%q: %d guard terms, want %d", tc.when, got, tc.terms)
 		}
 	}
 }

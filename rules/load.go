@@ -352,6 +352,7 @@ func (c *compiler) rule(lines [][]rune, pos yamlx.Positions, fname, path string,
 	}
 	r.reference = program
 	r.program = compileFast(rc.When, program)
+	r.guard = compileGuard(rc.When)
 	r.readsMachine = readsMachine(program.Node())
 	if !ok {
 		return nil

@@ -56,6 +56,8 @@ type rule struct {
 	onResolved  bool
 	// readsMachine is true when the condition reads machine.*.
 	readsMachine bool
+	// guard is the condition's leading cheap terms (guard.go).
+	guard guard
 }
 
 // FileInfo describes one loaded rule file.
@@ -195,7 +197,11 @@ func (s *Set) Evaluate(a *alert.Alert, m *alert.Machine) Match {
 		chunks, skipped = s.resolvedChunks, len(s.active)-s.onResolved
 	}
 	var errs []EvalError
-	for _, c := range chunks {
+	for i := range chunks {
+		c := &chunks[i]
+		if !c.mayMatch(e) {
+			continue // every rule's guard fails: all are false
+		}
 		if c.program != nil {
 			out, err := machine.Run(c.program, e)
 			if i, ok := out.(int); err == nil && ok {
