@@ -51,6 +51,9 @@ Usage:
   responder check [--config FILE] [RULES...] validate config and rule files
   responder test FILE...                      run rule unit tests
   responder eval --rules FILE [--format defender|alertmanager] [--machine FILE] < payload.json
+  responder replay --rules FILE... [--config FILE] [--since 7d | --from T --to T] [--source S]
+                   [--format table|json|markdown] [--max-new-collections N] [--max-changed N]
+                                              decide stored alerts again with candidate rules
   responder actions [--config FILE] [--machine ID] [--status S] [--limit N] [--before-id ID] [--json]
   responder version                           print version information
 
@@ -75,6 +78,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdEval(rest, stdin, stdout, stderr)
 	case "actions":
 		return cmdActions(rest, stdout, stderr)
+	case "replay":
+		return cmdReplay(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "responder %s\n  commit: %s\n  go: %s %s/%s\n", Version, Commit(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

@@ -36,27 +36,10 @@ func cmdActions(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "responder actions: --before-id must be a positive audit entry id")
 		return 2
 	}
-	path := *configPath
-	if path == "" {
-		path = defaultConfigPath()
-	}
-	cfg := config.Default()
-	if path != "" {
-		// Only the store settings matter here: do not demand webhook auth
-		// or credentials of a command that only reads.
-		c, err := config.Load(path, nil, os.LookupEnv)
-		if c == nil {
-			fmt.Fprintf(stderr, "responder actions: %s\n", oneLine(err))
-			return 1
-		}
-		cfg = c
-	} else {
-		if v, ok := os.LookupEnv(config.EnvName("store.driver")); ok {
-			cfg.Store.Driver = v
-		}
-		if v, ok := os.LookupEnv(config.EnvName("store.dsn")); ok {
-			cfg.Store.DSN = v
-		}
+	cfg, err := readerConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "responder actions: %s\n", oneLine(err))
+		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -118,6 +101,31 @@ func attributes(m *alert.Machine) string {
 		return "(none set)"
 	}
 	return strings.Join(parts, " ")
+}
+
+// readerConfig is the configuration of a command that only reads the store
+// (actions, replay): the file at path (default responder.yaml when
+// present), or the defaults with the store named by RESPONDER_STORE_DRIVER
+// and RESPONDER_STORE_DSN. It does not demand webhook auth or credentials.
+func readerConfig(path string) (*config.Config, error) {
+	if path == "" {
+		path = defaultConfigPath()
+	}
+	if path == "" {
+		cfg := config.Default()
+		if v, ok := os.LookupEnv(config.EnvName("store.driver")); ok {
+			cfg.Store.Driver = v
+		}
+		if v, ok := os.LookupEnv(config.EnvName("store.dsn")); ok {
+			cfg.Store.DSN = v
+		}
+		return cfg, nil
+	}
+	cfg, err := config.Load(path, nil, os.LookupEnv)
+	if cfg == nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 func dash(s string) string {

@@ -115,5 +115,10 @@ Then watch the collection in this log, in the audit trail:
 
 and in the metrics at http://%s/metrics
 
-`, devSampleAlert, hook, admin, dsn, selfName(), admin)
+See what a rule change would have done to the alerts received so far:
+
+  cp %s candidate.yaml   # edit a rule, then
+  RESPONDER_STORE_DSN=%s %s replay --rules candidate.yaml --since 1h
+
+`, devSampleAlert, hook, admin, dsn, selfName(), admin, filepath.Join(filepath.Dir(dsn), "rules.yaml"), dsn, selfName())
 }

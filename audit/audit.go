@@ -185,6 +185,16 @@ type Entry struct {
 	SettleUntil time.Time `json:"-"`
 }
 
+// ReleasesCooldown reports whether the entry's collection has ended
+// collecting nothing in a way that gave its cooldown back (Outcome's and
+// Final's ReleasesCooldown).
+func (e *Entry) ReleasesCooldown() bool {
+	if e.Decision != Collect || e.State != Done {
+		return false
+	}
+	return (e.Outcome != "" && e.Outcome.ReleasesCooldown()) || Final(e.ActionStatus).ReleasesCooldown()
+}
+
 // MarshalSnapshot encodes a machine snapshot for the store ("" for none).
 func MarshalSnapshot(m *alert.Machine) (string, error) {
 	if m == nil {

@@ -351,12 +351,8 @@ func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*audi
 				return err
 			}
 			p.logEvalErrors(it.alert, d)
-			rec := entryOf(it.alert, d)
-			key := ""
-			if d.Decision.ClaimsCooldown() {
-				key = rules.CooldownKey(d.Action, d.DryRun)
-			}
-			if err := v.Record(it.rowID, rec, key); err != nil {
+			rec := d.Entry(it.alert)
+			if err := v.Record(it.rowID, rec, d.ClaimedCooldown()); err != nil {
 				return err
 			}
 			done[it.rowID] = true
@@ -393,19 +389,6 @@ func (p *Pipeline) logEvalErrors(a *alert.Alert, d rules.Decision) {
 		p.log.Warn("rule evaluation error", zap.String("alert_id", a.ID), zap.String("machine_id", a.MachineID),
 			zap.String("rule", e.Rule), zap.Error(e.Err))
 	}
-}
-
-// entryOf is the audit entry of decision d for alert a, not yet recorded.
-func entryOf(a *alert.Alert, d rules.Decision) *audit.Entry {
-	rec := &audit.Entry{
-		Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
-		Rule: d.Rule, Action: string(d.Action), Decision: d.Decision, Reason: d.Reason, Comment: d.Comment,
-		DryRun: d.DryRun, State: audit.Done, Machine: d.Snapshot,
-	}
-	if d.Decision == audit.Collect {
-		rec.State = audit.Queued
-	}
-	return rec
 }
 
 // reportDecision counts and logs a committed decision.

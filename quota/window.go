@@ -138,6 +138,14 @@ func (l *WindowLimiter) Wait(ctx context.Context) (time.Duration, error) {
 	}
 }
 
+// Reserve admits one call at the earliest slot the quota allows, without
+// waiting, and returns the slot. Replay runs the limiter on a virtual
+// clock this way, to tell when each collection would have been sent.
+func (l *WindowLimiter) Reserve() time.Time {
+	_, slot := l.reserve()
+	return slot
+}
+
 // Throttle implements Throttler: no call is admitted before until.
 func (l *WindowLimiter) Throttle(until time.Time) {
 	l.mu.Lock()

@@ -91,6 +91,29 @@ func (d Decision) MetricRule() string {
 	return d.Rule
 }
 
+// Entry is the audit entry of the decision for alert a, not yet recorded:
+// a collection starts queued, every other decision is done.
+func (d Decision) Entry(a *alert.Alert) *audit.Entry {
+	rec := &audit.Entry{
+		Source: string(a.Source), AlertID: a.ID, MachineID: a.MachineID, MachineName: a.MachineName,
+		Rule: d.Rule, Action: string(d.Action), Decision: d.Decision, Reason: d.Reason, Comment: d.Comment,
+		DryRun: d.DryRun, State: audit.Done, Machine: d.Snapshot,
+	}
+	if d.Decision == audit.Collect {
+		rec.State = audit.Queued
+	}
+	return rec
+}
+
+// ClaimedCooldown is the cooldown key the decision claims when recorded
+// (CooldownKey), "" when it claims none.
+func (d Decision) ClaimedCooldown() string {
+	if !d.Decision.ClaimsCooldown() {
+		return ""
+	}
+	return CooldownKey(d.Action, d.DryRun)
+}
+
 // CooldownKey is the key of the cooldown an action holds on a machine. A dry
 // run holds one of its own: it must not hold back a real collection later.
 func CooldownKey(action Action, dryRun bool) string {
@@ -116,10 +139,37 @@ const notEvaluated = "not evaluated: the rules read machine attributes and they 
 // of that machine and action, the kill switch, the circuit breaker (not for
 // a dry run) and the dry run.
 func Decide(in Input) (Decision, error) {
-	d, done := decideRules(in)
-	if done {
-		return d, nil
+	return Prepare(in).Settle(in.State, in.Now)
+}
+
+// Prepared is a decision whose rules are evaluated and whose state is not
+// read yet: Decide is Prepare then Settle. Replay evaluates the rules of
+// many alerts in parallel (Prepare needs no state) and settles them in
+// order on its virtual clock; it calls these two, not a copy of them.
+type Prepared struct {
+	d     Decision
+	final bool // the state cannot change it (no action to hold back)
+	in    Input
+}
+
+// Prepare evaluates the rules of in (its State and Now are not read).
+func Prepare(in Input) Prepared {
+	d, final := decideRules(in)
+	return Prepared{d: d, final: final, in: in}
+}
+
+// Matched is the decision's rule and action before the state is read: what
+// the rules alone decided.
+func (p Prepared) Matched() Decision { return p.d }
+
+// Settle completes the decision with the state at now.
+func (p Prepared) Settle(state State, now time.Time) (Decision, error) {
+	if p.final {
+		return p.d, nil
 	}
+	in := p.in
+	in.State, in.Now = state, now
+	d := p.d
 	reason, err := suppressed(in, &d)
 	if err != nil {
 		return Decision{}, err

@@ -37,6 +37,12 @@ func LoadFiles(paths ...string) (*Set, error) {
 	return compileSources(srcs, time.Now())
 }
 
+// LoadSource validates and compiles one rule file's content, named name in
+// its errors (the replay API's request body).
+func LoadSource(name string, data []byte) (*Set, error) {
+	return compileSources([]source{newSource(name, data)}, time.Now())
+}
+
 // source is the content of one rule file.
 type source struct {
 	path string

@@ -83,11 +83,20 @@ func (m *Memory) SetLastAction(machineID, key string, at time.Time, auditID int6
 // Record keeps what a decision changes in the state: the cooldown it
 // claims, and a collection for the circuit breaker's windows.
 func (m *Memory) Record(machineID string, d Decision, auditID int64, at time.Time) {
-	if d.Decision.ClaimsCooldown() {
-		m.SetLastAction(machineID, CooldownKey(d.Action, d.DryRun), at, auditID)
+	if key := d.ClaimedCooldown(); key != "" {
+		m.SetLastAction(machineID, key, at, auditID)
 	}
 	if d.Decision == audit.Collect {
 		m.collections = append(m.collections, collectionAt{at: at, machineID: machineID})
+	}
+}
+
+// Release gives back the cooldown key of machineID when decision auditID
+// still holds it (its collection collected nothing), as the store does.
+func (m *Memory) Release(machineID, key string, auditID int64) {
+	slot := cooldownSlot{machineID, key}
+	if l, ok := m.last[slot]; ok && l.auditID == auditID {
+		delete(m.last, slot)
 	}
 }
 

@@ -380,6 +380,13 @@ ALTER TABLE responder_audit ADD COLUMN settle_until BIGINT NOT NULL DEFAULT 0;
 	sql: `
 ALTER TABLE responder_audit ADD COLUMN machine TEXT NOT NULL DEFAULT '';
 `,
+}, {
+	// Replay reads the decisions of a window of time in the order they
+	// were taken; this finds the window's first and last without a scan.
+	version: 8,
+	sql: `
+CREATE INDEX responder_audit_created ON responder_audit (created_at, id);
+`,
 }}
 
 // forDriver adapts a migration written for SQLite to the driver: the only
