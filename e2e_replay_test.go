@@ -782,3 +782,95 @@ func checkReplayBadInput(t *testing.T, h *replayStack) {
 		}
 	}
 }
+
+// TestDemoReplayEndToEnd walks the README's "Change rules safely" session:
+// serve --dev, the demo sender (examples/demo), check and test of the
+// candidate, then replay. Replaying the example rules themselves changes
+// nothing, even on a history the service decided with its workers in
+// parallel; the candidate changes some decisions.
+func TestDemoReplayEndToEnd(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	demo := filepath.Join(dir, "demo")
+	if out, err := exec.Command("go", "build", "-o", demo, "./examples/demo").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./examples/demo: %v\n%s", err, out)
+	}
+	p := startResponder(t, []string{"RESPONDER_SERVER_LISTEN=127.0.0.1:0", "RESPONDER_SERVER_ADMIN_LISTEN=127.0.0.1:0"}, "serve", "--dev")
+	var dsn string
+	waitUntil(t, "the dev help", func() bool {
+		for _, l := range p.output() {
+			if m := regexp.MustCompile(`RESPONDER_STORE_DSN=(\S+)`).FindStringSubmatch(l); m != nil {
+				dsn = m[1]
+			}
+		}
+		return dsn != ""
+	})
+
+	out, err := exec.Command(demo, "-url", "http://"+p.addr("webhooks"), "-alerts", "120", "-duration", "0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`(?m)^total\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("demo printed no total:\n%s", out)
+	}
+	var accepted, duplicates int
+	fmt.Sscan(m[2], &accepted)
+	fmt.Sscan(m[3], &duplicates)
+	if accepted < 120 || duplicates == 0 {
+		t.Fatalf("demo: %d accepted, %d duplicates; want at least 120 and some repeats:\n%s", accepted, duplicates, out)
+	}
+	sources := map[string]int{}
+	waitUntil(t, "every alert of the demo to be decided", func() bool {
+		resp, err := http.Get("http://" + p.addr("admin") + "/api/v1/actions?limit=10000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var page struct{ Actions []replayEntry }
+		if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+			t.Fatal(err)
+		}
+		clear(sources)
+		for _, e := range page.Actions {
+			sources[e.Source]++
+		}
+		return len(page.Actions) == accepted
+	})
+	if len(sources) != 4 {
+		t.Fatalf("the demo's decisions come from %v, want the four sources", sources)
+	}
+
+	run := func(args ...string) (string, string, int) {
+		cmd := exec.Command(binary, args...)
+		cmd.Dir = dir // not examples/: its responder.yaml (a dry run) would be the default --config
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "RESPONDER_STORE_DSN=" + dsn}
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		code := exitCode(cmd.Run())
+		return stdout.String(), stderr.String(), code
+	}
+	for _, args := range [][]string{{"check", mustAbs(t, "examples/rules-candidate.yaml")}, {"test", mustAbs(t, "examples/rules-candidate_test.yaml")}} {
+		if stdout, stderr, code := run(args...); code != 0 {
+			t.Fatalf("responder %v: exit %d\n%s%s", args, code, stdout, stderr)
+		}
+	}
+	replayed := func(rules string) replayReport {
+		stdout, stderr, code := run("replay", "--rules", rules, "--since", "1h", "--format", "json")
+		var r replayReport
+		if err := json.Unmarshal([]byte(stdout), &r); code != 0 || err != nil {
+			t.Fatalf("replay --rules %s: exit %d, %v\n%s%s", rules, code, err, stdout, stderr)
+		}
+		if r.Alerts != accepted || *r.Undecided != 0 {
+			t.Fatalf("replay --rules %s: %d alerts, %d undecided; want %d, 0", rules, r.Alerts, *r.Undecided, accepted)
+		}
+		return r
+	}
+	same := replayed(mustAbs(t, "examples/rules.yaml"))
+	if len(same.Transitions) != 0 || !maps.Equal(same.Decisions.Current, same.Decisions.Candidate) {
+		t.Fatalf("replaying the rules the service decided with changes decisions: %+v", same.Transitions)
+	}
+	if cand := replayed(mustAbs(t, "examples/rules-candidate.yaml")); len(cand.Transitions) == 0 {
+		t.Fatalf("the candidate changes nothing on the demo's alerts: %+v", cand.Decisions)
+	}
+}
