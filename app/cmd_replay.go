@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/responder-dev/responder/config"
+	"github.com/responder-dev/responder/handlers"
 	"github.com/responder-dev/responder/internal/yamlx"
 	"github.com/responder-dev/responder/quota"
 	"github.com/responder-dev/responder/replay"
@@ -101,6 +102,42 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 		code = 1
 	}
 	return code
+}
+
+// replayAPI runs a replay for POST /api/v1/replay, with the service's
+// configuration. It reads through a read-only store handle of its own, so
+// that its pages never queue behind (or hold up) the service's own
+// connection, and evaluates rules on one core, leaving the other to intake.
+func replayAPI(ctx context.Context, cfg *config.Config, rulesYAML []byte, q handlers.ReplayQuery) (*replay.Report, error) {
+	set, err := rules.LoadSource("request body", rulesYAML)
+	if err != nil {
+		bad := &handlers.BadRequestError{Msg: "the candidate rules are not valid"}
+		var ye yamlx.Errors
+		if errors.As(err, &ye) {
+			for _, e := range ye {
+				bad.Problems = append(bad.Problems, e.Error())
+			}
+		} else {
+			bad.Problems = []string{err.Error()}
+		}
+		return nil, bad
+	}
+	w, err := replay.ParseWindow(q.Since, q.From, q.To, q.Source, time.Now())
+	if err != nil {
+		return nil, &handlers.BadRequestError{Msg: err.Error()}
+	}
+	st, err := store.OpenReadOnly(ctx, cfg.Store.Driver, cfg.Store.DSN)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	opts := replayOptions(cfg, set, w)
+	opts.Workers = 1
+	report, err := replay.Run(ctx, st, opts)
+	if replay.IsBadInput(err) {
+		return nil, &handlers.BadRequestError{Msg: err.Error()}
+	}
+	return report, err
 }
 
 // replayOptions are the settings a replay decides with: the configuration's

@@ -180,7 +180,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 			}
 			return p.Ready(ctx)
 		},
-		Admin:  adminAPI(p, rm),
+		Admin:  adminAPI(p, rm, cfg),
 		Logger: logger,
 	})
 	if err != nil {
@@ -296,7 +296,7 @@ func quotaLimiters(ctx context.Context, cfg *config.Config, st *store.Store, log
 }
 
 // adminAPI binds the admin endpoints to the pipeline and the rules.
-func adminAPI(p *pipeline.Pipeline, rm *rules.Manager) handlers.AdminAPI {
+func adminAPI(p *pipeline.Pipeline, rm *rules.Manager, cfg *config.Config) handlers.AdminAPI {
 	return handlers.AdminAPI{
 		Rules: func() any {
 			set := rm.Current()
@@ -325,6 +325,9 @@ func adminAPI(p *pipeline.Pipeline, rm *rules.Manager) handlers.AdminAPI {
 				return nil, handlers.ErrNotFound
 			}
 			return e, err
+		},
+		Replay: func(ctx context.Context, rulesYAML []byte, q handlers.ReplayQuery) (any, error) {
+			return replayAPI(ctx, cfg, rulesYAML, q)
 		},
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"go.uber.org/zap"
@@ -40,7 +42,33 @@ type AdminAPI struct {
 	// entry.
 	Actions func(ctx context.Context, q ActionsQuery) (any, error)
 	Action  func(ctx context.Context, id string) (any, error)
+	// Replay decides the stored alerts of a window again with the candidate
+	// rules of the request body (POST /api/v1/replay); a *BadRequestError
+	// is the request's fault (400).
+	Replay func(ctx context.Context, rulesYAML []byte, q ReplayQuery) (any, error)
 }
+
+// ReplayQuery is the query of POST /api/v1/replay: since, or from and to
+// (RFC 3339), and source; the callee validates them.
+type ReplayQuery struct {
+	Since, From, To, Source string
+}
+
+// BadRequestError is an error of the request itself: its message, and the
+// problems found (a rule file's, one per line as file:line:col).
+type BadRequestError struct {
+	Msg      string
+	Problems []string
+}
+
+func (e *BadRequestError) Error() string { return e.Msg }
+
+// MaxReplayTime bounds a replay through the API; a longer one is better
+// run with `responder replay` beside the service.
+const MaxReplayTime = 5 * time.Minute
+
+// maxReplayBody bounds the candidate rules of a replay request.
+const maxReplayBody = 4 << 20
 
 // ActionsQuery is the query of GET /api/v1/actions.
 type ActionsQuery struct {
@@ -397,6 +425,9 @@ func (s *Server) mountAdminAPI(e *echo.Echo, guard *adminGuard) {
 			return c.JSON(http.StatusOK, out)
 		}, json)
 	}
+	if a.Replay != nil {
+		g.POST("/replay", replayHandler(a.Replay, guard), guard.accepts(yamlBody))
+	}
 	if a.Actions != nil {
 		g.GET("/actions", func(c echo.Context) error {
 			q := ActionsQuery{Machine: c.QueryParam("machine"), Status: c.QueryParam("status"), Limit: 100}
@@ -433,6 +464,49 @@ func (s *Server) mountAdminAPI(e *echo.Echo, guard *adminGuard) {
 			return c.JSON(http.StatusOK, out)
 		})
 	}
+}
+
+// replayHandler runs one replay at a time: a second request while one runs
+// is answered 429 at once, not queued behind it.
+func replayHandler(run func(context.Context, []byte, ReplayQuery) (any, error), guard *adminGuard) echo.HandlerFunc {
+	busy := make(chan struct{}, 1)
+	return func(c echo.Context) error {
+		select {
+		case busy <- struct{}{}:
+			defer func() { <-busy }()
+		default:
+			c.Response().Header().Set("Retry-After", "10")
+			return c.JSON(http.StatusTooManyRequests, ErrorAnswer{Error: "a replay is already running; one runs at a time: try again when it has ended"})
+		}
+		body, status, err := readBounded(c, maxReplayBody)
+		if err != nil {
+			return c.JSON(status, ErrorAnswer{Error: err.Error()})
+		}
+		// The server's write timeout is made for short answers; a replay
+		// may take up to MaxReplayTime.
+		_ = http.NewResponseController(c.Response().Writer).SetWriteDeadline(time.Now().Add(MaxReplayTime + 10*time.Second))
+		ctx, cancel := context.WithTimeout(c.Request().Context(), MaxReplayTime)
+		defer cancel()
+		q := ReplayQuery{Since: c.QueryParam("since"), From: c.QueryParam("from"), To: c.QueryParam("to"), Source: c.QueryParam("source")}
+		out, err := run(ctx, body, q)
+		guard.logAction(ctx, "replay", err)
+		var bad *BadRequestError
+		switch {
+		case errors.As(err, &bad):
+			return c.JSON(http.StatusBadRequest, replayProblem{Error: bad.Msg, Problems: bad.Problems})
+		case errors.Is(err, context.DeadlineExceeded):
+			return c.JSON(http.StatusServiceUnavailable, ErrorAnswer{Error: fmt.Sprintf("the replay did not end within %s: use a shorter window, or run responder replay beside the service", MaxReplayTime)})
+		case err != nil:
+			return c.JSON(http.StatusInternalServerError, ErrorAnswer{Error: err.Error()})
+		}
+		return c.JSON(http.StatusOK, out)
+	}
+}
+
+// replayProblem is the answer to a bad replay request.
+type replayProblem struct {
+	Error    string   `json:"error"`
+	Problems []string `json:"problems,omitempty"`
 }
 
 // readBounded reads a request body of at most limit bytes. A declared

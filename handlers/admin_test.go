@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -30,6 +31,9 @@ type adminBundle struct {
 	reloads atomic.Int32
 	logs    *observer.ObservedLogs
 	query   atomic.Pointer[ActionsQuery]
+
+	// replay, when set, runs behind POST /api/v1/replay.
+	replay func(ctx context.Context, body []byte, q ReplayQuery) (any, error)
 }
 
 func newAdminBundle(t *testing.T, cfg *Settings) *adminBundle {
@@ -50,6 +54,12 @@ func newAdminBundle(t *testing.T, cfg *Settings) *adminBundle {
 				return map[string]any{"actions": []any{}, "more": false}, nil
 			},
 			Evaluate: func(context.Context, alert.Format, []byte) (any, error) { return map[string]string{}, nil },
+			Replay: func(ctx context.Context, body []byte, q ReplayQuery) (any, error) {
+				if b.replay == nil {
+					return map[string]int{"alerts": 0}, nil
+				}
+				return b.replay(ctx, body, q)
+			},
 		},
 		Webhooks: &Webhooks{Auth: &WebhookAuth{}, Sink: &fakeSink{}, Metrics: m, Logger: zap.NewNop()}})
 	if err != nil {
@@ -454,5 +464,63 @@ func TestOversizedContentLengthAnsweredAtOnce(t *testing.T) {
 			}
 			t.Logf("413 after %s", time.Since(began).Round(time.Millisecond))
 		})
+	}
+}
+
+// TestReplayOneAtATime: while a replay runs, a second request is answered
+// 429 at once with a clear message, and the next one after it ends runs.
+func TestReplayOneAtATime(t *testing.T) {
+	t.Parallel()
+	b := newAdminBundle(t, testConfig())
+	started, release := make(chan ReplayQuery, 1), make(chan struct{})
+	b.replay = func(ctx context.Context, body []byte, q ReplayQuery) (any, error) {
+		if string(body) != "rules: []" {
+			t.Errorf("body %q", body)
+		}
+		started <- q
+		<-release
+		return map[string]int{"alerts": 3}, nil
+	}
+	yaml := []string{"Content-Type", "application/yaml"}
+	first := make(chan *httptest.ResponseRecorder)
+	go func() { first <- b.do(http.MethodPost, "/api/v1/replay?since=36h&source=graph", "rules: []", yaml...) }()
+	if q := <-started; q != (ReplayQuery{Since: "36h", Source: "graph"}) {
+		t.Errorf("query %+v", q)
+	}
+	second := b.do(http.MethodPost, "/api/v1/replay?from=2026-12-01T00:00:00Z", "rules: []", yaml...)
+	if second.Code != http.StatusTooManyRequests || !strings.Contains(second.Body.String(), "a replay is already running") || second.Header().Get("Retry-After") == "" {
+		t.Errorf("second replay: %d %s %v, want 429 with a message and Retry-After", second.Code, second.Body.String(), second.Header())
+	}
+	close(release)
+	if rec := <-first; rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"alerts":3`) {
+		t.Errorf("first replay: %d %s", rec.Code, rec.Body.String())
+	}
+	b.replay = func(context.Context, []byte, ReplayQuery) (any, error) { return map[string]int{"alerts": 1}, nil }
+	if rec := b.do(http.MethodPost, "/api/v1/replay", "rules: []", yaml...); rec.Code != http.StatusOK {
+		t.Errorf("replay after the first ended: %d %s", rec.Code, rec.Body.String())
+	}
+}
+
+// TestReplayAnswers: the request's faults are 400 with their problems,
+// a replay over its time 503, JSON bodies are refused (the rules are YAML).
+func TestReplayAnswers(t *testing.T) {
+	t.Parallel()
+	b := newAdminBundle(t, testConfig())
+	yaml := []string{"Content-Type", "application/yaml"}
+	b.replay = func(context.Context, []byte, ReplayQuery) (any, error) {
+		return nil, &BadRequestError{Msg: "the candidate rules are not valid", Problems: []string{"request body:3:11: rules[0].when: unknown name"}}
+	}
+	rec := b.do(http.MethodPost, "/api/v1/replay", "rules: x", yaml...)
+	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"problems":["request body:3:11: rules[0].when: unknown name"]`) {
+		t.Errorf("bad rules: %d %s", rec.Code, rec.Body.String())
+	}
+	b.replay = func(context.Context, []byte, ReplayQuery) (any, error) {
+		return nil, fmt.Errorf("replaying: %w", context.DeadlineExceeded)
+	}
+	if rec := b.do(http.MethodPost, "/api/v1/replay", "rules: []", yaml...); rec.Code != 503 || !strings.Contains(rec.Body.String(), "did not end within") {
+		t.Errorf("replay over time: %d %s", rec.Code, rec.Body.String())
+	}
+	if rec := b.do(http.MethodPost, "/api/v1/replay", `{"rules": []}`, "Content-Type", "application/json"); rec.Code != http.StatusUnsupportedMediaType {
+		t.Errorf("JSON body: %d %s, want 415", rec.Code, rec.Body.String())
 	}
 }

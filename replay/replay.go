@@ -57,10 +57,23 @@ type Options struct {
 	// Progress, when set, is called after each page with the decisions
 	// replayed so far and the window's total.
 	Progress func(done, total int)
+	// Each, when set, is called with every decision replayed, in order.
+	Each func(Decided)
 	// PageSize is the decisions read per query (default 1000).
 	PageSize int
 	// Workers evaluate rules in parallel (default GOMAXPROCS).
 	Workers int
+}
+
+// Decided is one alert's recorded decision and the candidate's.
+type Decided struct {
+	AuditID   int64
+	AlertID   string
+	MachineID string
+	Current   audit.Decision
+	// CurrentRule is the recorded decision's rule ("" for none).
+	CurrentRule string
+	Candidate   rules.Decision
 }
 
 // ErrEmptyWindow is returned (wrapped in a *WindowError that says why) when

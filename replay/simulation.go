@@ -184,6 +184,10 @@ func (s *simulation) settle(p *page) error {
 			s.collected(now)
 		}
 		s.count(row, it, d)
+		if s.opts.Each != nil {
+			s.opts.Each(Decided{AuditID: row.AuditID, AlertID: it.alert.ID, MachineID: it.machineID,
+				Current: row.Decision, CurrentRule: row.Rule, Candidate: d})
+		}
 	}
 	p.items, p.rows = nil, nil
 	return nil
