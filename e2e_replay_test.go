@@ -263,12 +263,13 @@ func rpGrafana(id string, m defendertest.Machine, severity string) string {
 
 // replayStack is a responder serving the history, on its store.
 type replayStack struct {
-	sim    *defendertest.Simulator
-	dir    string
-	config string // serve's and replay's --config: the store and safety.*
-	proc   *proc
-	hook   string
-	admin  string
+	sim         *defendertest.Simulator
+	dir         string
+	driver, dsn string
+	config      string // serve's and replay's --config: the store and safety.*
+	proc        *proc
+	hook        string
+	admin       string
 }
 
 // replayEntry is an audit entry as GET /api/v1/actions gives it.
@@ -292,10 +293,11 @@ func newReplayStack(t *testing.T, driver, dsn string) *replayStack {
 	o.PendingFor, o.InProgressFor = 200*time.Millisecond, 300*time.Millisecond
 	o.Machines = []defendertest.Machine{rpWSA, rpWSB, rpWSC, rpWSD, rpWSE, rpWSF, rpSrv1, rpSrv2, rpDC}
 	sim, _ := defendertest.NewServer(t, o)
-	h := &replayStack{sim: sim, dir: t.TempDir()}
+	h := &replayStack{sim: sim, dir: t.TempDir(), driver: driver}
 	if dsn == "" {
 		dsn = filepath.Join(h.dir, "responder.db")
 	}
+	h.dsn = dsn
 	writeTestFile(t, filepath.Join(h.dir, "rules-a.yaml"), replayRulesA)
 	writeTestFile(t, filepath.Join(h.dir, "rules-b.yaml"), replayRulesB)
 	h.config = filepath.Join(h.dir, "responder.yaml")
@@ -421,9 +423,15 @@ func (h *replayStack) stop(t *testing.T) {
 // directory.
 func (h *replayStack) replay(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"replay", "--config", h.config}, args...)...)
-	cmd.Dir = h.dir
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + h.dir}
+	return h.replayIn(t, h.dir, nil, append([]string{"--config", h.config}, args...)...)
+}
+
+// replayIn runs `responder replay` with args from dir, with env.
+func (h *replayStack) replayIn(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"replay"}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, env...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -478,6 +486,11 @@ type replayChange struct {
 func (h *replayStack) replayJSON(t *testing.T, args ...string) replayReport {
 	t.Helper()
 	stdout, stderr, code := h.replay(t, append(args, "--format", "json")...)
+	return decodeReport(t, args, stdout, stderr, code)
+}
+
+func decodeReport(t *testing.T, args []string, stdout, stderr string, code int) replayReport {
+	t.Helper()
 	if code != 0 {
 		t.Fatalf("replay %v: exit %d\nstderr: %s\nstdout: %s", args, code, stderr, stdout)
 	}
@@ -709,6 +722,8 @@ func testReplayEndToEnd(t *testing.T, driver, dsn string) {
 
 	checkReplayThresholds(t, h, len(changed.newlyCollected), changed)
 	checkReplayBadInput(t, h)
+	checkReplaySource(t, h, wants)
+	checkReplayEnvSettings(t, h, same)
 
 	if after := storeDigest(t, driver, dsn); after != before {
 		t.Fatalf("the replays changed the store:\nbefore %s\nafter  %s", before, after)
@@ -873,4 +888,38 @@ func TestDemoReplayEndToEnd(t *testing.T) {
 	if cand := replayed(mustAbs(t, "examples/rules-candidate.yaml")); len(cand.Transitions) == 0 {
 		t.Fatalf("the candidate changes nothing on the demo's alerts: %+v", cand.Decisions)
 	}
+}
+
+// checkReplaySource: --source replays the decisions of one source, but the
+// cooldowns and the circuit breaker they meet are built by every source's
+// alerts, as the service's were (a cooldown holds "whatever alert caused
+// it", SPEC 6.3). Replaying A reproduces the graph alerts' decisions; B
+// decides them as the whole replay of B does.
+func checkReplaySource(t *testing.T, h *replayStack, wants []replayWant) {
+	t.Helper()
+	var graph []replayWant
+	for _, w := range wants {
+		if w.source == "graph" {
+			graph = append(graph, w)
+		}
+	}
+	args := []string{"--since", "1h", "--source", "graph"}
+	expect(graph, func(w replayWant) replayDecision { return w.a }).check(t, "replay of A --source graph", h.replayJSON(t, append([]string{"--rules", "rules-a.yaml"}, args...)...))
+	expect(graph, func(w replayWant) replayDecision { return w.b }).check(t, "replay of B --source graph", h.replayJSON(t, append([]string{"--rules", "rules-b.yaml"}, args...)...))
+}
+
+// checkReplayEnvSettings: without a config file, replay takes its
+// settings from RESPONDER_* as serve does (SPEC 4: every key can be set by
+// the environment), not only the store's: with the service's safety.*
+// limits given that way, A reproduces every decision.
+func checkReplayEnvSettings(t *testing.T, h *replayStack, same replayExpectation) {
+	t.Helper()
+	args := []string{"--rules", filepath.Join(h.dir, "rules-a.yaml"), "--since", "1h", "--format", "json"}
+	stdout, stderr, code := h.replayIn(t, t.TempDir(), []string{
+		"RESPONDER_STORE_DRIVER=" + h.driver,
+		"RESPONDER_STORE_DSN=" + h.dsn,
+		fmt.Sprintf("RESPONDER_SAFETY_MAX_COLLECTIONS_PER_HOUR=%d", replayPerHour),
+		fmt.Sprintf("RESPONDER_SAFETY_MAX_MACHINES_PER_10M=%d", replayPer10mMax),
+	}, args...)
+	same.check(t, "replay of A with the settings in RESPONDER_*", decodeReport(t, args, stdout, stderr, code))
 }
