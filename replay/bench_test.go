@@ -64,7 +64,7 @@ func (r *memReader) ReplayPage(_ context.Context, _ store.ReplayWindow, after, l
 	return rows, nil
 }
 
-func (r *memReader) ReplayPrior(context.Context, time.Time, time.Duration, string) ([]store.ReplayRow, error) {
+func (r *memReader) ReplayPrior(context.Context, time.Time, time.Duration) ([]store.ReplayRow, error) {
 	return nil, nil
 }
 

@@ -35,7 +35,7 @@ import (
 type Reader interface {
 	ReplayRange(ctx context.Context, w store.ReplayWindow) (after, last int64, ok bool, err error)
 	ReplayPage(ctx context.Context, w store.ReplayWindow, after, last int64, limit int) ([]store.ReplayRow, error)
-	ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration, source string) ([]store.ReplayRow, error)
+	ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration) ([]store.ReplayRow, error)
 	ReplayCounts(ctx context.Context, w store.ReplayWindow) (decided, undecided int, err error)
 	DecisionSpan(ctx context.Context) (oldest, newest time.Time, ok bool, err error)
 }
@@ -57,7 +57,8 @@ type Options struct {
 	// Progress, when set, is called after each page with the decisions
 	// replayed so far and the window's total.
 	Progress func(done, total int)
-	// Each, when set, is called with every decision replayed, in order.
+	// Each, when set, is called with every decision replayed and counted
+	// (of Window.Source), in order.
 	Each func(Decided)
 	// PageSize is the decisions read per query (default 1000).
 	PageSize int
@@ -93,7 +94,7 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 		opts.Workers = runtime.GOMAXPROCS(0)
 	}
 	w := opts.Window
-	total, undecided, err := r.ReplayCounts(ctx, w)
+	counted, undecided, err := r.ReplayCounts(ctx, w)
 	if err != nil {
 		return nil, err
 	}
@@ -101,11 +102,21 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !ok || total == 0 {
+	if !ok || counted == 0 {
 		return nil, emptyWindow(ctx, r, w)
 	}
+	// Every source's decisions are replayed (they make the state); the
+	// progress counts them all.
+	total := counted
+	if w.Source != "" {
+		all := w
+		all.Source = ""
+		if total, _, err = r.ReplayCounts(ctx, all); err != nil {
+			return nil, err
+		}
+	}
 	s := newSimulation(opts, undecided)
-	prior, err := r.ReplayPrior(ctx, w.From, lookback(opts.Rules), w.Source)
+	prior, err := r.ReplayPrior(ctx, w.From, lookback(opts.Rules))
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +149,7 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 				return err
 			}
 			if opts.Progress != nil {
-				opts.Progress(s.report.Alerts, total)
+				opts.Progress(s.replayed, total)
 			}
 		}
 		return nil

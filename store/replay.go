@@ -15,7 +15,9 @@ import (
 // completing, and on both the service's writes never wait for a replay.
 
 // ReplayWindow selects the decisions a replay reads: those taken from From
-// (inclusive) to To (exclusive), of one source or all ("").
+// (inclusive) to To (exclusive). Source ("" for all) narrows the counts
+// only: the state a decision reads (cooldowns, the circuit breaker) is made
+// by every source's decisions, so every one is replayed.
 type ReplayWindow struct {
 	From, To time.Time
 	Source   string
@@ -65,13 +67,13 @@ func (s *Store) ReplayRange(ctx context.Context, w ReplayWindow) (after, last in
 	return lo.Int64 - 1, hi.Int64, true, nil
 }
 
-// ReplayPage returns up to limit decisions of w with audit ids in
-// (after, last], in the order they were taken.
+// ReplayPage returns up to limit decisions of w, of every source, with
+// audit ids in (after, last], in the order they were taken.
 func (s *Store) ReplayPage(ctx context.Context, w ReplayWindow, after, last int64, limit int) ([]ReplayRow, error) {
 	var out []ReplayRow
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.id > $1 AND au.id <= $2 AND au.created_at >= $3 AND au.created_at < $4 AND ($5 = '' OR au.source = $5)
-ORDER BY au.id LIMIT $6`, after, last, ms(w.From), ms(w.To), w.Source, limit)
+		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.id > $1 AND au.id <= $2 AND au.created_at >= $3 AND au.created_at < $4
+ORDER BY au.id LIMIT $5`, after, last, ms(w.From), ms(w.To), limit)
 		if err != nil {
 			return err
 		}
@@ -86,12 +88,12 @@ ORDER BY au.id LIMIT $6`, after, last, ms(w.From), ms(w.To), w.Source, limit)
 
 // ReplayPrior returns the decisions taken in [from-lookback, from) that
 // hold a cooldown or count in the circuit breaker's windows (collect and
-// dry_run): the state a replay of the window starts from.
-func (s *Store) ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration, source string) ([]ReplayRow, error) {
+// dry_run), of every source: the state a replay of the window starts from.
+func (s *Store) ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration) ([]ReplayRow, error) {
 	var out []ReplayRow
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.created_at >= $1 AND au.created_at < $2 AND au.decision IN ($3, $4) AND ($5 = '' OR au.source = $5)
-ORDER BY au.id`, ms(from.Add(-lookback)), ms(from), string(audit.Collect), string(audit.DryRun), source)
+		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.created_at >= $1 AND au.created_at < $2 AND au.decision IN ($3, $4)
+ORDER BY au.id`, ms(from.Add(-lookback)), ms(from), string(audit.Collect), string(audit.DryRun))
 		if err != nil {
 			return err
 		}
@@ -126,8 +128,9 @@ func scanReplayRows(rows *sql.Rows, capacity int) ([]ReplayRow, error) {
 	return out, rows.Err()
 }
 
-// ReplayCounts counts the alerts received in w: decided (decisions taken
-// in the window) and undecided (received in it, no decision yet).
+// ReplayCounts counts the alerts of w (of its source, when it names one):
+// decided (decisions taken in the window) and undecided (received in it,
+// no decision yet).
 func (s *Store) ReplayCounts(ctx context.Context, w ReplayWindow) (decided, undecided int, err error) {
 	err = s.readTx(ctx, func(tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE created_at >= $1 AND created_at < $2 AND ($3 = '' OR source = $3)`,
