@@ -394,6 +394,9 @@ type chunk struct {
 	rules   []*rule
 	// unguarded: a rule of the chunk has no guard, so the chunk always runs.
 	unguarded bool
+	// start is the position of the chunk's first rule in its list (the
+	// guard index's bits).
+	start int
 }
 
 // compileChunks groups rules into chunks. A chunk whose program cannot be

@@ -171,14 +171,155 @@ func cachedFieldOf(n ast.Node) (int, bool) {
 	return i, ok
 }
 
-// mayMatch reports false only when no rule of the chunk can match e: each
-// has a guard, and each guard fails.
-func (c *chunk) mayMatch(e *env) bool {
+// guardIndex finds, for one evaluation, the rules of a chunk list whose
+// guards pass, without testing every guard: each guarded rule is filed
+// under the values its first indexable term (==, in, or a literal in a
+// list) admits, and only the rules filed under the alert's values, and
+// those without such a term, are tested.
+type guardIndex struct {
+	rules   []*rule // by position in the chunk list
+	fields  []int   // string fields with indexed terms
+	lists   []int   // list fields with indexed terms
+	byValue map[guardKey][]int32
+	scan    []int32 // guarded rules without an indexable term
+}
+
+type guardKey struct {
+	field int
+	value string
+}
+
+func newGuardIndex(chunks []chunk) *guardIndex {
+	x := &guardIndex{byValue: map[guardKey][]int32{}}
+	fields, lists := map[int]bool{}, map[int]bool{}
+	spread := valueSpread(chunks)
+	for i := range chunks {
+		chunks[i].start = len(x.rules)
+		for _, r := range chunks[i].rules {
+			pos := int32(len(x.rules))
+			x.rules = append(x.rules, r)
+			if len(r.guard) == 0 {
+				continue
+			}
+			t, ok := r.guard.indexable(spread)
+			if !ok {
+				x.scan = append(x.scan, pos)
+				continue
+			}
+			var values []string
+			switch t.kind {
+			case guardEqual, guardHas:
+				values = []string{t.value}
+			case guardIn:
+				values = t.set.strings()
+			}
+			for _, v := range values {
+				k := guardKey{t.field, v}
+				if l := x.byValue[k]; len(l) == 0 || l[len(l)-1] != pos { // a value listed twice
+					x.byValue[k] = append(l, pos)
+				}
+			}
+			if t.kind == guardHas {
+				lists[t.field] = true
+			} else {
+				fields[t.field] = true
+			}
+		}
+	}
+	for f := range fields {
+		x.fields = append(x.fields, f)
+	}
+	for f := range lists {
+		x.lists = append(x.lists, f)
+	}
+	slices.Sort(x.fields)
+	slices.Sort(x.lists)
+	return x
+}
+
+// indexable returns the guard's term that names the values it admits
+// and is likely to admit the fewest alerts: the one on the field whose
+// terms name the most distinct values across the set (a rule's
+// detection_source rather than its severity).
+func (g guard) indexable(spread map[int]int) (guardTerm, bool) {
+	best, found := guardTerm{}, false
+	for _, t := range g {
+		if t.kind != guardEqual && t.kind != guardIn && t.kind != guardHas {
+			continue
+		}
+		if !found || spread[t.field] > spread[best.field] {
+			best, found = t, true
+		}
+	}
+	return best, found
+}
+
+// valueSpread counts, per field, the distinct values the guard terms of
+// the chunks name.
+func valueSpread(chunks []chunk) map[int]int {
+	seen := map[guardKey]bool{}
+	spread := map[int]int{}
+	for _, c := range chunks {
+		for _, r := range c.rules {
+			for _, t := range r.guard {
+				values := t.set.strings()
+				if t.kind == guardEqual || t.kind == guardHas {
+					values = []string{t.value}
+				}
+				for _, v := range values {
+					if k := (guardKey{t.field, v}); !seen[k] {
+						seen[k] = true
+						spread[t.field]++
+					}
+				}
+			}
+		}
+	}
+	return spread
+}
+
+// passing marks in bits the guarded rules whose guards pass for e.
+func (x *guardIndex) passing(e *env, bits []uint64) {
+	test := func(pos int32) {
+		if bits[pos>>6]&(1<<(pos&63)) == 0 && x.rules[pos].guard.pass(e) {
+			bits[pos>>6] |= 1 << (pos & 63)
+		}
+	}
+	for _, f := range x.fields {
+		s, _ := e.field(f).(string)
+		for _, pos := range x.byValue[guardKey{f, s}] {
+			test(pos)
+		}
+	}
+	for _, f := range x.lists {
+		l, _ := e.field(f).([]string)
+		for _, v := range l {
+			for _, pos := range x.byValue[guardKey{f, v}] {
+				test(pos)
+			}
+		}
+	}
+	for _, pos := range x.scan {
+		test(pos)
+	}
+}
+
+// strings returns the strings of the set (none for a nil set).
+func (s *stringSet) strings() []string {
+	if s == nil {
+		return nil
+	}
+	return s.small
+}
+
+// mayMatch reports false only when no rule of c can match: each has a
+// guard, and none passes (bits, from passing).
+func (c *chunk) mayMatch(bits []uint64) bool {
 	if c.unguarded {
 		return true
 	}
-	for _, r := range c.rules {
-		if r.guard.pass(e) {
+	for pos := c.start; pos < c.start+len(c.rules); pos++ {
+		if bits[pos>>6]&(1<<(pos&63)) != 0 {
 			return true
 		}
 	}

@@ -216,6 +216,8 @@ func compileSources(srcs []source, now time.Time) (*Set, error) {
 	set.acceptsResolved = len(resolved) > 0
 	set.activeChunks = compileChunks(set.active)
 	set.resolvedChunks = compileChunks(resolved)
+	set.activeIndex = newGuardIndex(set.activeChunks)
+	set.resolvedIndex = newGuardIndex(set.resolvedChunks)
 	return set, nil
 }
 
