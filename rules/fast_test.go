@@ -255,9 +255,15 @@ func TestGuardIndexEquivalence(t *testing.T) {
 		func(a *alert.Alert, m *alert.Machine) { a.Title = "campaign-10x is not a word boundary" },
 		func(a *alert.Alert, m *alert.Machine) { a.Title = "\u212Aampaign-398 (a Kelvin sign)" },
 		func(a *alert.Alert, m *alert.Machine) { m.Tags = []string{"tag-11"}; a.Severity = "low" },
-		func(a *alert.Alert, m *alert.Machine) { m.Tags = []string{"tag-11", "tag-399"}; a.Severity = "informational" },
+		func(a *alert.Alert, m *alert.Machine) {
+			m.Tags = []string{"tag-11", "tag-399"}
+			a.Severity = "informational"
+		},
 		func(a *alert.Alert, m *alert.Machine) { m.Tags = nil; a.Category = "Malware" },
-		func(a *alert.Alert, m *alert.Machine) { *a = alert.Alert{Status: alert.StatusResolved}; *m = alert.Machine{} },
+		func(a *alert.Alert, m *alert.Machine) {
+			*a = alert.Alert{Status: alert.StatusResolved}
+			*m = alert.Machine{}
+		},
 	}
 	skipped := 0
 	for vi, vary := range variants {
