@@ -64,6 +64,10 @@ type Options struct {
 	PageSize int
 	// Workers evaluate rules in parallel (default GOMAXPROCS).
 	Workers int
+	// Duty, between 0 and 1, makes the replay run on one goroutine and
+	// pause after each page, so that it is busy at most this share of the
+	// time (the API's replay, inside the service); 0 runs it flat out.
+	Duty float64
 }
 
 // Decided is one alert's recorded decision and the candidate's.
@@ -121,7 +125,25 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 		return nil, err
 	}
 	s.prime(prior, w.From)
+	progress := func() {
+		if opts.Progress != nil {
+			opts.Progress(s.replayed, total)
+		}
+	}
+	if opts.Duty > 0 && opts.Duty < 1 {
+		err = runPaced(ctx, r, opts, s, after, last, progress)
+	} else {
+		err = runParallel(ctx, r, opts, s, after, last, progress)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.finish(), nil
+}
 
+// runParallel reads pages, evaluates their rules on opts.Workers
+// goroutines and settles them in order: as fast as the machine allows.
+func runParallel(ctx context.Context, r Reader, opts Options, s *simulation, after, last int64, progress func()) error {
 	g, ctx := errgroup.WithContext(ctx)
 	work := make(chan *page, opts.Workers)
 	ordered := make(chan *page, 2*opts.Workers)
@@ -148,16 +170,42 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 			if err := s.settle(p); err != nil {
 				return err
 			}
-			if opts.Progress != nil {
-				opts.Progress(s.replayed, total)
-			}
+			progress()
 		}
 		return nil
 	})
-	if err := g.Wait(); err != nil {
-		return nil, err
+	return g.Wait()
+}
+
+// runPaced does each page's work on one goroutine, then pauses so that it
+// is busy at most opts.Duty of the time: a replay inside the service (the
+// API) leaves the CPU to intake and the workers.
+func runPaced(ctx context.Context, r Reader, opts Options, s *simulation, after, last int64, progress func()) error {
+	for {
+		start := time.Now()
+		rows, err := r.ReplayPage(ctx, opts.Window, after, last, opts.PageSize)
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		after = rows[len(rows)-1].AuditID
+		p := &page{rows: rows, done: make(chan struct{})}
+		p.prepare(opts)
+		if err := s.settle(p); err != nil {
+			return err
+		}
+		progress()
+		if len(rows) < opts.PageSize {
+			return nil
+		}
+		busy := time.Since(start)
+		pause := time.NewTimer(time.Duration(float64(busy) * (1 - opts.Duty) / opts.Duty))
+		select {
+		case <-pause.C:
+		case <-ctx.Done():
+			pause.Stop()
+			return ctx.Err()
+		}
 	}
-	return s.finish(), nil
 }
 
 // emptyWindow says why w holds no decision, in one line.

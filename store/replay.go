@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -137,8 +138,17 @@ func (s *Store) ReplayCounts(ctx context.Context, w ReplayWindow) (decided, unde
 			ms(w.From), ms(w.To), w.Source).Scan(&decided); err != nil {
 			return err
 		}
-		return tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_alert a WHERE a.received_at >= $1 AND a.received_at < $2 AND ($3 = '' OR a.source = $3)
-AND NOT EXISTS (SELECT 1 FROM responder_audit au WHERE au.alert_row_id = a.id)`, ms(w.From), ms(w.To), w.Source).Scan(&undecided)
+		// Alerts are numbered as they arrive: those received in the window
+		// come after the alert of the last decision taken before it, and
+		// the count reads only them (no index on received_at).
+		var before sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT alert_row_id FROM responder_audit WHERE created_at < $1 ORDER BY created_at DESC, id DESC LIMIT 1`,
+			ms(w.From)).Scan(&before)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		return tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_alert a WHERE a.id > $1 AND a.received_at >= $2 AND a.received_at < $3 AND ($4 = '' OR a.source = $4)
+AND NOT EXISTS (SELECT 1 FROM responder_audit au WHERE au.alert_row_id = a.id)`, before.Int64, ms(w.From), ms(w.To), w.Source).Scan(&undecided)
 	})
 	if err != nil {
 		return 0, 0, fmt.Errorf("counting the alerts to replay: %w", err)
