@@ -20,7 +20,8 @@ const module = "github.com/responder-dev/responder/"
 
 // onlyIn maps an import to the only packages whose non-test code may use
 // it. The tools beside the product (the benchmarks, the test helpers, the
-// Defender simulator, which is a fake Defender) are not held to it.
+// Defender simulator, which is a fake Defender, and the demo's alert
+// sender, a fake sender) are not held to it.
 var onlyIn = map[string][]string{
 	"github.com/labstack/echo/v4":              {"handlers"},
 	"github.com/jackc/pgx/v5/stdlib":           {"store"},
@@ -31,7 +32,7 @@ var onlyIn = map[string][]string{
 	"net/http":                                 {"handlers", "defender"},
 }
 
-var tools = []string{"internal/loadbench", "internal/testkit", "defender/defendertest"}
+var tools = []string{"internal/loadbench", "internal/testkit", "defender/defendertest", "examples/demo"}
 
 // TestPackagesKeepToTheirJob checks the imports above, and that no SQL is
 // written outside the store.

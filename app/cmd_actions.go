@@ -105,21 +105,13 @@ func attributes(m *alert.Machine) string {
 
 // readerConfig is the configuration of a command that only reads the store
 // (actions, replay): the file at path (default responder.yaml when
-// present), or the defaults with the store named by RESPONDER_STORE_DRIVER
-// and RESPONDER_STORE_DSN. It does not demand webhook auth or credentials.
+// present), or none, with the RESPONDER_* variables over it, as serve reads
+// it. It does not demand webhook auth or credentials: problems with what
+// only serve needs are not this command's, so the configuration is kept
+// whenever it could be read.
 func readerConfig(path string) (*config.Config, error) {
 	if path == "" {
 		path = defaultConfigPath()
-	}
-	if path == "" {
-		cfg := config.Default()
-		if v, ok := os.LookupEnv(config.EnvName("store.driver")); ok {
-			cfg.Store.Driver = v
-		}
-		if v, ok := os.LookupEnv(config.EnvName("store.dsn")); ok {
-			cfg.Store.DSN = v
-		}
-		return cfg, nil
 	}
 	cfg, err := config.Load(path, nil, os.LookupEnv)
 	if cfg == nil {

@@ -104,10 +104,16 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
+// apiReplayDuty and apiReplayPage pace a replay run by the service.
+const (
+	apiReplayDuty = 0.25
+	apiReplayPage = 250
+)
+
 // replayAPI runs a replay for POST /api/v1/replay, with the service's
 // configuration. It reads through a read-only store handle of its own, so
 // that its pages never queue behind (or hold up) the service's own
-// connection, and evaluates rules on one core, leaving the other to intake.
+// connection, and paces itself (replay.Options.Duty).
 func replayAPI(ctx context.Context, cfg *config.Config, rulesYAML []byte, q handlers.ReplayQuery) (*replay.Report, error) {
 	set, err := rules.LoadSource("request body", rulesYAML)
 	if err != nil {
@@ -132,7 +138,9 @@ func replayAPI(ctx context.Context, cfg *config.Config, rulesYAML []byte, q hand
 	}
 	defer st.Close()
 	opts := replayOptions(cfg, set, w)
-	opts.Workers = 1
+	// Inside the service: busy a quarter of the time at most, in small
+	// pages, so that intake and the workers keep the CPU.
+	opts.Duty, opts.PageSize = apiReplayDuty, apiReplayPage
 	report, err := replay.Run(ctx, st, opts)
 	if replay.IsBadInput(err) {
 		return nil, &handlers.BadRequestError{Msg: err.Error()}

@@ -21,6 +21,7 @@ import (
 	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/metrics"
 	"github.com/responder-dev/responder/pipeline"
+	"github.com/responder-dev/responder/replay"
 	"github.com/responder-dev/responder/rules"
 	"github.com/responder-dev/responder/store"
 )
@@ -61,6 +62,9 @@ type decisionCase struct {
 	paused, dryRun, cooldown, circuit bool
 	want                              audit.Decision
 	rule                              string
+	// unpaused is the decision replay gives a paused case: it ignores the
+	// pause history (SPEC 12); "" when it is want.
+	unpaused audit.Decision
 }
 
 func decisionCases() []decisionCase {
@@ -75,9 +79,9 @@ func decisionCases() []decisionCase {
 		{name: "rule dry run", rules: machineRules, severity: "Medium", tags: ws, want: audit.DryRun, rule: "medium-dry"},
 		{name: "global dry run", rules: machineRules, severity: "High", tags: ws, dryRun: true, want: audit.DryRun, rule: "high"},
 		{name: "cooldown", rules: machineRules, severity: "High", tags: ws, cooldown: true, want: audit.Cooldown, rule: "high"},
-		{name: "paused", rules: machineRules, severity: "High", tags: ws, paused: true, want: audit.Paused, rule: "high"},
+		{name: "paused", rules: machineRules, severity: "High", tags: ws, paused: true, want: audit.Paused, rule: "high", unpaused: audit.Collect},
 		{name: "circuit open", rules: machineRules, severity: "High", tags: ws, circuit: true, want: audit.CircuitOpen, rule: "high"},
-		{name: "paused beats the circuit", rules: machineRules, severity: "High", tags: ws, paused: true, circuit: true, want: audit.Paused, rule: "high"},
+		{name: "paused beats the circuit", rules: machineRules, severity: "High", tags: ws, paused: true, circuit: true, want: audit.Paused, rule: "high", unpaused: audit.CircuitOpen},
 		{name: "ignore is not held back", rules: machineRules, severity: "High", tags: []string{"domain-controller"}, paused: true, want: audit.Ignore, rule: "never-dc"},
 	}
 }
@@ -91,8 +95,9 @@ type answer struct {
 // TestOneDecisionEverywhere runs one table of cases through every entry
 // point that decides (SPEC 11): the evaluate worker (a real pipeline on
 // SQLite and the Defender simulator), the evaluate API (Explain),
-// `responder eval` and `responder test`. Each must give the same decision
-// and rule for each case.
+// `responder eval`, `responder test` and replay (of the worker's audit
+// trail, with the same rules). Each must give the same decision and rule
+// for each case; replay ignores the pause history, as SPEC 12 says.
 func TestOneDecisionEverywhere(t *testing.T) {
 	t.Parallel()
 	for _, tc := range decisionCases() {
@@ -102,7 +107,7 @@ func TestOneDecisionEverywhere(t *testing.T) {
 			rulesFile := filepath.Join(dir, "rules.yaml")
 			writeTestFile(t, rulesFile, tc.rules)
 			want := answer{tc.want, tc.rule}
-			worker, api := decideInPipeline(t, tc, rulesFile)
+			worker, api, replayed := decideInPipeline(t, tc, rulesFile)
 			got := map[string]answer{
 				"evaluate worker": worker,
 				"evaluate API":    api,
@@ -113,6 +118,12 @@ func TestOneDecisionEverywhere(t *testing.T) {
 				if a != want {
 					t.Errorf("%s decided %+v, want %+v", entry, a, want)
 				}
+			}
+			if tc.unpaused != "" {
+				want.Decision = tc.unpaused
+			}
+			if replayed != want {
+				t.Errorf("replay decided %+v, want %+v", replayed, want)
 			}
 		})
 	}
@@ -138,7 +149,7 @@ func writeTestFile(t *testing.T, path, text string) {
 // decideInPipeline sets the state up through the service itself (earlier
 // alerts, the kill switch, the configuration), asks the evaluate API, then
 // submits the alert and reads the worker's decision from the audit trail.
-func decideInPipeline(t *testing.T, tc decisionCase, rulesFile string) (worker, api answer) {
+func decideInPipeline(t *testing.T, tc decisionCase, rulesFile string) (worker, api, replayed answer) {
 	t.Helper()
 	ctx := context.Background()
 	o := defendertest.DevOptions()
@@ -243,7 +254,29 @@ func decideInPipeline(t *testing.T, tc decisionCase, rulesFile string) (worker, 
 	}
 	submit(body)
 	e := entryOf("case")
-	return answer{e.Decision, e.Rule}, api
+	return answer{e.Decision, e.Rule}, api, decideWithReplay(t, st, cfg, rm.Current(), e.CreatedAt)
+}
+
+// decideWithReplay replays the audit trail up to the case's decision with
+// the same rules and settings, and returns what it decides for the case.
+func decideWithReplay(t *testing.T, st *store.Store, cfg pipeline.Config, set *rules.Set, decided time.Time) answer {
+	t.Helper()
+	var got *answer
+	w := store.ReplayWindow{From: decided.Add(-time.Hour), To: decided.Add(time.Second)}
+	_, err := replay.Run(context.Background(), st, replay.Options{Rules: set, Window: w, DryRun: cfg.DryRun,
+		Limits: rules.CircuitLimits{PerHour: cfg.MaxCollectionsPerHour, MachinesPer10m: cfg.MaxMachinesPer10m},
+		Each: func(d replay.Decided) {
+			if d.AlertID == "case" {
+				got = &answer{d.Candidate.Decision, d.Candidate.Rule}
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == nil {
+		t.Fatal("replay did not decide the case")
+	}
+	return *got
 }
 
 // givenFiles writes the machine and state files of a case for `eval` and

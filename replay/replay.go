@@ -35,7 +35,7 @@ import (
 type Reader interface {
 	ReplayRange(ctx context.Context, w store.ReplayWindow) (after, last int64, ok bool, err error)
 	ReplayPage(ctx context.Context, w store.ReplayWindow, after, last int64, limit int) ([]store.ReplayRow, error)
-	ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration, source string) ([]store.ReplayRow, error)
+	ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration) ([]store.ReplayRow, error)
 	ReplayCounts(ctx context.Context, w store.ReplayWindow) (decided, undecided int, err error)
 	DecisionSpan(ctx context.Context) (oldest, newest time.Time, ok bool, err error)
 }
@@ -57,10 +57,28 @@ type Options struct {
 	// Progress, when set, is called after each page with the decisions
 	// replayed so far and the window's total.
 	Progress func(done, total int)
+	// Each, when set, is called with every decision replayed and counted
+	// (of Window.Source), in order.
+	Each func(Decided)
 	// PageSize is the decisions read per query (default 1000).
 	PageSize int
 	// Workers evaluate rules in parallel (default GOMAXPROCS).
 	Workers int
+	// Duty, between 0 and 1, makes the replay run on one goroutine and
+	// pause after each page, so that it is busy at most this share of the
+	// time (the API's replay, inside the service); 0 runs it flat out.
+	Duty float64
+}
+
+// Decided is one alert's recorded decision and the candidate's.
+type Decided struct {
+	AuditID   int64
+	AlertID   string
+	MachineID string
+	Current   audit.Decision
+	// CurrentRule is the recorded decision's rule ("" for none).
+	CurrentRule string
+	Candidate   rules.Decision
 }
 
 // ErrEmptyWindow is returned (wrapped in a *WindowError that says why) when
@@ -80,7 +98,7 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 		opts.Workers = runtime.GOMAXPROCS(0)
 	}
 	w := opts.Window
-	total, undecided, err := r.ReplayCounts(ctx, w)
+	counted, undecided, err := r.ReplayCounts(ctx, w)
 	if err != nil {
 		return nil, err
 	}
@@ -88,16 +106,44 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !ok || total == 0 {
+	if !ok || counted == 0 {
 		return nil, emptyWindow(ctx, r, w)
 	}
+	// Every source's decisions are replayed (they make the state); the
+	// progress counts them all.
+	total := counted
+	if w.Source != "" {
+		all := w
+		all.Source = ""
+		if total, _, err = r.ReplayCounts(ctx, all); err != nil {
+			return nil, err
+		}
+	}
 	s := newSimulation(opts, undecided)
-	prior, err := r.ReplayPrior(ctx, w.From, lookback(opts.Rules), w.Source)
+	prior, err := r.ReplayPrior(ctx, w.From, lookback(opts.Rules))
 	if err != nil {
 		return nil, err
 	}
 	s.prime(prior, w.From)
+	progress := func() {
+		if opts.Progress != nil {
+			opts.Progress(s.replayed, total)
+		}
+	}
+	if opts.Duty > 0 && opts.Duty < 1 {
+		err = runPaced(ctx, r, opts, s, after, last, progress)
+	} else {
+		err = runParallel(ctx, r, opts, s, after, last, progress)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.finish(), nil
+}
 
+// runParallel reads pages, evaluates their rules on opts.Workers
+// goroutines and settles them in order: as fast as the machine allows.
+func runParallel(ctx context.Context, r Reader, opts Options, s *simulation, after, last int64, progress func()) error {
 	g, ctx := errgroup.WithContext(ctx)
 	work := make(chan *page, opts.Workers)
 	ordered := make(chan *page, 2*opts.Workers)
@@ -124,16 +170,42 @@ func Run(ctx context.Context, r Reader, opts Options) (*Report, error) {
 			if err := s.settle(p); err != nil {
 				return err
 			}
-			if opts.Progress != nil {
-				opts.Progress(s.report.Alerts, total)
-			}
+			progress()
 		}
 		return nil
 	})
-	if err := g.Wait(); err != nil {
-		return nil, err
+	return g.Wait()
+}
+
+// runPaced does each page's work on one goroutine, then pauses so that it
+// is busy at most opts.Duty of the time: a replay inside the service (the
+// API) leaves the CPU to intake and the workers.
+func runPaced(ctx context.Context, r Reader, opts Options, s *simulation, after, last int64, progress func()) error {
+	for {
+		start := time.Now()
+		rows, err := r.ReplayPage(ctx, opts.Window, after, last, opts.PageSize)
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		after = rows[len(rows)-1].AuditID
+		p := &page{rows: rows, done: make(chan struct{})}
+		p.prepare(opts)
+		if err := s.settle(p); err != nil {
+			return err
+		}
+		progress()
+		if len(rows) < opts.PageSize {
+			return nil
+		}
+		busy := time.Since(start)
+		pause := time.NewTimer(time.Duration(float64(busy) * (1 - opts.Duty) / opts.Duty))
+		select {
+		case <-pause.C:
+		case <-ctx.Done():
+			pause.Stop()
+			return ctx.Err()
+		}
 	}
-	return s.finish(), nil
 }
 
 // emptyWindow says why w holds no decision, in one line.

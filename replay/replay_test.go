@@ -3,6 +3,7 @@ package replay_test
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -475,5 +476,34 @@ func TestParseWindow(t *testing.T) {
 		if !strings.Contains(got, tc.want) {
 			t.Errorf("%+v: got %q, want %q", tc, got, tc.want)
 		}
+	}
+}
+
+// TestReplayPacedSameReport: the paced replay (the API's) reports exactly
+// what the parallel one does.
+func TestReplayPacedSameReport(t *testing.T) {
+	t.Parallel()
+	tr := record(t, store.DriverSQLite, mustRules(t, rulesA), limitsA, mix())
+	candidate := mustRules(t, strings.Replace(rulesA, "cooldown: 2h", "cooldown: 1m", 1))
+	ro, err := store.OpenReadOnly(context.Background(), store.DriverSQLite, tr.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	run := func(duty float64) string {
+		r, err := replay.Run(context.Background(), ro, replay.Options{Rules: candidate, Limits: limitsA, Duty: duty, PageSize: 2,
+			Window: store.ReplayWindow{From: t0, To: t0.Add(48 * time.Hour)}, Quota: quota.Windows{PerMinute: 100, PerHour: 1500}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(r)
+		return string(b)
+	}
+	parallel, paced := run(0), run(0.9)
+	if parallel != paced {
+		t.Fatalf("paced report differs:\n%s\n%s", paced, parallel)
+	}
+	if !strings.Contains(paced, `"changed":1`) {
+		t.Fatalf("the candidate changes nothing: %s", paced)
 	}
 }

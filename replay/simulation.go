@@ -80,7 +80,7 @@ type Change struct {
 }
 
 // Quota is the MDE quota of collection requests (the actions API group)
-// the candidate would need.
+// the candidate would need: every source's, the quota being the tenant's.
 type Quota struct {
 	PerMinute     int `json:"per_minute"`
 	PerHour       int `json:"per_hour"`
@@ -104,6 +104,8 @@ type simulation struct {
 	// last minute and hour of the clock, oldest first.
 	lastMinute, lastHour []time.Time
 
+	// replayed counts every decision replayed, of any source.
+	replayed    int
 	report      Report
 	transitions map[[2]audit.Decision]int
 	hits        map[string]*RuleHits
@@ -183,7 +185,15 @@ func (s *simulation) settle(p *page) error {
 			}
 			s.collected(now)
 		}
+		s.replayed++
+		if src := s.opts.Window.Source; src != "" && string(it.alert.Source) != src {
+			continue // it made the state; the report is of src
+		}
 		s.count(row, it, d)
+		if s.opts.Each != nil {
+			s.opts.Each(Decided{AuditID: row.AuditID, AlertID: it.alert.ID, MachineID: it.machineID,
+				Current: row.Decision, CurrentRule: row.Rule, Candidate: d})
+		}
 	}
 	p.items, p.rows = nil, nil
 	return nil

@@ -392,6 +392,11 @@ const chunkSize = 50
 type chunk struct {
 	program *vm.Program // nil when the rules must run one by one
 	rules   []*rule
+	// unguarded: a rule of the chunk has no guard, so the chunk always runs.
+	unguarded bool
+	// start is the position of the chunk's first rule in its list (the
+	// guard index's bits).
+	start int
 }
 
 // compileChunks groups rules into chunks. A chunk whose program cannot be
@@ -400,7 +405,11 @@ func compileChunks(rules []*rule) []chunk {
 	var out []chunk
 	for start := 0; start < len(rules); start += chunkSize {
 		rs := rules[start:min(start+chunkSize, len(rules))]
-		out = append(out, chunk{program: compileChunk(rs), rules: rs})
+		c := chunk{program: compileChunk(rs), rules: rs}
+		for _, r := range rs {
+			c.unguarded = c.unguarded || len(r.guard) == 0
+		}
+		out = append(out, c)
 	}
 	return out
 }

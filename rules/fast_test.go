@@ -148,6 +148,11 @@ func TestFastEquivalence(t *testing.T) {
 			if want != got || (wantErr == nil) != (gotErr == nil) {
 				t.Errorf("alert %d, %q: reference %v, %v; accelerated %v, %v", ai, r.when, want, wantErr, got, gotErr)
 			}
+			// A failing guard skips the rule: only right when the rule is
+			// false, and without an error to report.
+			if !r.guard.pass(e) && (want || wantErr != nil) {
+				t.Errorf("alert %d, %q: the guard fails, the reference gives %v, %v", ai, r.when, want, wantErr)
+			}
 			if wantErr != nil && first < 0 {
 				firstErrs = append(firstErrs, r.name)
 			}
@@ -199,5 +204,94 @@ func TestRegexpPrefilter(t *testing.T) {
 		if got := matchesFunc(s, f); got != want || matchesFoldedFunc(folded, f) != want || f.re.MatchString(s) != want {
 			t.Errorf("%q: %v, want %v", s, got, want)
 		}
+	}
+}
+
+// TestGuards: the leading terms of four cheap forms become the guard, and
+// nothing after a term of another form (it could fail at run time, and the
+// error must still be reported).
+func TestGuards(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		when  string
+		terms int
+	}{
+		{`alert.severity == "high"`, 1},
+		{`"high" == alert.severity`, 1},
+		{`alert.category == "Malware" && alert.severity in ["high", "critical"] && "vip" in machine.tags`, 3},
+		{`alert.category == "Malware" and alert.title matches "(?i)emotet"`, 2},
+		{`alert.title matches "(?i)(ransom|crypt)"`, 0}, // no required literal
+		{`alert.severity == "high" && int(alert.labels["count"]) > 3 && alert.category == "Malware"`, 1},
+		{`int(alert.labels["count"]) > 3 && alert.severity == "high"`, 0},
+		{`alert.severity == "high" || alert.category == "Malware"`, 0},
+		{`alert.severity in ["high", 1]`, 0},
+		{`alert.severity in machine.tags`, 0},
+		{`"workstation" not in machine.tags`, 0},
+		{`alert.labels["team"] == "security"`, 0},
+		{`$env.alert.severity == "high"`, 0},
+		{`let alert = machine; alert.name == "x"`, 0},
+		{`(alert.source == "defender" && alert.severity == "high") && machine.group == "Finance"`, 3},
+	}
+	for _, tc := range cases {
+		if got := len(compileGuard(tc.when)); got != tc.terms {
+			t.Errorf("%q: %d guard terms, want %d", tc.when, got, tc.terms)
+		}
+	}
+}
+
+// TestGuardIndexEquivalence: over a set of many guarded rules (so that
+// whole chunks are skipped), Evaluate decides exactly as the reference
+// programs run one by one in order.
+func TestGuardIndexEquivalence(t *testing.T) {
+	t.Parallel()
+	set := mustSet(t, benchRules(400))
+	variants := []func(a *alert.Alert, m *alert.Machine){
+		func(a *alert.Alert, m *alert.Machine) {},
+		func(a *alert.Alert, m *alert.Machine) { a.Category, a.Severity = "Category8", "high" },
+		func(a *alert.Alert, m *alert.Machine) { a.Category, a.Severity = "Category8", "low" },
+		func(a *alert.Alert, m *alert.Machine) { a.DetectionSource, a.Severity = "Other9", "critical" },
+		func(a *alert.Alert, m *alert.Machine) { a.DetectionSource, a.Severity = "Source301", "high" },
+		func(a *alert.Alert, m *alert.Machine) { a.Title = "part of CAMPAIGN-10, again" },
+		func(a *alert.Alert, m *alert.Machine) { a.Title = "campaign-10x is not a word boundary" },
+		func(a *alert.Alert, m *alert.Machine) { a.Title = "\u212Aampaign-398 (a Kelvin sign)" },
+		func(a *alert.Alert, m *alert.Machine) { m.Tags = []string{"tag-11"}; a.Severity = "low" },
+		func(a *alert.Alert, m *alert.Machine) {
+			m.Tags = []string{"tag-11", "tag-399"}
+			a.Severity = "informational"
+		},
+		func(a *alert.Alert, m *alert.Machine) { m.Tags = nil; a.Category = "Malware" },
+		func(a *alert.Alert, m *alert.Machine) {
+			*a = alert.Alert{Status: alert.StatusResolved}
+			*m = alert.Machine{}
+		},
+	}
+	skipped := 0
+	for vi, vary := range variants {
+		a, m := benchAlert()
+		vary(a, m)
+		ref := &env{Alert: *a, Machine: *m}
+		want := ""
+		for _, r := range set.active {
+			if r.onResolved || a.Status != alert.StatusResolved {
+				if ok, err := runProgram(r.reference, ref); err == nil && ok {
+					want = r.name
+					break
+				}
+			}
+		}
+		if got := set.Evaluate(a, m); got.Rule != want {
+			t.Errorf("variant %d: decided by %q, want %q", vi, got.Rule, want)
+		}
+		e := &env{Alert: *a, Machine: *m}
+		bits := make([]uint64, (len(set.activeIndex.rules)+63)/64)
+		set.activeIndex.passing(e, bits)
+		for i := range set.activeChunks {
+			if !set.activeChunks[i].mayMatch(bits) {
+				skipped++
+			}
+		}
+	}
+	if skipped == 0 {
+		t.Fatal("no chunk was ever skipped: the test does not exercise the guards")
 	}
 }

@@ -216,6 +216,8 @@ func compileSources(srcs []source, now time.Time) (*Set, error) {
 	set.acceptsResolved = len(resolved) > 0
 	set.activeChunks = compileChunks(set.active)
 	set.resolvedChunks = compileChunks(resolved)
+	set.activeIndex = newGuardIndex(set.activeChunks)
+	set.resolvedIndex = newGuardIndex(set.resolvedChunks)
 	return set, nil
 }
 
@@ -352,6 +354,7 @@ func (c *compiler) rule(lines [][]rune, pos yamlx.Positions, fname, path string,
 	}
 	r.reference = program
 	r.program = compileFast(rc.When, program)
+	r.guard = compileGuard(rc.When)
 	r.readsMachine = readsMachine(program.Node())
 	if !ok {
 		return nil

@@ -32,6 +32,8 @@ type Set struct {
 	active          []*rule // enabled rules, in order
 	activeChunks    []chunk // active, compiled in chunks
 	resolvedChunks  []chunk // the active rules with on_resolved, in chunks
+	activeIndex     *guardIndex
+	resolvedIndex   *guardIndex
 	files           []FileInfo
 	onResolved      int // active rules with on_resolved
 	needsMachine    bool
@@ -56,6 +58,8 @@ type rule struct {
 	onResolved  bool
 	// readsMachine is true when the condition reads machine.*.
 	readsMachine bool
+	// guard is the condition's leading cheap terms (guard.go).
+	guard guard
 }
 
 // FileInfo describes one loaded rule file.
@@ -190,12 +194,22 @@ func (s *Set) Evaluate(a *alert.Alert, m *alert.Machine) Match {
 		vmPool.Put(machine)
 	}()
 
-	chunks, skipped := s.activeChunks, 0
+	chunks, index, skipped := s.activeChunks, s.activeIndex, 0
 	if e.Alert.Status == alert.StatusResolved {
-		chunks, skipped = s.resolvedChunks, len(s.active)-s.onResolved
+		chunks, index, skipped = s.resolvedChunks, s.resolvedIndex, len(s.active)-s.onResolved
 	}
+	var small [16]uint64 // the guards that pass, for up to 1,024 rules
+	bits := small[:]
+	if n := (len(index.rules) + 63) / 64; n > len(small) {
+		bits = make([]uint64, n)
+	}
+	index.passing(e, bits)
 	var errs []EvalError
-	for _, c := range chunks {
+	for i := range chunks {
+		c := &chunks[i]
+		if !c.mayMatch(bits) {
+			continue // every rule's guard fails: all are false
+		}
 		if c.program != nil {
 			out, err := machine.Run(c.program, e)
 			if i, ok := out.(int); err == nil && ok {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -15,7 +16,9 @@ import (
 // completing, and on both the service's writes never wait for a replay.
 
 // ReplayWindow selects the decisions a replay reads: those taken from From
-// (inclusive) to To (exclusive), of one source or all ("").
+// (inclusive) to To (exclusive). Source ("" for all) narrows the counts
+// only: the state a decision reads (cooldowns, the circuit breaker) is made
+// by every source's decisions, so every one is replayed.
 type ReplayWindow struct {
 	From, To time.Time
 	Source   string
@@ -65,13 +68,13 @@ func (s *Store) ReplayRange(ctx context.Context, w ReplayWindow) (after, last in
 	return lo.Int64 - 1, hi.Int64, true, nil
 }
 
-// ReplayPage returns up to limit decisions of w with audit ids in
-// (after, last], in the order they were taken.
+// ReplayPage returns up to limit decisions of w, of every source, with
+// audit ids in (after, last], in the order they were taken.
 func (s *Store) ReplayPage(ctx context.Context, w ReplayWindow, after, last int64, limit int) ([]ReplayRow, error) {
 	var out []ReplayRow
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.id > $1 AND au.id <= $2 AND au.created_at >= $3 AND au.created_at < $4 AND ($5 = '' OR au.source = $5)
-ORDER BY au.id LIMIT $6`, after, last, ms(w.From), ms(w.To), w.Source, limit)
+		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.id > $1 AND au.id <= $2 AND au.created_at >= $3 AND au.created_at < $4
+ORDER BY au.id LIMIT $5`, after, last, ms(w.From), ms(w.To), limit)
 		if err != nil {
 			return err
 		}
@@ -86,12 +89,12 @@ ORDER BY au.id LIMIT $6`, after, last, ms(w.From), ms(w.To), w.Source, limit)
 
 // ReplayPrior returns the decisions taken in [from-lookback, from) that
 // hold a cooldown or count in the circuit breaker's windows (collect and
-// dry_run): the state a replay of the window starts from.
-func (s *Store) ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration, source string) ([]ReplayRow, error) {
+// dry_run), of every source: the state a replay of the window starts from.
+func (s *Store) ReplayPrior(ctx context.Context, from time.Time, lookback time.Duration) ([]ReplayRow, error) {
 	var out []ReplayRow
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.created_at >= $1 AND au.created_at < $2 AND au.decision IN ($3, $4) AND ($5 = '' OR au.source = $5)
-ORDER BY au.id`, ms(from.Add(-lookback)), ms(from), string(audit.Collect), string(audit.DryRun), source)
+		rows, err := tx.QueryContext(ctx, replaySelect+`WHERE au.created_at >= $1 AND au.created_at < $2 AND au.decision IN ($3, $4)
+ORDER BY au.id`, ms(from.Add(-lookback)), ms(from), string(audit.Collect), string(audit.DryRun))
 		if err != nil {
 			return err
 		}
@@ -126,16 +129,26 @@ func scanReplayRows(rows *sql.Rows, capacity int) ([]ReplayRow, error) {
 	return out, rows.Err()
 }
 
-// ReplayCounts counts the alerts received in w: decided (decisions taken
-// in the window) and undecided (received in it, no decision yet).
+// ReplayCounts counts the alerts of w (of its source, when it names one):
+// decided (decisions taken in the window) and undecided (received in it,
+// no decision yet).
 func (s *Store) ReplayCounts(ctx context.Context, w ReplayWindow) (decided, undecided int, err error) {
 	err = s.readTx(ctx, func(tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_audit WHERE created_at >= $1 AND created_at < $2 AND ($3 = '' OR source = $3)`,
 			ms(w.From), ms(w.To), w.Source).Scan(&decided); err != nil {
 			return err
 		}
-		return tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_alert a WHERE a.received_at >= $1 AND a.received_at < $2 AND ($3 = '' OR a.source = $3)
-AND NOT EXISTS (SELECT 1 FROM responder_audit au WHERE au.alert_row_id = a.id)`, ms(w.From), ms(w.To), w.Source).Scan(&undecided)
+		// Alerts are numbered as they arrive: those received in the window
+		// come after the alert of the last decision taken before it, and
+		// the count reads only them (no index on received_at).
+		var before sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT alert_row_id FROM responder_audit WHERE created_at < $1 ORDER BY created_at DESC, id DESC LIMIT 1`,
+			ms(w.From)).Scan(&before)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		return tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM responder_alert a WHERE a.id > $1 AND a.received_at >= $2 AND a.received_at < $3 AND ($4 = '' OR a.source = $4)
+AND NOT EXISTS (SELECT 1 FROM responder_audit au WHERE au.alert_row_id = a.id)`, before.Int64, ms(w.From), ms(w.To), w.Source).Scan(&undecided)
 	})
 	if err != nil {
 		return 0, 0, fmt.Errorf("counting the alerts to replay: %w", err)

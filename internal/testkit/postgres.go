@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,3 +67,47 @@ func PostgresDSN(t testing.TB) string {
 	u.Path = "/" + name
 	return u.String()
 }
+
+// PostgresDigest returns, for each table of the database at dsn (those of
+// its current schema), its row count and a digest of its rows: equal
+// digests before and after a command show that it wrote nothing.
+func PostgresDigest(t testing.TB, dsn string) map[string]string {
+	t.Helper()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatalf("PostgreSQL digest: %v", err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), postgresTimeout)
+	defer cancel()
+	rows, err := db.QueryContext(ctx, `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name`)
+	if err != nil {
+		t.Fatalf("PostgreSQL digest: listing the tables: %v", err)
+	}
+	var tables []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatalf("PostgreSQL digest: %v", err)
+		}
+		tables = append(tables, name)
+	}
+	if err := rows.Close(); err != nil {
+		t.Fatalf("PostgreSQL digest: %v", err)
+	}
+	out := make(map[string]string, len(tables))
+	for _, table := range tables {
+		var n int64
+		var sum sql.NullString
+		// Rows ordered by their text, so that the digest does not depend
+		// on the order a scan returns them in.
+		q := `SELECT COUNT(*), md5(string_agg(r::text, E'\n' ORDER BY r::text)) FROM ` + quoteIdent(table) + ` r`
+		if err := db.QueryRowContext(ctx, q).Scan(&n, &sum); err != nil {
+			t.Fatalf("PostgreSQL digest of %s: %v", table, err)
+		}
+		out[table] = fmt.Sprintf("%d rows, md5 %s", n, sum.String)
+	}
+	return out
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
