@@ -204,22 +204,28 @@ func (r *replayRun) String() string {
 		return fmt.Sprintf("%s: failed after %s: %v (exit %d) %s", r.what, r.wall.Round(time.Millisecond), r.err, r.exit, strings.TrimSpace(r.stderr))
 	}
 	cores := (r.user + r.sys).Seconds() / r.wall.Seconds()
-	return fmt.Sprintf("%s: %d alerts in %.1f s (%.0f alerts/s), peak RSS %.1f MiB, CPU %.1f s user + %.1f s sys (%.2f cores), exit %d\n         %s",
+	return fmt.Sprintf("%s: %d alerts in %.1f s (%.0f alerts/s), peak RSS %.1f MiB, CPU %.1f s user + %.1f s sys (%.2f cores), exit %d, load %s\n         %s",
 		r.what, r.result.Alerts, r.wall.Seconds(), float64(r.result.Alerts)/r.wall.Seconds(), mib(r.maxRSS),
-		r.user.Seconds(), r.sys.Seconds(), cores, r.exit, r.result.summary())
+		r.user.Seconds(), r.sys.Seconds(), cores, r.exit, loadavg(), r.result.summary())
 }
 
 // runReplay runs the real binary's replay over the last d of the seed,
 // and measures its wall time and peak RSS. With -profile, it writes a CPU
 // profile when the command supports --cpuprofile.
 func (b *bench) runReplay(ctx context.Context, cfg, candidate string, end time.Time, d time.Duration, label string) *replayRun {
+	return b.runReplayAs(ctx, nil, cfg, candidate, end, d, label)
+}
+
+// runReplayAs is runReplay with the command run through prefix (nice).
+func (b *bench) runReplayAs(ctx context.Context, prefix []string, cfg, candidate string, end time.Time, d time.Duration, label string) *replayRun {
 	w := window(end, d)
 	args := append([]string{"replay", "--rules", candidate, "--config", cfg, "--format", "json"}, windowArgs(w)...)
 	run := &replayRun{what: fmt.Sprintf("replay %s (%s)", strings.Join(windowArgs(w), " "), label)}
 	if profileDir != "" && b.replayHasFlag("cpuprofile") {
 		args = append(args, "--cpuprofile", filepath.Join(profileDir, fmt.Sprintf("replay-%s-%dd.pprof", label, int(d.Hours()/24))))
 	}
-	cmd := exec.CommandContext(ctx, b.binary, args...)
+	argv := append(append(append([]string(nil), prefix...), b.binary), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -261,7 +267,8 @@ const serveRules = `rules:
 // intakeBesideReplay serves a copy of the seeded store (the service adds
 // alerts to it) and measures the p99 of the webhook's 202 at 1,000
 // alerts/s: without a replay, with replays through the admin API back to
-// back, with CLI replays back to back, and without again.
+// back, with CLI replays back to back (as they are, then under nice -n 19
+// as the README advises), and without again.
 func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptions, candidate, current string) {
 	fmt.Printf("\n### intake p99 at 1,000 alerts/s on the %s store of %d alerts, without and with a replay of the 8-day window\n", s.driver, o.alerts)
 	dsn, drop := b.copyStore(ctx, s, o)
@@ -298,28 +305,31 @@ func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptio
 		}
 		return fmt.Sprintf("API replay: %d alerts in %.1f s", res.Alerts, time.Since(start).Seconds())
 	}
-	cli := func(ctx context.Context) string {
-		run := b.runReplay(ctx, cfg, candidate, s.end, 8*24*time.Hour, s.driver+"-beside-serve")
-		if run.err != nil {
-			return run.String()
+	cli := func(prefix ...string) func(ctx context.Context) string {
+		return func(ctx context.Context) string {
+			run := b.runReplayAs(ctx, prefix, cfg, candidate, s.end, 8*24*time.Hour, s.driver+"-beside-serve")
+			if run.err != nil {
+				return run.String()
+			}
+			return fmt.Sprintf("CLI replay: %d alerts in %.1f s, peak RSS %.1f MiB", run.result.Alerts, run.wall.Seconds(), mib(run.maxRSS))
 		}
-		return fmt.Sprintf("CLI replay: %d alerts in %.1f s, peak RSS %.1f MiB", run.result.Alerts, run.wall.Seconds(), mib(run.maxRSS))
 	}
 	// One API replay alone first: its time without load, and with
 	// -profile the service's CPU profile while it runs (the replay
 	// command has no profile flag of its own).
 	wait := profile(r.admin, "replay-api-"+s.driver, 30*time.Second)
-	fmt.Printf("%-34s %s, alone\n", "", api(ctx))
+	fmt.Printf("%-34s %s, alone, load %s\n", "", api(ctx), loadavg())
 	wait()
 	phases := []struct {
 		name   string
 		replay func(context.Context) string
-	}{{"no replay", nil}, {"replay via POST /api/v1/replay", api}, {"CLI replay on the same store", cli}, {"no replay, again", nil}}
+	}{{"no replay", nil}, {"replay via POST /api/v1/replay", api}, {"CLI replay on the same store", cli()},
+		{"CLI replay under nice -n 19", cli("nice", "-n", "19")}, {"no replay, again", nil}}
 	for _, ph := range phases {
 		res, replays := besideReplays(ph.replay, func() *result {
 			return openLoop(fmt.Sprintf("%s @1000/s, %s", s.driver, ph.name), r.hook, 1000, o.intakeFor, p.next)
 		})
-		fmt.Println(res)
+		fmt.Printf("%s  load %s\n", res, loadavg())
 		for _, line := range replays {
 			fmt.Println("        ", line)
 		}
@@ -330,24 +340,23 @@ func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptio
 
 // besideReplays runs measure while replays run back to back (none when
 // replay is nil): the first starts 2 s before the measurement, so that it
-// is past loading its rules, and the last is let finish afterwards.
+// is past loading its rules, and the one still running when the
+// measurement ends is cancelled (the API's by closing its request).
 func besideReplays(replay func(context.Context) string, measure func() *result) (*result, []string) {
 	if replay == nil {
 		return measure(), nil
 	}
 	var mu sync.Mutex
 	var lines []string
-	stop := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
+		for ctx.Err() == nil {
+			line := replay(ctx)
+			if ctx.Err() != nil {
+				line += " (cancelled: the measurement was over)"
 			}
-			line := replay(context.Background())
 			mu.Lock()
 			lines = append(lines, line)
 			mu.Unlock()
@@ -355,9 +364,19 @@ func besideReplays(replay func(context.Context) string, measure func() *result) 
 	}()
 	time.Sleep(2 * time.Second)
 	res := measure()
-	close(stop)
+	cancel()
 	<-done
 	return res, lines
+}
+
+// loadavg is the machine's load average over the last minute: the
+// machine is shared, and the figures mean little without it.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(b))[0]
 }
 
 // postReplay asks the serving responder for a replay of window w.
@@ -446,5 +465,5 @@ func profileReplay(ctx context.Context, s *seeded, candidate string) {
 		fmt.Printf("%-8s in-process replay: %v\n", s.driver, err)
 		return
 	}
-	fmt.Printf("%-8s in-process replay (profiled, %s): %d alerts in %.1f s\n", s.driver, path, rep.Alerts, time.Since(start).Seconds())
+	fmt.Printf("%-8s in-process replay (profiled, %s): %d alerts in %.1f s, load %s\n", s.driver, path, rep.Alerts, time.Since(start).Seconds(), loadavg())
 }
