@@ -60,7 +60,7 @@ func main() {
 	flag.StringVar(&ro.storePath, "store", "", "SQLite seed store of the replay scenario (default: responder-replay-<alerts>.db in the temporary directory)")
 	flag.BoolVar(&ro.keep, "keep", false, "keep the replay's seed stores, and reuse them when they hold the same seed")
 	flag.DurationVar(&ro.intakeFor, "intake-for", 20*time.Second, "length of each intake measurement beside a replay")
-	flag.StringVar(&ro.steps, "replay-steps", "cli,profile,intake", "replay scenario: what to run after seeding (cli, profile, intake; none: seed only)")
+	flag.StringVar(&ro.steps, "replay-steps", "cli,profile,intake,api-alone,fresh", "replay scenario: what to run after seeding (cli, profile, intake, api-alone, fresh; none: seed only)")
 	flag.Parse()
 	ro.postgres = *postgres
 	if ro.storePath == "" {

@@ -35,7 +35,9 @@ type replayOptions struct {
 	intakeFor time.Duration
 	// steps are the parts to run after seeding: cli (the replay command's
 	// runs), profile (an in-process replay's CPU profile, with -profile),
-	// intake (the p99 beside a replay); none: seed only.
+	// intake (the p99 beside a replay), api-alone (with intake: one API
+	// replay of the whole window first, alone), fresh (with intake: the
+	// same p99 on an empty store first); none: seed only.
 	steps string
 }
 
@@ -271,21 +273,40 @@ const serveRules = `rules:
 // as the README advises), and without again.
 func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptions, candidate, current string) {
 	fmt.Printf("\n### intake p99 at 1,000 alerts/s on the %s store of %d alerts, without and with a replay of the 8-day window\n", s.driver, o.alerts)
-	dsn, drop := b.copyStore(ctx, s, o)
-	defer drop()
 	rulesPath := filepath.Join(b.dir, "serve-rules.yaml")
 	if err := os.WriteFile(rulesPath, []byte(serveRules), 0o644); err != nil {
 		fatal(err)
 	}
 	machines := machineIDs(5000, 1)
 	sim := b.sim(machines, 100)
-	env := []string{"RESPONDER_STORE_DSN=" + dsn, "RESPONDER_RULES_FILES=" + rulesPath}
-	if s.driver == "postgres" {
-		env = append(env, "RESPONDER_STORE_DRIVER=postgres")
+	serve := func(dsn string) *responder {
+		env := []string{"RESPONDER_STORE_DSN=" + dsn, "RESPONDER_RULES_FILES=" + rulesPath}
+		if s.driver == "postgres" {
+			env = append(env, "RESPONDER_STORE_DRIVER=postgres")
+		}
+		return b.start(sim, env...)
 	}
-	r := b.start(sim, env...)
-	defer r.stop()
 	p := newPayloads(machines)
+	if o.step("fresh") {
+		// The same measurement on an empty store first: what the 1M
+		// alerts alone change.
+		dsn := filepath.Join(b.dir, fmt.Sprintf("fresh-%d.db", time.Now().UnixNano()))
+		if s.driver == "postgres" {
+			dsn = createDatabase(o.postgres)
+		}
+		r := serve(dsn)
+		openLoop("warm-up", r.hook, 1000, 2*time.Second, p.next)
+		res := openLoop(fmt.Sprintf("%s @1000/s, empty store", s.driver), r.hook, 1000, o.intakeFor, p.next)
+		fmt.Printf("%s  load %s\n", res, loadavg())
+		r.stop()
+		if u, err := url.Parse(dsn); err == nil && s.driver == "postgres" {
+			_ = dropDatabase(o.postgres, strings.TrimPrefix(u.Path, "/"))
+		}
+	}
+	dsn, drop := b.copyStore(ctx, s, o)
+	defer drop()
+	r := serve(dsn)
+	defer r.stop()
 	openLoop("warm-up", r.hook, 1000, 2*time.Second, p.next)
 	cfg := b.replayConfig(s.driver, dsn, current)
 	rulesYAML, err := os.ReadFile(candidate)
@@ -317,9 +338,11 @@ func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptio
 	// One API replay alone first: its time without load, and with
 	// -profile the service's CPU profile while it runs (the replay
 	// command has no profile flag of its own).
-	wait := profile(r.admin, "replay-api-"+s.driver, 30*time.Second)
-	fmt.Printf("%-34s %s, alone, load %s\n", "", api(ctx), loadavg())
-	wait()
+	if o.step("api-alone") {
+		wait := profile(r.admin, "replay-api-"+s.driver, 30*time.Second)
+		fmt.Printf("%-34s %s, alone, load %s\n", "", api(ctx), loadavg())
+		wait()
+	}
 	phases := []struct {
 		name   string
 		replay func(context.Context) string
