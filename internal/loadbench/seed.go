@@ -470,7 +470,7 @@ func dropDatabase(base, name string) error {
 }
 
 // copyFile copies a SQLite store (with no writer: its WAL is checkpointed)
-// to dst.
+// to dst, and syncs the copy.
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -485,5 +485,24 @@ func copyFile(src, dst string) error {
 		_ = out.Close()
 		return err
 	}
+	// On disk before the measurement starts: the kernel writing back
+	// gigabytes of the copy would slow the service's own fsyncs.
+	if err := out.Sync(); err != nil {
+		_ = out.Close()
+		return err
+	}
 	return out.Close()
+}
+
+// checkpoint runs a PostgreSQL checkpoint on the server of base.
+func checkpoint(ctx context.Context, base string) error {
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		return fmt.Errorf("connecting to PostgreSQL: %w", err)
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
 }
