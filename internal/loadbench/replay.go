@@ -94,6 +94,13 @@ func (b *bench) replay(o replayOptions) {
 			run := b.runReplay(context.Background(), cfg, candidate, s.end, w, s.driver)
 			fmt.Printf("%-8s %s\n", s.driver, run)
 		}
+		// The seed's own rules over its last 3 days, where every decision
+		// kept its snapshot: nothing may change.
+		same := b.runReplay(context.Background(), cfg, current, s.end, 3*24*time.Hour, s.driver+", the seed's own rules")
+		if same.err == nil && same.result.Changed != 0 {
+			same.err = fmt.Errorf("%d decisions change with the rules that took them", same.result.Changed)
+		}
+		fmt.Printf("%-8s %s\n", s.driver, same)
 	}
 	if profileDir != "" && o.step("profile") {
 		for _, s := range stores {
@@ -160,6 +167,7 @@ func windowArgs(v url.Values) []string {
 type replayResult struct {
 	Alerts            int `json:"alerts"`
 	UnknownAttributes int `json:"unknown_attributes"`
+	Changed           int `json:"changed"`
 	Decisions         struct {
 		Current   map[string]int `json:"current"`
 		Candidate map[string]int `json:"candidate"`
@@ -184,8 +192,8 @@ func (r *replayResult) summary() string {
 		tr = append(tr, fmt.Sprintf("%s->%s=%d", t.From, t.To, t.Count))
 	}
 	sort.Strings(tr)
-	return fmt.Sprintf("unknown attributes %d; current %v; candidate %v; transitions %s; newly collected %d, spared %d; quota peak %d/min %d/h, %d late",
-		r.UnknownAttributes, r.Decisions.Current, r.Decisions.Candidate, strings.Join(tr, " "),
+	return fmt.Sprintf("changed %d; unknown attributes %d; current %v; candidate %v; transitions %s; newly collected %d, spared %d; quota peak %d/min %d/h, %d late",
+		r.Changed, r.UnknownAttributes, r.Decisions.Current, r.Decisions.Candidate, strings.Join(tr, " "),
 		len(r.NewlyCollected), len(r.NewlySpared), r.Quota.PeakPerMinute, r.Quota.PeakPerHour, r.Quota.LateCollections)
 }
 
