@@ -325,6 +325,9 @@ func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptio
 	api := func(ctx context.Context) string {
 		start := time.Now()
 		code, body, err := postReplay(ctx, r.admin, w, rulesYAML)
+		if ctx.Err() != nil {
+			return fmt.Sprintf("API replay: running for %.1f s when the measurement ended; cancelled", time.Since(start).Seconds())
+		}
 		if err != nil {
 			return fmt.Sprintf("API replay: %v after %s", err, time.Since(start).Round(time.Millisecond))
 		}
@@ -337,6 +340,9 @@ func (b *bench) intakeBesideReplay(ctx context.Context, s *seeded, o replayOptio
 	cli := func(prefix ...string) func(ctx context.Context) string {
 		return func(ctx context.Context) string {
 			run := b.runReplayAs(ctx, prefix, cfg, candidate, s.end, 8*24*time.Hour, s.driver+"-beside-serve")
+			if ctx.Err() != nil {
+				return fmt.Sprintf("CLI replay: running for %.1f s when the measurement ended; cancelled", run.wall.Seconds())
+			}
 			if run.err != nil {
 				return run.String()
 			}
@@ -385,9 +391,6 @@ func besideReplays(replay func(context.Context) string, measure func() *result) 
 		defer close(done)
 		for ctx.Err() == nil {
 			line := replay(ctx)
-			if ctx.Err() != nil {
-				line += " (cancelled: the measurement was over)"
-			}
 			mu.Lock()
 			lines = append(lines, line)
 			mu.Unlock()
