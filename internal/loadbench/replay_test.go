@@ -14,7 +14,10 @@ import (
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/internal/testkit"
+	"github.com/responder-dev/responder/quota"
+	"github.com/responder-dev/responder/replay"
 	"github.com/responder-dev/responder/rules"
+	"github.com/responder-dev/responder/store"
 )
 
 // writeRules writes the current and candidate rule sets into dir.
@@ -105,6 +108,7 @@ func TestSeedSQLite(t *testing.T) {
 	}
 	defer db.Close()
 	checkSeed(t, db, spec)
+	checkReplaysItself(t, s, current)
 	again, err := seedSQLite(context.Background(), path, spec, true, current)
 	if err != nil {
 		t.Fatal(err)
@@ -132,12 +136,43 @@ func TestSeedPostgres(t *testing.T) {
 	}
 	defer db.Close()
 	checkSeed(t, db, spec)
+	checkReplaysItself(t, s, current)
 	var next int64
 	if err := db.QueryRow(`SELECT nextval(pg_get_serial_sequence('responder_alert', 'id'))`).Scan(&next); err != nil {
 		t.Fatal(err)
 	}
 	if next != int64(spec.alerts)+1 {
 		t.Fatalf("next alert id %d, want %d", next, spec.alerts+1)
+	}
+}
+
+// checkReplaysItself replays the seed's last 3 days, where every decision
+// kept its snapshot, with the rules that took them: the product's replay
+// must find every decision as recorded (the seed is what the service
+// would have recorded).
+func checkReplaysItself(t *testing.T, s *seeded, current string) {
+	t.Helper()
+	set, err := rules.LoadFiles(current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.OpenReadOnly(context.Background(), s.driver, s.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rep, err := replay.Run(context.Background(), st, replay.Options{
+		Rules:  set,
+		Window: store.ReplayWindow{From: s.end.Add(-3 * 24 * time.Hour), To: s.end.Add(time.Second)},
+		Limits: rules.CircuitLimits{PerHour: 200, MachinesPer10m: 50},
+		Quota:  quota.Windows{PerMinute: 100, PerHour: 1500, Slack: quota.DefaultSlack},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Alerts < 1000 || rep.Changed != 0 {
+		t.Fatalf("replaying the seed's last 3 days with its own rules: %d alerts, %d changed, transitions %v; want none changed",
+			rep.Alerts, rep.Changed, rep.Transitions)
 	}
 }
 
