@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -387,15 +388,18 @@ func copyPostgres(ctx context.Context, dsn string, gen *seedGen) error {
 				select {
 				case f <- b.rows:
 				case <-ctx.Done():
+					errs <- ctx.Err() // the copy that failed says why
 					return
 				}
 			}
 		}
 		errs <- nil
 	}()
+	// The cause, not the cancellation it caused elsewhere.
 	var first error
 	for range 3 {
-		if err := <-errs; err != nil && first == nil {
+		err := <-errs
+		if err != nil && (first == nil || errors.Is(first, context.Canceled)) {
 			first = err
 		}
 	}
