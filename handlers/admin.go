@@ -65,7 +65,7 @@ func (e *BadRequestError) Error() string { return e.Msg }
 
 // MaxReplayTime bounds a replay through the API; a longer one is better
 // run with `responder replay` beside the service.
-const MaxReplayTime = 5 * time.Minute
+const MaxReplayTime = 10 * time.Minute
 
 // maxReplayBody bounds the candidate rules of a replay request.
 const maxReplayBody = 4 << 20
