@@ -10,6 +10,7 @@ import (
 
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/audit"
+	"github.com/responder-dev/responder/internal/testkit"
 	"github.com/responder-dev/responder/quota"
 	"github.com/responder-dev/responder/replay"
 	"github.com/responder-dev/responder/rules"
@@ -76,24 +77,13 @@ func (r *memReader) DecisionSpan(context.Context) (time.Time, time.Time, bool, e
 	return t0, t0.Add(time.Duration(r.n) * time.Second), true, nil
 }
 
-// benchRuleSet is 1,000 rules of the kinds of rules/bench_test.go:
-// equality, membership, regular expressions and tags; few alerts match.
+// benchRuleSet is n generated rules (testkit.GeneratedRule); few alerts
+// match.
 func benchRuleSet(b *testing.B, n int) *rules.Set {
 	var y strings.Builder
 	y.WriteString("rules:\n")
 	for i := range n {
-		var when string
-		switch i % 4 {
-		case 0:
-			when = fmt.Sprintf(`alert.category == "Category%d" && alert.severity == "high"`, i)
-		case 1:
-			when = fmt.Sprintf(`alert.severity in ["critical", "high"] && alert.detection_source in ["Source%d", "Other%d"]`, i, i)
-		case 2:
-			when = fmt.Sprintf(`alert.title matches "(?i)campaign-%d\\b"`, i)
-		case 3:
-			when = fmt.Sprintf(`"tag-%d" in machine.tags && alert.severity != "informational"`, i)
-		}
-		fmt.Fprintf(&y, "  - name: rule-%d\n    when: '%s'\n", i, when)
+		fmt.Fprintf(&y, "  - name: rule-%d\n    when: '%s'\n", i, testkit.GeneratedRule(i))
 	}
 	set, err := rules.LoadSource("bench.yaml", []byte(y.String()))
 	if err != nil {

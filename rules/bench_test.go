@@ -8,6 +8,7 @@ import (
 	"github.com/expr-lang/expr/vm"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // benchRules generates n rules mixing equality, `in`, regular expressions
@@ -16,18 +17,7 @@ func benchRules(n int) string {
 	var b strings.Builder
 	b.WriteString("rules:\n")
 	for i := range n - 1 {
-		var when string
-		switch i % 4 {
-		case 0:
-			when = fmt.Sprintf(`alert.category == "Category%d" && alert.severity == "high"`, i)
-		case 1:
-			when = fmt.Sprintf(`alert.severity in ["critical", "high"] && alert.detection_source in ["Source%d", "Other%d"]`, i, i)
-		case 2:
-			when = fmt.Sprintf(`alert.title matches "(?i)campaign-%d\\b"`, i)
-		case 3:
-			when = fmt.Sprintf(`"tag-%d" in machine.tags && alert.severity != "informational"`, i)
-		}
-		fmt.Fprintf(&b, "  - name: rule-%d\n    when: '%s'\n", i, when)
+		fmt.Fprintf(&b, "  - name: rule-%d\n    when: '%s'\n", i, testkit.GeneratedRule(i))
 	}
 	b.WriteString(`  - name: last
     when: 'alert.category == "Malware" && "workstation" in machine.tags && alert.title matches "(?i)emotet"'

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // currentRules is the rule set the seeded store's decisions were taken
@@ -40,29 +42,13 @@ const candidateGenerated = 994
 
 // The generated rules a few seeded alerts match: late in the set, so that
 // an alert that matches one still runs through nearly every rule. Their
-// kinds follow candidateRule's cycle (regex on i%4 == 2, tag on i%4 == 3,
+// kinds follow testkit.GeneratedRule's cycle (regex on i%4 == 2, tag on i%4 == 3,
 // detection source on i%4 == 1).
 var (
 	campaignRules = []int{950, 970, 990} // alert.title matches "(?i)campaign-N\b"
 	tagRules      = []int{951, 971, 991} // "tag-N" in machine.tags
 	sourceRules   = []int{953, 973}      // alert.detection_source in ["SourceN", "OtherN"]
 )
-
-// candidateRule is generated rule i, in the mix of rules/bench_test.go's
-// benchRules: equality, `in`, a case-insensitive regular expression and a
-// machine tag, in turn.
-func candidateRule(i int) string {
-	switch i % 4 {
-	case 0:
-		return fmt.Sprintf(`alert.category == "Category%d" && alert.severity == "high"`, i)
-	case 1:
-		return fmt.Sprintf(`alert.severity in ["critical", "high"] && alert.detection_source in ["Source%d", "Other%d"]`, i, i)
-	case 2:
-		return fmt.Sprintf(`alert.title matches "(?i)campaign-%d\\b"`, i)
-	default:
-		return fmt.Sprintf(`"tag-%d" in machine.tags && alert.severity != "informational"`, i)
-	}
-}
 
 // candidateRules is the 1,000-rule candidate set: candidateGenerated
 // generated rules, which nearly every alert runs through without a match
@@ -77,7 +63,7 @@ func candidateRules() string {
 rules:
 `)
 	for i := range candidateGenerated {
-		fmt.Fprintf(&b, "  - name: generated-%d\n    when: '%s'\n", i, candidateRule(i))
+		fmt.Fprintf(&b, "  - name: generated-%d\n    when: '%s'\n", i, testkit.GeneratedRule(i))
 	}
 	_, rest, _ := strings.Cut(currentRules, "rules:\n")
 	b.WriteString(rest)
