@@ -109,6 +109,7 @@ type simulation struct {
 	report      Report
 	transitions map[[2]audit.Decision]int
 	hits        map[string]*RuleHits
+	noRule      RuleHits // the counters of "no rule", not reported
 }
 
 func newSimulation(opts Options, undecided int) *simulation {
@@ -262,7 +263,7 @@ func (s *simulation) count(row *store.ReplayRow, it *item, d rules.Decision) {
 // hit returns the counters of a rule ("" is none: not counted).
 func (s *simulation) hit(name string) *RuleHits {
 	if name == "" {
-		return &RuleHits{}
+		return &s.noRule
 	}
 	h, ok := s.hits[name]
 	if !ok {
