@@ -152,13 +152,30 @@ func (f filter) checkEvent(ev *Event) error {
 	if _, ok := ParseKind(string(ev.Kind)); !ok {
 		return &Error{Notifier: f.name, Class: Permanent, Err: fmt.Errorf("%w: unknown kind %q", ErrEvent, clip(string(ev.Kind), maxNameRunes))}
 	}
-	if ev.ID == "" {
-		return &Error{Notifier: f.name, Class: Permanent, Err: fmt.Errorf("%w: %s event without an id", ErrEvent, ev.Kind)}
+	if !validID(ev.ID) {
+		return &Error{Notifier: f.name, Class: Permanent, Err: fmt.Errorf("%w: %s event id must be 1 to %d printable ASCII characters without spaces", ErrEvent, ev.Kind, maxIDLen)}
 	}
 	if ev.Version == "" {
 		ev.Version = Version
 	}
 	return nil
+}
+
+// maxIDLen bounds an event id (it travels in a header).
+const maxIDLen = 256
+
+// validID reports whether id can be a header value and a dedup key as it
+// is: printable ASCII, no spaces.
+func validID(id string) bool {
+	if id == "" || len(id) > maxIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // encoder renders an event as a request body and its extra headers.

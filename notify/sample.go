@@ -9,13 +9,13 @@ import (
 // `responder notify test NAME`, and the tests). Its id is unique per now,
 // and its approval link, if any, opens nothing.
 func Sample(k Kind, now time.Time) Event {
-	now = now.UTC().Truncate(time.Second)
 	ev := Event{
 		Version: Version,
 		Kind:    k,
 		ID:      "sample-" + string(k) + "-" + strconv.FormatInt(now.UnixNano(), 10),
-		Time:    now,
+		Time:    now.UTC().Truncate(time.Second),
 	}
+	now = ev.Time
 	alert := &Alert{Source: "defender", ID: "da638495372945237819_-1823562347", Title: "Ransomware behavior detected in the file system", Severity: "high"}
 	machine := &Machine{ID: "1e5bc9d7e413ddd7902c2932e418702b84d0cc07", Name: "ws-042.contoso.local"}
 	collection := func() {

@@ -51,11 +51,13 @@ func mrkdwn(s string) slackObject { return slackObject{Type: "mrkdwn", Text: s, 
 
 // encodeSlack renders ev as an incoming-webhook message: a header, the
 // summary with the facts as fields (ten per section), a link button to an
-// approval page, and a context line.
+// approval page, and a context line. Every text is escaped, plain_text
+// included: Slack reads &, < and > as control characters in all text
+// objects, and decodes the entities for display.
 func encodeSlack(ev Event) ([]byte, http.Header, error) {
 	summary := slackEscaped(ev.Summary(), slackTextMax)
 	msg := slackMessage{Text: summary}
-	msg.Blocks = append(msg.Blocks, slackBlock{Type: "header", Text: &slackObject{Type: "plain_text", Text: clip(ev.headline(), slackHeaderMax)}})
+	msg.Blocks = append(msg.Blocks, slackBlock{Type: "header", Text: &slackObject{Type: "plain_text", Text: slackEscaped(ev.headline(), slackHeaderMax)}})
 	var fields []slackObject
 	for _, f := range ev.facts() {
 		label := "*" + f.label + "*\n"
