@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Notifier delivers events to one receiver.
+// Notifier delivers events to one receiver. It is safe for concurrent use.
 type Notifier interface {
 	// Name is the notifier's configured name (a metric label).
 	Name() string
@@ -220,10 +220,9 @@ func (p *poster) Send(ctx context.Context, ev Event) (Answer, error) {
 		// Timeouts, refused connections, resets, name lookups: all may pass.
 		return Answer{}, &Error{Notifier: p.name, Class: Retryable, Err: p.scrub.err(err)}
 	}
-	// Only the start of an answer matters; closing an unread body drops
-	// the connection, which a misbehaving receiver deserves.
-	// A body cut by a reset still tells what the receiver said: its
-	// status decides, so the read error is not an error of the send.
+	// Only the start of an answer matters (closing an unread body drops
+	// the connection). A body cut by a reset changes nothing: the status
+	// decides, so a read error is not an error of the send.
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxReadBytes))
 	_ = resp.Body.Close()
 	ans := Answer{Status: resp.StatusCode, Body: p.answerText(data)}
