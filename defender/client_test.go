@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,12 +126,17 @@ func TestConfigValidation(t *testing.T) {
 func TestMetricsInitialised(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	// 13 operations, each with its success code and 8 common codes.
-	if n := testutil.CollectAndCount(b.m.DefenderRequests); n != 13*9 {
-		t.Errorf("defender request series = %d; want %d", n, 13*9)
+	// 15 operations, each with its success code and 8 common codes.
+	if n := testutil.CollectAndCount(b.m.DefenderRequests); n != 15*9 {
+		t.Errorf("defender request series = %d; want %d", n, 15*9)
 	}
-	if n := testutil.CollectAndCount(b.m.DefenderDuration); n != 13 {
-		t.Errorf("defender duration series = %d; want 13", n)
+	if n := testutil.CollectAndCount(b.m.DefenderDuration); n != 15 {
+		t.Errorf("defender duration series = %d; want 15", n)
+	}
+	for _, op := range []string{"update_alert", "alert_comment"} {
+		if !slices.Contains(Operations(), op) {
+			t.Errorf("Operations() = %v; want it to hold %s", Operations(), op)
+		}
 	}
 	if got := testutil.ToFloat64(b.m.DefenderRequests.WithLabelValues("collect_investigation_package", "201")); got != 0 {
 		t.Errorf("initial count = %v", got)
