@@ -92,6 +92,54 @@ func TestRegionalHostKeepsScope(t *testing.T) {
 	}
 }
 
+// TestGraphEndpoints: each cloud's Graph host and scope; an override moves
+// the calls, not the scope.
+func TestGraphEndpoints(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ cloud, graph string }{
+		{"", "https://graph.microsoft.com"},
+		{"commercial", "https://graph.microsoft.com"},
+		{"gcc", "https://graph.microsoft.com"},
+		{"gcc-high", "https://graph.microsoft.us"},
+		{"dod", "https://dod-graph.microsoft.us"},
+	} {
+		if got := DefaultGraphURL(tc.cloud); got != tc.graph {
+			t.Errorf("DefaultGraphURL(%q) = %q; want %q", tc.cloud, got, tc.graph)
+		}
+		c, err := New(Config{Cloud: tc.cloud, WriteBack: true, TenantID: testTenant, ClientID: testClientID, ClientSecret: testSecret}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.GraphURL() != tc.graph || c.GraphScope() != tc.graph+"/.default" {
+			t.Errorf("%s: GraphURL %q GraphScope %q", tc.cloud, c.GraphURL(), c.GraphScope())
+		}
+		o, err := New(Config{Cloud: tc.cloud, GraphURL: "https://graph-proxy.example.com/", TenantID: testTenant, ClientID: testClientID, ClientSecret: testSecret}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.GraphURL() != "https://graph-proxy.example.com" || o.GraphScope() != tc.graph+"/.default" {
+			t.Errorf("%s override: GraphURL %q GraphScope %q", tc.cloud, o.GraphURL(), o.GraphScope())
+		}
+	}
+	if DefaultGraphURL("china") != "" {
+		t.Error("an unknown cloud has a Graph URL")
+	}
+}
+
+// TestGraphErrorTarget: Graph's error shape gives its request-id as the
+// target, the correlation id Microsoft support asks for.
+func TestGraphErrorTarget(t *testing.T) {
+	t.Parallel()
+	code, msg, target := parseErrorBody([]byte(`{"error":{"code":"Forbidden","message":"Missing application roles.","innerError":{"date":"2026-03-02T09:00:00","request-id":"0b4e8d6c-1f2a-4b3c-9d8e-7f6a5b4c3d2e","client-request-id":"0b4e8d6c-1f2a-4b3c-9d8e-7f6a5b4c3d2e"}}}`))
+	if code != "Forbidden" || msg != "Missing application roles." || target != "0b4e8d6c-1f2a-4b3c-9d8e-7f6a5b4c3d2e" {
+		t.Errorf("parseErrorBody = %q, %q, %q", code, msg, target)
+	}
+	// MDE's target wins when both are there.
+	if _, _, target := parseErrorBody([]byte(`{"error":{"code":"X","target":"t1","innerError":{"request-id":"r1"}}}`)); target != "t1" {
+		t.Errorf("target = %q; want t1", target)
+	}
+}
+
 func TestConfigValidation(t *testing.T) {
 	t.Parallel()
 	base := Config{TenantID: testTenant, ClientID: testClientID, ClientSecret: testSecret}
