@@ -3,8 +3,10 @@
 // certificate assertion or federated token file), keeps every call within
 // MDE's published quotas, sends the machine actions (collect investigation
 // package, isolate, antivirus scan, restrict code execution and their
-// reversals), reads machine actions and machines, and fetches investigation
-// packages.
+// reversals), reads machine actions and machines, fetches investigation
+// packages, and, with write-back on (SPEC 13), comments on the alert an
+// action came from: a Defender alert through the MDE API, a Graph alert
+// through Microsoft Graph with a second token of the same application.
 //
 // Every failure is one *Error whose Outcome tells the caller what to do:
 // retry later (retryable, rate_limited with RetryAfter), look up and track the

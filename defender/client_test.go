@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/responder-dev/responder/alert"
 )
 
 func TestEndpoints(t *testing.T) {
@@ -391,6 +393,35 @@ func TestForbiddenLogsLoudly(t *testing.T) {
 	f := entries[0].ContextMap()
 	if f["permission"] != "Machine.CollectForensics" || f["machine_id"] != testMachine || f["code"] != "Forbidden" || f["operation"] != opCollect {
 		t.Errorf("fields %v", f)
+	}
+}
+
+// TestForbiddenCommentLogsItsPermission: a refused write-back names the
+// permission and the scope of its own resource.
+func TestForbiddenCommentLogsItsPermission(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		ref               AlertRef
+		permission, scope string
+	}{
+		{AlertRef{Source: alert.SourceDefender, ID: testAlertID}, "Alert.ReadWrite.All", "https://api.securitycenter.microsoft.com/.default"},
+		{AlertRef{Source: alert.SourceGraph, ID: testAlertID}, "SecurityAlert.ReadWrite.All", "https://graph.microsoft.com/.default"},
+	} {
+		b := setup(t, func(w http.ResponseWriter, r *http.Request) { writeError(w, 403, "Forbidden", "no") },
+			setupOpts{cfg: func(c *Config) { c.WriteBack, c.GraphURL = true, c.APIURL }})
+		if err := b.client.CommentAlert(context.Background(), tc.ref, "c"); OutcomeOf(err) != OutcomeForbidden {
+			t.Fatalf("%s: err = %v", tc.ref.Source, err)
+		}
+		entries := b.logs.FilterLevelExact(zapcore.ErrorLevel).All()
+		if len(entries) != 1 {
+			t.Fatalf("%s: error logs = %d; want 1: %v", tc.ref.Source, len(entries), logText(b.logs))
+		}
+		if f := entries[0].ContextMap(); f["permission"] != tc.permission || f["scope"] != tc.scope || f["alert_id"] != testAlertID {
+			t.Errorf("%s: fields %v", tc.ref.Source, f)
+		}
+		if scope := b.tokens.form(0).Get("scope"); scope != tc.scope {
+			t.Errorf("%s: token requested with scope %q", tc.ref.Source, scope)
+		}
 	}
 }
 
