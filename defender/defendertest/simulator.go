@@ -182,9 +182,9 @@ type Request struct {
 	// Status is the answered HTTP status; 0 when the connection was dropped or the client
 	// went away before an answer.
 	Status int
-	// Authorized reports whether the request passed API authentication: a known, unexpired
-	// bearer token issued for the API audience. Token requests and downloads are never
-	// Authorized.
+	// Authorized reports whether the request passed authentication: a known, unexpired
+	// bearer token issued for the audience of the endpoint (the API's, or Graph's on /v1.0/).
+	// Token requests and downloads are never Authorized.
 	Authorized bool
 }
 
