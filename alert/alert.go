@@ -74,6 +74,12 @@ type Alert struct {
 	// again days later is a new incident). It is the startsAt time in
 	// RFC 3339, and empty for sources whose alert ids are unique.
 	Occurrence string `json:"occurrence,omitempty" expr:"-"`
+
+	// GraphID is the Graph alerts_v2 id of a Graph alert: the id Graph's
+	// comment endpoint takes, which ID (providerAlertId when present) may
+	// not be. Empty for other sources, and for a Graph alert whose id is
+	// unfit to keep (see DecodeDefender); rules do not see it.
+	GraphID string `json:"graph_id,omitempty" expr:"-"`
 }
 
 // DedupKey identifies an alert about a machine across deliveries: the same

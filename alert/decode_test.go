@@ -481,3 +481,53 @@ func TestParseFormat(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeGraphID checks that a Graph alert keeps its Graph id apart from
+// its normalised ID (providerAlertId when present): Graph's comment endpoint
+// takes the former. An unfit Graph id is dropped without refusing the alert.
+func TestDecodeGraphID(t *testing.T) {
+	t.Parallel()
+	const machine = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07"
+	evidence := `"evidence":[{"@odata.type":"#microsoft.graph.security.deviceEvidence","mdeDeviceId":"` + machine + `"}]`
+	tests := []struct {
+		name        string
+		body        string
+		wantID      string
+		wantGraphID string
+	}{
+		{"ProviderIDDiffers",
+			`{"id":"da0123456789_42","providerAlertId":"da637472900382838869_1364969609","serviceSource":"microsoftDefenderForEndpoint",` + evidence + `}`,
+			"da637472900382838869_1364969609", "da0123456789_42"},
+		{"NoProviderID",
+			`{"id":"aad1f5c6e3-8a4b-4b0e-9f1a-7d2c3e4f5a6b","providerAlertId":null,"serviceSource":"azureAdIdentityProtection",` + evidence + `}`,
+			"aad1f5c6e3-8a4b-4b0e-9f1a-7d2c3e4f5a6b", "aad1f5c6e3-8a4b-4b0e-9f1a-7d2c3e4f5a6b"},
+		{"GraphIDTrimmed",
+			`{"id":"  da0123456789_42 ","providerAlertId":"da637472900382838869_1364969609","serviceSource":"microsoftDefenderForEndpoint",` + evidence + `}`,
+			"da637472900382838869_1364969609", "da0123456789_42"},
+		{"GraphIDWithControlCharacterDropped",
+			`{"id":"da0123456789_42\nforged","providerAlertId":"da637472900382838869_1364969609","serviceSource":"microsoftDefenderForEndpoint",` + evidence + `}`,
+			"da637472900382838869_1364969609", ""},
+		{"NoGraphID",
+			`{"providerAlertId":"da637472900382838869_1364969609","serviceSource":"microsoftDefenderForEndpoint",` + evidence + `}`,
+			"da637472900382838869_1364969609", ""},
+		{"DefenderV1HasNone",
+			`{"id":"da637472900382838869_1364969609","machineId":"` + machine + `"}`,
+			"da637472900382838869_1364969609", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			batch, err := alert.DecodeDefender([]byte(tt.body))
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if len(batch.Alerts) != 1 || len(batch.Invalid) != 0 {
+				t.Fatalf("decode: got %d alerts and %v invalid, want one alert", len(batch.Alerts), batch.Invalid)
+			}
+			a := batch.Alerts[0]
+			if a.ID != tt.wantID || a.GraphID != tt.wantGraphID {
+				t.Fatalf("decode: ID %q GraphID %q, want %q and %q", a.ID, a.GraphID, tt.wantID, tt.wantGraphID)
+			}
+		})
+	}
+}

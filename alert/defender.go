@@ -14,7 +14,8 @@ import (
 // A v1 alert names its machine with machineId and computerDnsName. A Graph
 // alert becomes one Alert per distinct device evidence (mdeDeviceId,
 // deviceDnsName), with the id providerAlertId (the MDE id) when present,
-// else id; a Graph alert with no device evidence names no machine.
+// else id, and GraphID its Graph id; a Graph alert with no device evidence
+// names no machine.
 //
 // A body that is not JSON, not one of those shapes or has a value of the
 // wrong type is a *DecodeError, and so is an object the decoder reads (an
@@ -271,6 +272,7 @@ func (b *builder) graph(o object) error {
 	}
 
 	id, idKey := strings.TrimSpace(id), "id"
+	graphID := id
 	if p := strings.TrimSpace(providerID); p != "" {
 		id, idKey = p, "providerAlertId"
 	}
@@ -291,6 +293,7 @@ func (b *builder) graph(o object) error {
 		}
 	}
 	base := c.alert(id, SourceGraph)
+	base.GraphID = soundGraphID(o, graphID)
 	base.ServiceSource = serviceSource
 	base.TenantID = tenant
 	base.CreatedAt = created
@@ -309,6 +312,17 @@ func (b *builder) graph(o object) error {
 		}
 	}
 	return nil
+}
+
+// soundGraphID returns the Graph id of a Graph alert when it is fit to keep
+// (the checks of an alert id), else "". When providerAlertId is the alert's
+// ID, a bad Graph id does not refuse an alert that is fine for collection;
+// it only leaves nothing to comment on Graph.
+func soundGraphID(o object, id string) string {
+	if id == "" || o.lossy("id", id) || checkAlertID(id) != "" {
+		return ""
+	}
+	return id
 }
 
 // graphDevices returns the distinct devices of the deviceEvidence items of

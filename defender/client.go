@@ -3,8 +3,10 @@
 // certificate assertion or federated token file), keeps every call within
 // MDE's published quotas, sends the machine actions (collect investigation
 // package, isolate, antivirus scan, restrict code execution and their
-// reversals), reads machine actions and machines, and fetches investigation
-// packages.
+// reversals), reads machine actions and machines, fetches investigation
+// packages, and, with write-back on (SPEC 13), comments on the alert an
+// action came from: a Defender alert through the MDE API, a Graph alert
+// through Microsoft Graph with a second token of the same application.
 //
 // Every failure is one *Error whose Outcome tells the caller what to do:
 // retry later (retryable, rate_limited with RetryAfter), look up and track the
@@ -53,6 +55,8 @@ const (
 	opFindMachines       = "find_machines"
 	opGetPackageURI      = "get_package_uri"
 	opDownloadPackage    = "download_package"
+	opUpdateAlert        = "update_alert"
+	opAlertComment       = "alert_comment"
 )
 
 // operations lists every operation with the HTTP status of its success.
@@ -70,6 +74,8 @@ var operations = []struct{ name, success string }{
 	{opFindMachines, "200"},
 	{opGetPackageURI, "200"},
 	{opDownloadPackage, "200"},
+	{opUpdateAlert, "200"},
+	{opAlertComment, "200"},
 }
 
 // Operations returns every operation name (the operation metric label).
@@ -107,10 +113,11 @@ var _ API = (*Client)(nil)
 type Option func(*options)
 
 type options struct {
-	clock    Clock
-	limiters map[Group]quota.Limiter
-	fedCheck time.Duration
-	onRoles  func(roles []string)
+	clock        Clock
+	limiters     map[Group]quota.Limiter
+	fedCheck     time.Duration
+	onRoles      func(roles []string)
+	onGraphRoles func(roles []string)
 }
 
 // WithTokenRoles calls fn with the roles (application permissions) of each
@@ -119,6 +126,15 @@ type options struct {
 // when the first collection is refused. fn must not block.
 func WithTokenRoles(fn func(roles []string)) Option {
 	return func(o *options) { o.onRoles = fn }
+}
+
+// WithGraphTokenRoles is WithTokenRoles for the Microsoft Graph token
+// (Config.WriteBack): fn is called with the roles of each new Graph token,
+// where PermissionSecurityAlertReadWrite shows. One application has
+// different permissions on each resource, hence a hook of its own. fn must
+// not block.
+func WithGraphTokenRoles(fn func(roles []string)) Option {
+	return func(o *options) { o.onGraphRoles = fn }
 }
 
 // WithClock sets the clock of the token cache, the default limiters and the
@@ -148,9 +164,11 @@ type Client struct {
 	clock    Clock
 	limiters map[Group]quota.Limiter
 	tokens   *tokenSource
-	http     *http.Client // API calls: follows no redirect
-	download *http.Client // package downloads: every hop checked
-	onRoles  func(roles []string)
+	// graphTokens fetches the Microsoft Graph tokens of write-back; nil
+	// unless Config.WriteBack.
+	graphTokens *tokenSource
+	http        *http.Client // API calls: follows no redirect
+	download    *http.Client // package downloads: every hop checked
 }
 
 // New validates cfg and returns a client. m receives the request, duration
@@ -180,7 +198,6 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 		logger:   logger.Named("defender"),
 		clock:    o.clock,
 		limiters: map[Group]quota.Limiter{},
-		onRoles:  o.onRoles,
 	}
 	// One clone of the caller's client per purpose, each with its own
 	// redirect policy; the caller's client is left as it was. MDE does not
@@ -228,16 +245,26 @@ func New(cfg Config, m *metrics.Metrics, logger *zap.Logger, opts ...Option) (*C
 		base = http.DefaultTransport
 	}
 	tokenHTTP.Transport = userAgentTransport{base: base, ua: r.UserAgent}
-	c.tokens = &tokenSource{
-		c:        c,
-		clientID: r.ClientID,
-		tokenURL: r.tokenURL,
-		scope:    r.scope,
-		cred:     cred,
-		http:     &tokenHTTP,
-		lock:     make(chan struct{}, 1),
+	newSource := func(scope string, onRoles func([]string)) *tokenSource {
+		ts := &tokenSource{
+			c:        c,
+			clientID: r.ClientID,
+			tokenURL: r.tokenURL,
+			scope:    scope,
+			cred:     cred,
+			http:     &tokenHTTP,
+			onRoles:  onRoles,
+			lock:     make(chan struct{}, 1),
+		}
+		ts.remember(r.ClientSecret)
+		return ts
 	}
-	c.tokens.remember(r.ClientSecret)
+	c.tokens = newSource(r.scope, o.onRoles)
+	if r.WriteBack {
+		// The same application and credential, another resource: Entra ID
+		// issues one token per audience.
+		c.graphTokens = newSource(r.graphScope, o.onGraphRoles)
+	}
 	for _, op := range operations {
 		m.InitDefenderOperation(op.name, op.success)
 	}
@@ -252,8 +279,28 @@ func (c *Client) CheckToken(ctx context.Context) error {
 	return err
 }
 
+// CheckGraphToken is CheckToken for the Microsoft Graph token of
+// write-back: at start it tells whether Entra ID issues it and, through
+// WithGraphTokenRoles, whether PermissionSecurityAlertReadWrite is granted.
+// Without Config.WriteBack it fails with ErrWriteBackDisabled.
+func (c *Client) CheckGraphToken(ctx context.Context) error {
+	if c.graphTokens == nil {
+		return invalid(opToken, "write-back is off: no Graph token is fetched", ErrWriteBackDisabled)
+	}
+	_, err := c.graphTokens.token(ctx)
+	return err
+}
+
 // Scope returns the token scope the client requests.
 func (c *Client) Scope() string { return c.cfg.scope }
+
+// GraphURL returns the Microsoft Graph base URL that comments on Graph
+// alerts go to.
+func (c *Client) GraphURL() string { return c.cfg.graphBase.String() }
+
+// GraphScope returns the scope of the Graph token (the cloud's Graph host
+// and "/.default"), requested only with Config.WriteBack.
+func (c *Client) GraphScope() string { return c.cfg.graphScope }
 
 // APIURL returns the API base URL the client calls.
 func (c *Client) APIURL() string { return c.cfg.apiBase.String() }
@@ -274,8 +321,31 @@ type request struct {
 	body      []byte
 	machineID string
 	actionID  string
+	alertID   string
 	// limit caps a 2xx answer (0: maxObjectAnswer).
 	limit int64
+	// tokens is the token source of the call's resource (nil: the API's).
+	tokens *tokenSource
+	// ignoreAnswer: a 2xx status is all the call needs; its body is not
+	// kept, and one cut short or too long does not fail the call.
+	ignoreAnswer bool
+}
+
+// tokenSource returns the token source of r's resource.
+func (c *Client) tokenSource(r *request) *tokenSource {
+	if r.tokens != nil {
+		return r.tokens
+	}
+	return c.tokens
+}
+
+// scrub removes every credential string either token source knows of.
+func (c *Client) scrub(s string) string {
+	s = c.tokens.scrub(s)
+	if c.graphTokens != nil {
+		s = c.graphTokens.scrub(s)
+	}
+	return s
 }
 
 // Answer size caps: MDE's single objects are a few KiB and a page of
@@ -302,13 +372,25 @@ func (r *request) fields(extra ...zap.Field) []zap.Field {
 	if r.actionID != "" {
 		f = append(f, zap.String("action_id", r.actionID))
 	}
+	if r.alertID != "" {
+		f = append(f, zap.String("alert_id", r.alertID))
+	}
 	return append(f, extra...)
 }
 
 // endpoint joins the API base URL and escaped path segments.
 func (c *Client) endpoint(segments ...string) string {
+	return joinPath(c.cfg.apiBase, segments)
+}
+
+// graphEndpoint joins the Graph base URL and escaped path segments.
+func (c *Client) graphEndpoint(segments ...string) string {
+	return joinPath(c.cfg.graphBase, segments)
+}
+
+func joinPath(base *url.URL, segments []string) string {
 	var b strings.Builder
-	b.WriteString(c.cfg.apiBase.String())
+	b.WriteString(base.String())
 	for _, s := range segments {
 		b.WriteByte('/')
 		b.WriteString(url.PathEscape(s))
@@ -324,7 +406,8 @@ func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 		if err := c.wait(ctx, &r); err != nil {
 			return nil, notSent(err)
 		}
-		tok, err := c.tokens.token(ctx)
+		tokens := c.tokenSource(&r)
+		tok, err := tokens.token(ctx)
 		if err != nil {
 			c.logFailure(&r, err)
 			return nil, notSent(err)
@@ -345,14 +428,14 @@ func (c *Client) send(ctx context.Context, r request) ([]byte, error) {
 			return nil, e
 		}
 		if status == http.StatusUnauthorized && attempt == 1 {
-			c.tokens.invalidate(tok)
+			tokens.invalidate(tok)
 			c.logger.Info("defender refused the token, fetching a new one", r.fields(zap.Int("http_status", status))...)
 			continue
 		}
 		// A server that echoes the request must not make the token appear:
 		// scrub before the message is parsed and shortened.
-		e := classify(r.op, r.kind, status, header, []byte(c.tokens.scrub(string(body))), c.clock.Now())
-		e.Code, e.Message, e.Target = c.tokens.scrub(e.Code), c.tokens.scrub(e.Message), c.tokens.scrub(e.Target)
+		e := classify(r.op, r.kind, status, header, []byte(c.scrub(string(body))), c.clock.Now())
+		e.Code, e.Message, e.Target = c.scrub(e.Code), c.scrub(e.Message), c.scrub(e.Target)
 		if e.Outcome == OutcomeRateLimited {
 			// Every call of the group would be refused until then.
 			quota.Throttle(c.limiters[r.group], c.clock.Now().Add(e.RetryAfter))
@@ -422,6 +505,14 @@ func (c *Client) roundTrip(ctx context.Context, r *request, tok string) (int, ht
 		return 0, nil, nil, e
 	}
 	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
+	if ok && r.ignoreAnswer {
+		// Read a little, so that the connection may be reused; a 2xx is
+		// the whole answer.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxObjectAnswer))
+		_ = resp.Body.Close()
+		c.observe(r.op, strconv.Itoa(resp.StatusCode), begin)
+		return resp.StatusCode, resp.Header, nil, nil
+	}
 	limit := r.answerLimit()
 	if !ok {
 		limit = maxErrorBody
@@ -511,6 +602,8 @@ var permissions = func() map[string]string {
 		opGetMachine:         PermissionReadAll,
 		opFindMachines:       PermissionReadAll,
 		opGetPackageURI:      PermissionReadAll,
+		opUpdateAlert:        PermissionAlertReadWrite,
+		opAlertComment:       PermissionSecurityAlertReadWrite,
 	}
 	for _, a := range MachineActions {
 		m[a.Name] = a.Permission
@@ -540,7 +633,7 @@ func (c *Client) logFailure(r *request, err error) {
 	switch {
 	case e.Outcome == OutcomeForbidden && e.Op != opDownloadPackage:
 		c.logger.Error("defender refused the call: the application permission is likely missing or the token audience is wrong",
-			append(fields, zap.String("permission", permissions[r.op]), zap.String("scope", c.cfg.scope))...)
+			append(fields, zap.String("permission", permissions[r.op]), zap.String("scope", c.tokenSource(r).scope))...)
 	case e.Outcome == OutcomeUnauthorized:
 		c.logger.Error("defender refused the credentials", fields...)
 	case e.Outcome == OutcomeRateLimited:

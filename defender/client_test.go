@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/responder-dev/responder/alert"
 )
 
 func TestEndpoints(t *testing.T) {
@@ -91,6 +94,54 @@ func TestRegionalHostKeepsScope(t *testing.T) {
 	}
 }
 
+// TestGraphEndpoints: each cloud's Graph host and scope; an override moves
+// the calls, not the scope.
+func TestGraphEndpoints(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ cloud, graph string }{
+		{"", "https://graph.microsoft.com"},
+		{"commercial", "https://graph.microsoft.com"},
+		{"gcc", "https://graph.microsoft.com"},
+		{"gcc-high", "https://graph.microsoft.us"},
+		{"dod", "https://dod-graph.microsoft.us"},
+	} {
+		if got := DefaultGraphURL(tc.cloud); got != tc.graph {
+			t.Errorf("DefaultGraphURL(%q) = %q; want %q", tc.cloud, got, tc.graph)
+		}
+		c, err := New(Config{Cloud: tc.cloud, WriteBack: true, TenantID: testTenant, ClientID: testClientID, ClientSecret: testSecret}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.GraphURL() != tc.graph || c.GraphScope() != tc.graph+"/.default" {
+			t.Errorf("%s: GraphURL %q GraphScope %q", tc.cloud, c.GraphURL(), c.GraphScope())
+		}
+		o, err := New(Config{Cloud: tc.cloud, GraphURL: "https://graph-proxy.example.com/", TenantID: testTenant, ClientID: testClientID, ClientSecret: testSecret}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.GraphURL() != "https://graph-proxy.example.com" || o.GraphScope() != tc.graph+"/.default" {
+			t.Errorf("%s override: GraphURL %q GraphScope %q", tc.cloud, o.GraphURL(), o.GraphScope())
+		}
+	}
+	if DefaultGraphURL("china") != "" {
+		t.Error("an unknown cloud has a Graph URL")
+	}
+}
+
+// TestGraphErrorTarget: Graph's error shape gives its request-id as the
+// target, the correlation id Microsoft support asks for.
+func TestGraphErrorTarget(t *testing.T) {
+	t.Parallel()
+	code, msg, target := parseErrorBody([]byte(`{"error":{"code":"Forbidden","message":"Missing application roles.","innerError":{"date":"2026-03-02T09:00:00","request-id":"0b4e8d6c-1f2a-4b3c-9d8e-7f6a5b4c3d2e","client-request-id":"0b4e8d6c-1f2a-4b3c-9d8e-7f6a5b4c3d2e"}}}`))
+	if code != "Forbidden" || msg != "Missing application roles." || target != "0b4e8d6c-1f2a-4b3c-9d8e-7f6a5b4c3d2e" {
+		t.Errorf("parseErrorBody = %q, %q, %q", code, msg, target)
+	}
+	// MDE's target wins when both are there.
+	if _, _, target := parseErrorBody([]byte(`{"error":{"code":"X","target":"t1","innerError":{"request-id":"r1"}}}`)); target != "t1" {
+		t.Errorf("target = %q; want t1", target)
+	}
+}
+
 func TestConfigValidation(t *testing.T) {
 	t.Parallel()
 	base := Config{TenantID: testTenant, ClientID: testClientID, ClientSecret: testSecret}
@@ -125,12 +176,17 @@ func TestConfigValidation(t *testing.T) {
 func TestMetricsInitialised(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	// 13 operations, each with its success code and 8 common codes.
-	if n := testutil.CollectAndCount(b.m.DefenderRequests); n != 13*9 {
-		t.Errorf("defender request series = %d; want %d", n, 13*9)
+	// 15 operations, each with its success code and 8 common codes.
+	if n := testutil.CollectAndCount(b.m.DefenderRequests); n != 15*9 {
+		t.Errorf("defender request series = %d; want %d", n, 15*9)
 	}
-	if n := testutil.CollectAndCount(b.m.DefenderDuration); n != 13 {
-		t.Errorf("defender duration series = %d; want 13", n)
+	if n := testutil.CollectAndCount(b.m.DefenderDuration); n != 15 {
+		t.Errorf("defender duration series = %d; want 15", n)
+	}
+	for _, op := range []string{"update_alert", "alert_comment"} {
+		if !slices.Contains(Operations(), op) {
+			t.Errorf("Operations() = %v; want it to hold %s", Operations(), op)
+		}
 	}
 	if got := testutil.ToFloat64(b.m.DefenderRequests.WithLabelValues("collect_investigation_package", "201")); got != 0 {
 		t.Errorf("initial count = %v", got)
@@ -337,6 +393,35 @@ func TestForbiddenLogsLoudly(t *testing.T) {
 	f := entries[0].ContextMap()
 	if f["permission"] != "Machine.CollectForensics" || f["machine_id"] != testMachine || f["code"] != "Forbidden" || f["operation"] != opCollect {
 		t.Errorf("fields %v", f)
+	}
+}
+
+// TestForbiddenCommentLogsItsPermission: a refused write-back names the
+// permission and the scope of its own resource.
+func TestForbiddenCommentLogsItsPermission(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		ref               AlertRef
+		permission, scope string
+	}{
+		{AlertRef{Source: alert.SourceDefender, ID: testAlertID}, "Alert.ReadWrite.All", "https://api.securitycenter.microsoft.com/.default"},
+		{AlertRef{Source: alert.SourceGraph, ID: testAlertID}, "SecurityAlert.ReadWrite.All", "https://graph.microsoft.com/.default"},
+	} {
+		b := setup(t, func(w http.ResponseWriter, r *http.Request) { writeError(w, 403, "Forbidden", "no") },
+			setupOpts{cfg: func(c *Config) { c.WriteBack, c.GraphURL = true, c.APIURL }})
+		if err := b.client.CommentAlert(context.Background(), tc.ref, "c"); OutcomeOf(err) != OutcomeForbidden {
+			t.Fatalf("%s: err = %v", tc.ref.Source, err)
+		}
+		entries := b.logs.FilterLevelExact(zapcore.ErrorLevel).All()
+		if len(entries) != 1 {
+			t.Fatalf("%s: error logs = %d; want 1: %v", tc.ref.Source, len(entries), logText(b.logs))
+		}
+		if f := entries[0].ContextMap(); f["permission"] != tc.permission || f["scope"] != tc.scope || f["alert_id"] != testAlertID {
+			t.Errorf("%s: fields %v", tc.ref.Source, f)
+		}
+		if scope := b.tokens.form(0).Get("scope"); scope != tc.scope {
+			t.Errorf("%s: token requested with scope %q", tc.ref.Source, scope)
+		}
 	}
 }
 

@@ -23,21 +23,30 @@ import (
 type cloud struct {
 	name, api, login, scope string
 	packageHosts            []string
+	// graph is the Microsoft Graph host of the cloud, for write-back to
+	// Graph alerts; its tokens carry the audience graph (scope
+	// graph+"/.default").
+	graph string
 }
 
 // clouds is the one list of Defender clouds: Clouds, Endpoints,
-// DefaultPackageHosts and the validation of defender.cloud read it. The
-// scope does not follow a regional API host: commercial tokens always carry
-// the audience https://api.securitycenter.microsoft.com.
+// DefaultPackageHosts, DefaultGraphURL and the validation of defender.cloud
+// read it. The scope does not follow a regional API host: commercial tokens
+// always carry the audience https://api.securitycenter.microsoft.com. GCC
+// uses the commercial Graph, GCC High and DoD their own (reference section 4).
 var clouds = []cloud{
 	{"commercial", "https://api.securitycenter.microsoft.com", "https://login.microsoftonline.com",
-		"https://api.securitycenter.microsoft.com/.default", []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"}},
+		"https://api.securitycenter.microsoft.com/.default", []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"},
+		"https://graph.microsoft.com"},
 	{"gcc", "https://api-gcc.securitycenter.microsoft.us", "https://login.microsoftonline.com",
-		"https://api-gcc.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"}},
+		"https://api-gcc.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.com", ".securitycenter.microsoft.com"},
+		"https://graph.microsoft.com"},
 	{"gcc-high", "https://api-gov.securitycenter.microsoft.us", "https://login.microsoftonline.us",
-		"https://api-gov.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"}},
+		"https://api-gov.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"},
+		"https://graph.microsoft.us"},
 	{"dod", "https://api-gov.securitycenter.microsoft.us", "https://login.microsoftonline.us",
-		"https://api-gov.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"}},
+		"https://api-gov.securitycenter.microsoft.us/.default", []string{".securitycenter.windows.us", ".securitycenter.microsoft.us"},
+		"https://dod-graph.microsoft.us"},
 }
 
 // Clouds are the names Config.Cloud accepts, in the order of clouds.
@@ -154,6 +163,15 @@ type Config struct {
 	// HTTPClient sends every request. Default: a client with its own
 	// transport (a clone of http.DefaultTransport).
 	HTTPClient *http.Client
+	// WriteBack enables CommentAlert (SPEC 13): a comment on the alert an
+	// action came from. It makes the client fetch a second token, for
+	// Microsoft Graph, with the same credential. Default false.
+	WriteBack bool
+	// GraphURL overrides the Microsoft Graph base URL that comments on Graph
+	// alerts go to. Default: the cloud's (DefaultGraphURL). The token scope
+	// stays the cloud's Graph, as the API's stays with APIURL. Checked like
+	// APIURL.
+	GraphURL string
 }
 
 // RateLimit is a quota of calls: no 60 s window holds more than PerMinute
@@ -171,6 +189,15 @@ func Endpoints(name string) (apiURL, loginHost, scope string, err error) {
 		return "", "", "", fmt.Errorf("unknown defender cloud %q (want one of %s)", name, quoteList(Clouds))
 	}
 	return c.api, c.login, c.scope, nil
+}
+
+// DefaultGraphURL returns the Microsoft Graph base URL of a cloud ("" is
+// DefaultCloud; an unknown cloud has none): https://graph.microsoft.com for
+// commercial and GCC, https://graph.microsoft.us for GCC High and
+// https://dod-graph.microsoft.us for DoD.
+func DefaultGraphURL(name string) string {
+	c, _ := lookupCloud(name)
+	return c.graph
 }
 
 // DefaultPackageHosts returns the package storage hosts of a cloud ("" is
@@ -307,6 +334,9 @@ func (cfg Config) Problems() []*FieldError {
 	if cfg.APIURL != "" {
 		addErr("api_url", CheckAPIURL(cfg.APIURL))
 	}
+	if cfg.GraphURL != "" {
+		addErr("graph_url", CheckAPIURL(cfg.GraphURL))
+	}
 	switch {
 	case cfg.TokenURL != "":
 		addErr("token_url", CheckURL(cfg.TokenURL))
@@ -374,6 +404,8 @@ type resolved struct {
 	tokenURL     string
 	scope        string
 	packageHosts []string // lower case
+	graphBase    *url.URL
+	graphScope   string
 }
 
 // resolve applies defaults and validates cfg; every problem is reported.
@@ -397,6 +429,14 @@ func resolve(cfg Config) (*resolved, error) {
 		return nil, fmt.Errorf("defender config: api_url: %w", err)
 	}
 	r.apiBase = u
+	graphURL := c.graph
+	if cfg.GraphURL != "" {
+		graphURL = cfg.GraphURL
+	}
+	if r.graphBase, err = checkAPIURL(graphURL); err != nil {
+		return nil, fmt.Errorf("defender config: graph_url: %w", err)
+	}
+	r.graphScope = c.graph + "/.default"
 	if r.tokenURL == "" {
 		r.tokenURL = c.login + "/" + cfg.TenantID + "/oauth2/v2.0/token"
 	}

@@ -63,6 +63,15 @@ var ErrInvalidID = errors.New("invalid id")
 // is the answer, without counting it as a failed attempt.
 var ErrQuotaWait = errors.New("gave up waiting for the quota")
 
+// ErrWriteBackDisabled is wrapped by the error of CommentAlert and
+// CheckGraphToken on a client built without Config.WriteBack: nothing was
+// sent.
+var ErrWriteBackDisabled = errors.New("write-back is disabled")
+
+// ErrAlertNotFound is wrapped by the permanent error of a comment on an
+// alert that Defender or Graph does not know (404).
+var ErrAlertNotFound = errors.New("alert not found")
+
 // ErrInvalidArgument is wrapped by the errors of calls refused before any
 // request because an argument other than an id is invalid.
 var ErrInvalidArgument = errors.New("invalid argument")
@@ -79,8 +88,10 @@ type Error struct {
 	// StatusCode is the HTTP status answered, 0 when no answer came.
 	StatusCode int
 	// Code, Message and Target come from MDE's error envelope
-	// {"error":{"code","message","target"}} or the login endpoint's
-	// {"error","error_description"}; empty when the body had none.
+	// {"error":{"code","message","target"}}, Graph's
+	// {"error":{"code","message","innerError":{"request-id"}}} (Target is
+	// the request-id) or the login endpoint's {"error","error_description"};
+	// empty when the body had none.
 	Code, Message, Target string
 	// RetryAfter is the delay asked by a 429 (Retry-After), else 0.
 	RetryAfter time.Duration
@@ -153,22 +164,30 @@ const maxErrorBody = 64 << 10
 // maxMessage caps the length of a message copied from a remote answer.
 const maxMessage = 300
 
-// envelope is MDE's error body.
+// envelope is MDE's error body, and Graph's, whose correlation id is the
+// request-id of innerError.
 type envelope struct {
 	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-		Target  string `json:"target"`
+		Code       string `json:"code"`
+		Message    string `json:"message"`
+		Target     string `json:"target"`
+		InnerError struct {
+			RequestID string `json:"request-id"`
+		} `json:"innerError"`
 	} `json:"error"`
 }
 
-// parseErrorBody reads MDE's error envelope tolerantly: a body that is not
-// the envelope leaves code, message and target empty. A body that is a bare
-// JSON string (seen from some gateways) becomes the message.
+// parseErrorBody reads MDE's or Graph's error envelope tolerantly: a body
+// that is not the envelope leaves code, message and target empty. A body
+// that is a bare JSON string (seen from some gateways) becomes the message.
 func parseErrorBody(body []byte) (code, message, target string) {
 	var env envelope
 	if err := json.Unmarshal(body, &env); err == nil {
-		return clean(env.Error.Code), clean(env.Error.Message), clean(env.Error.Target)
+		target := env.Error.Target
+		if target == "" {
+			target = env.Error.InnerError.RequestID
+		}
+		return clean(env.Error.Code), clean(env.Error.Message), clean(target)
 	}
 	var s string
 	if err := json.Unmarshal(body, &s); err == nil {
@@ -213,6 +232,7 @@ const (
 	kindPackageURI                  // getPackageUri: 404 not ready yet, retryable
 	kindDownload                    // package download: an expired link (401/403/404/410) is retryable
 	kindMachineSearch               // GET machines?$filter: 404 means no machine
+	kindAlert                       // comment on an alert: 404 permanent, ErrAlertNotFound
 )
 
 // classify maps an HTTP answer that is not 2xx to an *Error (SPEC 7).
@@ -253,6 +273,9 @@ func classify(op string, kind opKind, status int, header http.Header, body []byt
 			if e.Message == "" {
 				e.Message = "package not ready yet"
 			}
+		case kindAlert:
+			e.Outcome = OutcomePermanent
+			e.Err = ErrAlertNotFound
 		default:
 			e.Outcome = OutcomePermanent
 			if e.Message == "" {

@@ -23,10 +23,17 @@ const (
 	GroupMachines Group = "machines"
 	// GroupPackageURI: getPackageUri (2/min, 120/h).
 	GroupPackageURI Group = "package_uri"
+	// GroupAlerts: PATCH alerts/{id}, the comment on a Defender alert
+	// (100/min, 1500/h).
+	GroupAlerts Group = "alerts"
+	// GroupGraphAlerts: POST Graph security/alerts_v2/{id}/comments, the
+	// comment on a Graph alert. Graph documents no quota of its own for it:
+	// the client keeps it to the API's (100/min, 1500/h).
+	GroupGraphAlerts Group = "graph_alerts"
 )
 
 // Groups lists every API group.
-var Groups = []Group{GroupActions, GroupMachineActions, GroupMachines, GroupPackageURI}
+var Groups = []Group{GroupActions, GroupMachineActions, GroupMachines, GroupPackageURI, GroupAlerts, GroupGraphAlerts}
 
 // The quota of getPackageUri.
 const (

@@ -17,6 +17,17 @@ const (
 	PermissionReadAll           = "Machine.Read.All"
 	// permissionReadWriteAll grants everything PermissionReadAll does.
 	permissionReadWriteAll = "Machine.ReadWrite.All"
+	// PermissionAlertReadWrite lets the application comment on Defender
+	// alerts (write-back, PATCH /api/alerts/{id}).
+	PermissionAlertReadWrite = "Alert.ReadWrite.All"
+	// permissionAlertsReadWrite is how the update-alert page spells
+	// PermissionAlertReadWrite; a token naming it grants it.
+	permissionAlertsReadWrite = "Alerts.ReadWrite.All"
+	// PermissionSecurityAlertReadWrite is the Microsoft Graph application
+	// permission to comment on Graph alerts (POST
+	// security/alerts_v2/{id}/comments). It is a role of the Graph token,
+	// not of the MDE one (WithGraphTokenRoles).
+	PermissionSecurityAlertReadWrite = "SecurityAlert.ReadWrite.All"
 )
 
 // Permissions is the closed set of permissions the responder checks, in a
@@ -41,12 +52,19 @@ func tokenRoles(access string) (roles []string, ok bool) {
 	return claims.Roles, true
 }
 
+// grantedAlso names, for a permission, a role that grants it too.
+var grantedAlso = map[string]string{
+	PermissionReadAll:        permissionReadWriteAll,
+	PermissionAlertReadWrite: permissionAlertsReadWrite,
+}
+
 // MissingPermissions returns those of needed that roles do not grant, in
-// the order of needed.
+// the order of needed. It reads the roles of one token: MDE permissions
+// from the MDE token, PermissionSecurityAlertReadWrite from the Graph one.
 func MissingPermissions(roles, needed []string) []string {
 	var missing []string
 	for _, p := range needed {
-		if slices.Contains(roles, p) || (p == PermissionReadAll && slices.Contains(roles, permissionReadWriteAll)) {
+		if alt, ok := grantedAlso[p]; slices.Contains(roles, p) || ok && slices.Contains(roles, alt) {
 			continue
 		}
 		missing = append(missing, p)

@@ -26,6 +26,12 @@ func TestMissingPermissions(t *testing.T) {
 		{"read-write grants read", []string{"Machine.ReadWrite.All", defender.PermissionCollectForensics}, []string{defender.PermissionReadAll, defender.PermissionCollectForensics}, nil},
 		{"nothing granted", []string{}, []string{defender.PermissionReadAll, defender.PermissionIsolate}, []string{defender.PermissionReadAll, defender.PermissionIsolate}},
 		{"case matters", []string{"machine.collectforensics", defender.PermissionReadAll}, []string{defender.PermissionCollectForensics}, []string{defender.PermissionCollectForensics}},
+		{"alert write granted", []string{"Alert.ReadWrite.All"}, []string{defender.PermissionAlertReadWrite}, nil},
+		{"alert write, update-alert page spelling", []string{"Alerts.ReadWrite.All"}, []string{defender.PermissionAlertReadWrite}, nil},
+		{"alert read does not grant write", []string{"Alert.Read.All"}, []string{defender.PermissionAlertReadWrite}, []string{defender.PermissionAlertReadWrite}},
+		{"no alias for other permissions", []string{"Alerts.ReadWrite.All", ""}, []string{defender.PermissionCollectForensics}, []string{defender.PermissionCollectForensics}},
+		{"graph permission", []string{"SecurityAlert.ReadWrite.All"}, []string{defender.PermissionSecurityAlertReadWrite}, nil},
+		{"graph read does not grant write", []string{"SecurityAlert.Read.All"}, []string{defender.PermissionSecurityAlertReadWrite}, []string{defender.PermissionSecurityAlertReadWrite}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if got := defender.MissingPermissions(c.roles, c.needed); !slices.Equal(got, c.want) {

@@ -9,11 +9,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/responder-dev/responder/alert"
 )
 
 // TestSecretsNeverLeak runs the error paths with a known client secret,
 // access token and package URL token, and asserts that no error text and no
-// log line (at debug level, every field) contains any of them.
+// log line (at debug level, every field) contains any of them. The error
+// paths include write-back's, whose Graph token is a second access token.
 func TestSecretsNeverLeak(t *testing.T) {
 	t.Parallel()
 	const (
@@ -61,6 +64,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		},
 	}
 	machine := func(i int) string { return fmt.Sprintf("%040x", i) }
+	alertID := func(i int) string { return fmt.Sprintf("leak-%d-alert", i) }
 	tokens := &tokenServer{answer: func(w http.ResponseWriter, n int64) {
 		writeV2Token(w, fmt.Sprintf("%s-%d", accessToken, n))
 	}}
@@ -92,7 +96,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 			return
 		}
 		for i, answer := range answers {
-			if strings.Contains(r.URL.Path, machine(i)) {
+			if strings.Contains(r.URL.Path, machine(i)) || strings.Contains(r.URL.Path, "/"+alertID(i)) {
 				answer(w, r)
 				return
 			}
@@ -103,6 +107,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 		// on a loaded machine.
 		c.Timeout = time.Second
 		c.DownloadTimeout = time.Second
+		// Write-back: the Graph calls go to the same server, with a
+		// second token from the same token server.
+		c.WriteBack, c.GraphURL = true, c.APIURL
 	}})
 	bundles = append(bundles, api)
 	ctx := context.Background()
@@ -111,6 +118,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 		errs = append(errs, err)
 		_, err = api.client.GetMachine(ctx, machine(i))
 		errs = append(errs, err)
+		errs = append(errs, api.client.CommentAlert(ctx, AlertRef{Source: alert.SourceDefender, ID: alertID(i)}, "Collected"))
+		errs = append(errs, api.client.CommentAlert(ctx, AlertRef{Source: alert.SourceGraph, ID: alertID(i)}, "Collected"))
 		api.clock.Advance(time.Minute) // past the throttle a 429 answer sets
 	}
 	uri, err := api.client.GetPackageURI(ctx, testAction)
@@ -139,10 +148,12 @@ func TestSecretsNeverLeak(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(401)
 		fmt.Fprintf(w, `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided: %s"}`, testSecret)
-	}}})
+	}}, cfg: func(c *Config) { c.WriteBack, c.GraphURL = true, c.APIURL }})
 	bundles = append(bundles, refused)
 	_, err = refused.client.CollectInvestigationPackage(ctx, testMachine, "c")
 	errs = append(errs, err)
+	errs = append(errs, refused.client.CommentAlert(ctx, AlertRef{Source: alert.SourceGraph, ID: testAlertID}, "c"))
+	errs = append(errs, refused.client.CheckGraphToken(ctx))
 	gateway := setup(t, nil, setupOpts{tokens: &tokenServer{answer: func(w http.ResponseWriter, _ int64) {
 		w.WriteHeader(502)
 		fmt.Fprintf(w, "<html>upstream said client_secret=%s</html>", testSecret)

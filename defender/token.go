@@ -231,6 +231,9 @@ type tokenSource struct {
 	scope    string
 	cred     credential
 	http     *http.Client
+	// onRoles receives the roles of each new token (WithTokenRoles,
+	// WithGraphTokenRoles); nil: none.
+	onRoles func(roles []string)
 
 	lock chan struct{} // one fetch at a time; a channel so waiting honours ctx
 
@@ -371,10 +374,10 @@ func (ts *tokenSource) fetch(ctx context.Context) (string, error) {
 	ts.fresh = false
 	ts.mu.Unlock()
 	ts.c.logger.Debug("defender token fetched", zap.String("operation", opToken),
-		zap.Duration("lifetime", lifetime))
-	if ts.c.onRoles != nil {
+		zap.String("scope", ts.scope), zap.Duration("lifetime", lifetime))
+	if ts.onRoles != nil {
 		if roles, ok := tokenRoles(tok.AccessToken); ok {
-			ts.c.onRoles(roles)
+			ts.onRoles(roles)
 		}
 	}
 	return tok.AccessToken, nil

@@ -42,7 +42,11 @@ func TestCheckURL(t *testing.T) {
 		if (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("CheckURL(%q) = %v; want %q", tc.url, err, tc.err)
 		}
-		// New applies the same rule to both URLs.
+		// New applies the same rule to the three URLs.
+		_, nerr0 := New(Config{GraphURL: tc.url, WriteBack: true, TokenURL: "https://login.example.com/t", ClientID: testClientID, ClientSecret: testSecret}, nil, nil)
+		if tc.url != "" && (nerr0 == nil) != (tc.err == "") {
+			t.Errorf("New(graph_url %q) = %v", tc.url, nerr0)
+		}
 		_, nerr := New(Config{APIURL: tc.url, TokenURL: "https://login.example.com/t", ClientID: testClientID, ClientSecret: testSecret}, nil, nil)
 		if tc.url != "" && (nerr == nil) != (tc.err == "") {
 			t.Errorf("New(api_url %q) = %v", tc.url, nerr)
@@ -144,6 +148,10 @@ func TestProblems(t *testing.T) {
 		{"zero cap", func(c *Config) { c.MaxPackageBytes = 0 }, "max_package_bytes"},
 		{"token url without tenant", func(c *Config) { c.TenantID = ""; c.TokenURL = "https://login.example.com/t" }, ""},
 		{"loopback http", func(c *Config) { c.APIURL = "http://[::ffff:127.0.0.1]:8080" }, ""},
+		{"graph url http", func(c *Config) { c.GraphURL = "http://graph.example.com" }, "graph_url"},
+		{"graph url with query", func(c *Config) { c.GraphURL = "https://graph.microsoft.com/?x=1" }, "graph_url"},
+		{"graph url checked without write-back", func(c *Config) { c.WriteBack = false; c.GraphURL = "ftp://graph" }, "graph_url"},
+		{"graph url loopback", func(c *Config) { c.WriteBack = true; c.GraphURL = "http://127.0.0.1:8089" }, ""},
 	} {
 		c := good
 		tc.mod(&c)

@@ -23,10 +23,19 @@ const (
 	groupMachineActions = "machineactions" // GET machineactions, GET machineactions/{id}
 	groupMachines       = "machines"       // GET machines, GET machines/{id}
 	groupPackageURI     = "packageuri"     // getPackageUri: 2/min, 120/h
+	// groupAlerts: GET and PATCH alerts/{id}. Microsoft lists each at 100/min, 1500/h without
+	// saying whether they share a quota; sharing is the stricter reading.
+	groupAlerts = "alerts"
 )
 
 // readRoles grant the read endpoints (any one is enough).
 var readRoles = []string{RoleReadAll, RoleReadWriteAll}
+
+// alertReadRoles grant GET alerts/{id}; alertWriteRoles PATCH alerts/{id} (either spelling).
+var (
+	alertReadRoles  = []string{RoleAlertReadAll, RoleAlertReadWriteAll, RoleAlertsReadWriteAll}
+	alertWriteRoles = []string{RoleAlertReadWriteAll, RoleAlertsReadWriteAll}
+)
 
 // actionSpec describes one action endpoint under /api/machines/{id}/ (reference 1.1, 1.7).
 type actionSpec struct {
@@ -66,6 +75,7 @@ func (s *Simulator) serveAPI(w *recorder, r *http.Request, body []byte) {
 	segs := strings.Split(strings.TrimPrefix(r.URL.Path, "/api/"), "/")
 	var (
 		method, group string
+		allow         string // the Allow header of a 405, when not method
 		roles         []string
 		handle        func(tok *accessToken, now time.Time) *apiError
 	)
@@ -91,6 +101,12 @@ func (s *Simulator) serveAPI(w *recorder, r *http.Request, body []byte) {
 	case len(segs) == 3 && segs[0] == "machineactions" && segs[1] != "" && segs[2] == "getPackageUri":
 		method, group, roles = http.MethodGet, groupPackageURI, readRoles
 		handle = func(_ *accessToken, now time.Time) *apiError { return s.packageURI(w, r, segs[1], now) }
+	case len(segs) == 2 && segs[0] == "alerts" && segs[1] != "" && r.Method == http.MethodPatch:
+		method, group, roles = http.MethodPatch, groupAlerts, alertWriteRoles
+		handle = func(tok *accessToken, now time.Time) *apiError { return s.updateAlert(w, r, body, tok, now, segs[1]) }
+	case len(segs) == 2 && segs[0] == "alerts" && segs[1] != "":
+		method, group, roles, allow = http.MethodGet, groupAlerts, alertReadRoles, "GET, PATCH"
+		handle = func(_ *accessToken, _ time.Time) *apiError { return s.getAlert(w, r, segs[1]) }
 	case len(segs) == 3 && segs[0] == "machineactions" && segs[1] != "" && segs[2] == "cancel":
 		method, group = http.MethodPost, groupActions // the role depends on the action's type
 		handle = func(tok *accessToken, now time.Time) *apiError {
@@ -101,7 +117,10 @@ func (s *Simulator) serveAPI(w *recorder, r *http.Request, body []byte) {
 		return
 	}
 	if r.Method != method {
-		w.Header().Set("Allow", method)
+		if allow == "" {
+			allow = method
+		}
+		w.Header().Set("Allow", allow)
 		writeAPIError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", fmt.Sprintf("The method '%s' is not allowed on '%s'.", r.Method, r.URL.Path))
 		return
 	}

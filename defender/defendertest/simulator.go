@@ -81,10 +81,15 @@ const (
 	RoleScan              = "Machine.Scan"
 	RoleReadAll           = "Machine.Read.All"
 	RoleReadWriteAll      = "Machine.ReadWrite.All"
+	RoleAlertReadAll      = "Alert.Read.All"
+	RoleAlertReadWriteAll = "Alert.ReadWrite.All"
+	// RoleAlertsReadWriteAll is how the update-alert page spells RoleAlertReadWriteAll; the
+	// simulator accepts either.
+	RoleAlertsReadWriteAll = "Alerts.ReadWrite.All"
 )
 
 // DefaultRoles are the application permissions granted when Options.Roles is nil.
-var DefaultRoles = []string{RoleCollectForensics, RoleIsolate, RoleRestrictExecution, RoleScan, RoleReadAll}
+var DefaultRoles = []string{RoleCollectForensics, RoleIsolate, RoleRestrictExecution, RoleScan, RoleReadAll, RoleAlertReadWriteAll}
 
 // IsTerminal reports whether status is one of the four terminal machine action statuses.
 func IsTerminal(status string) bool {
@@ -119,6 +124,15 @@ type Options struct {
 	// Roles are the application permissions consented for the app, written into each token
 	// when issued. nil means DefaultRoles; an empty non-nil slice grants none.
 	Roles []string
+	// GraphHost is the audience the Graph endpoints require; default DefaultGraphHost. Like
+	// APIHost it does not depend on the URL the simulator is served at: a client points its
+	// Graph URL at the simulator and still requests the real Graph scope.
+	GraphHost string
+	// GraphRoles are the Microsoft Graph application permissions of the app, written into
+	// Graph tokens. nil means DefaultGraphRoles; an empty non-nil slice grants none.
+	GraphRoles []string
+	// Alerts is the initial alert store.
+	Alerts []Alert
 	// DenyCollect removes Machine.CollectForensics from Roles, so collect answers 403.
 	DenyCollect bool
 	// TokenLifetime is the access token lifetime on the simulator clock; default 1h.
@@ -126,7 +140,8 @@ type Options struct {
 	// Now is the simulator clock; default time.Now.
 	Now func() time.Time
 	// QuotaPerMinute and QuotaPerHour are the sliding-window quotas per app+tenant, counted
-	// separately for each API group (action POSTs; GET machineactions; GET machines);
+	// separately for each API group (action POSTs; GET machineactions; GET machines; GET and
+	// PATCH alerts; Graph alert comments);
 	// defaults 100 and 1500.
 	QuotaPerMinute, QuotaPerHour int
 	// PackageURIPerMinute and PackageURIPerHour are the quotas of getPackageUri; defaults 2
@@ -167,9 +182,9 @@ type Request struct {
 	// Status is the answered HTTP status; 0 when the connection was dropped or the client
 	// went away before an answer.
 	Status int
-	// Authorized reports whether the request passed API authentication: a known, unexpired
-	// bearer token issued for the API audience. Token requests and downloads are never
-	// Authorized.
+	// Authorized reports whether the request passed authentication: a known, unexpired
+	// bearer token issued for the audience of the endpoint (the API's, or Graph's on /v1.0/).
+	// Token requests and downloads are never Authorized.
 	Authorized bool
 }
 
@@ -203,28 +218,31 @@ type Fault struct {
 	Times int
 }
 
-// Simulator simulates the Microsoft Entra token endpoint and the MDE API. It implements
-// http.Handler for both; all methods are safe for concurrent use.
+// Simulator simulates the Microsoft Entra token endpoint, the MDE API and Graph's alert comment
+// endpoint. It implements http.Handler for all three; all methods are safe for concurrent use.
 type Simulator struct {
-	opts         Options
-	now          func() time.Time
-	apiAudience  string
-	packageBytes []byte
-	tokenKey     []byte // signs the access tokens it issues
+	opts          Options
+	now           func() time.Time
+	apiAudience   string
+	graphAudience string
+	packageBytes  []byte
+	tokenKey      []byte // signs the access tokens it issues
 
-	mu        sync.Mutex
-	url       string
-	roles     []string
-	machines  []*Machine
-	final     map[string]string // lower-case machine id -> final status set by SetFinalStatus
-	actions   []*action
-	byID      map[string]*action
-	tokens    map[string]*accessToken
-	jtis      map[string]time.Time // client|jti -> forget after
-	quotas    map[string][]time.Time
-	downloads map[string]download
-	faults    []*Fault
-	requests  []Request
+	mu         sync.Mutex
+	url        string
+	roles      []string
+	graphRoles []string
+	machines   []*Machine
+	alerts     []*Alert
+	final      map[string]string // lower-case machine id -> final status set by SetFinalStatus
+	actions    []*action
+	byID       map[string]*action
+	tokens     map[string]*accessToken
+	jtis       map[string]time.Time // client|jti -> forget after
+	quotas     map[string][]time.Time
+	downloads  map[string]download
+	faults     []*Fault
+	requests   []Request
 }
 
 type accessToken struct {
@@ -244,6 +262,13 @@ type download struct {
 func New(opts Options) *Simulator {
 	if opts.APIHost == "" {
 		opts.APIHost = DefaultAPIHost
+	}
+	if opts.GraphHost == "" {
+		opts.GraphHost = DefaultGraphHost
+	}
+	graphRoles := opts.GraphRoles
+	if graphRoles == nil {
+		graphRoles = DefaultGraphRoles
 	}
 	if opts.TokenLifetime <= 0 {
 		opts.TokenLifetime = DefaultTokenLifetime
@@ -285,21 +310,26 @@ func New(opts Options) *Simulator {
 		pkg = defaultPackage()
 	}
 	s := &Simulator{
-		opts:         opts,
-		now:          opts.Now,
-		apiAudience:  strings.TrimSuffix(opts.APIHost, "/"),
-		packageBytes: bytes.Clone(pkg),
-		roles:        roles,
-		final:        map[string]string{},
-		byID:         map[string]*action{},
-		tokens:       map[string]*accessToken{},
-		tokenKey:     []byte(randomToken(32)),
-		jtis:         map[string]time.Time{},
-		quotas:       map[string][]time.Time{},
-		downloads:    map[string]download{},
+		opts:          opts,
+		now:           opts.Now,
+		apiAudience:   strings.TrimSuffix(opts.APIHost, "/"),
+		graphAudience: strings.TrimSuffix(opts.GraphHost, "/"),
+		packageBytes:  bytes.Clone(pkg),
+		roles:         roles,
+		graphRoles:    slices.Clone(graphRoles),
+		final:         map[string]string{},
+		byID:          map[string]*action{},
+		tokens:        map[string]*accessToken{},
+		tokenKey:      []byte(randomToken(32)),
+		jtis:          map[string]time.Time{},
+		quotas:        map[string][]time.Time{},
+		downloads:     map[string]download{},
 	}
 	for _, m := range opts.Machines {
 		s.AddMachine(m)
+	}
+	for _, a := range opts.Alerts {
+		s.AddAlert(a)
 	}
 	return s
 }
@@ -403,7 +433,7 @@ func (s *Simulator) ClearRequests() {
 const maxBody = 4 << 20
 
 // ServeHTTP answers the token endpoints (/{tenant}/oauth2/v2.0/token, /{tenant}/oauth2/token),
-// the API (/api/...) and package downloads (/safedownload/...).
+// the API (/api/...), package downloads (/safedownload/...) and Microsoft Graph (/v1.0/...).
 func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
 	r.Body = io.NopCloser(bytes.NewReader(body))
@@ -430,6 +460,9 @@ func (s *Simulator) route(w *recorder, r *http.Request, body []byte) {
 		return
 	case strings.HasPrefix(p, "/safedownload/"):
 		s.serveDownload(w, r)
+		return
+	case strings.HasPrefix(p, "/v1.0/"):
+		s.serveGraph(w, r, body)
 		return
 	}
 	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
@@ -584,6 +617,10 @@ func (s *Simulator) applyFault(w *recorder, r *http.Request, f Fault) bool {
 			code, name = 90014, "invalid_request"
 		}
 		writeTokenError(w, f.Status, tokenError{name: name, code: code, msg: "Injected fault."}, s.now())
+		return true
+	}
+	if strings.HasPrefix(r.URL.Path, "/v1.0/") {
+		s.writeGraphError(w, r, f.Status, codeForStatus(f.Status), "Injected fault.")
 		return true
 	}
 	writeAPIError(w, f.Status, codeForStatus(f.Status), "Injected fault.")

@@ -28,6 +28,7 @@ const JWTBearerAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-
 var otherResources = []string{
 	"https://graph.microsoft.com",
 	"https://graph.microsoft.us",
+	"https://dod-graph.microsoft.us",
 	"https://management.azure.com",
 	"https://userrequestsgraphapi-prd.trafficmanager.net",
 	"https://api.security.microsoft.com",
@@ -195,12 +196,15 @@ func (s *Simulator) issueToken(r *http.Request, tenant string, v1 bool, now time
 	}
 
 	at := &accessToken{audience: audience, appID: clientID, tenant: s.opts.TenantID, expires: now.Add(s.opts.TokenLifetime)}
-	if audience == s.apiAudience {
-		at.roles = append([]string(nil), s.roles...)
-	}
-	tok := s.accessJWT(at, now)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	switch audience {
+	case s.apiAudience:
+		at.roles = append([]string(nil), s.roles...)
+	case s.graphAudience:
+		at.roles = append([]string(nil), s.graphRoles...)
+	}
+	tok := s.accessJWT(at, now)
 	for k, t := range s.tokens {
 		if now.After(t.expires.Add(time.Hour)) {
 			delete(s.tokens, k)
@@ -254,6 +258,9 @@ func (s *Simulator) resolveResource(resource string) string {
 	}
 	if strings.EqualFold(s.apiAudience, DefaultAPIHost) && strings.EqualFold(res, CommercialAlternateResource) {
 		return s.apiAudience
+	}
+	if strings.EqualFold(res, s.graphAudience) || strings.EqualFold(res, GraphAppID) {
+		return s.graphAudience
 	}
 	for _, o := range otherResources {
 		if strings.EqualFold(res, o) {
