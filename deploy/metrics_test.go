@@ -42,6 +42,9 @@ var specMetrics = map[string]family{
 	"responder_rules_last_reload_successful":                {dto.MetricType_GAUGE, nil},
 	"responder_rules_last_reload_success_timestamp_seconds": {dto.MetricType_GAUGE, nil},
 	"responder_build_info":                                  {dto.MetricType_GAUGE, []string{"goversion", "version"}},
+	// SPEC section 13.
+	"responder_notifications_total":           {dto.MetricType_COUNTER, []string{"event", "notifier", "outcome"}},
+	"responder_notification_delivery_seconds": {dto.MetricType_HISTOGRAM, []string{"notifier"}},
 	// SPEC section 16.
 	"responder_store_rows":  {dto.MetricType_GAUGE, []string{"table"}},
 	"responder_store_bytes": {dto.MetricType_GAUGE, nil},
@@ -55,7 +58,7 @@ var specValues = map[[2]string][]string{
 	{"responder_collections_total", "outcome"}:              {"created", "already_running", "machine_not_found", "forbidden", "failed"},
 	{"responder_machine_actions_finished_total", "status"}:  {"Succeeded", "Failed", "TimeOut", "Cancelled", "Untracked"},
 	{"responder_machine_action_duration_seconds", "status"}: {"Succeeded", "Failed", "TimeOut", "Cancelled", "Untracked"},
-	{"responder_store_rows", "table"}:                       {"alert", "audit", "cooldown", "quota", "job"},
+	{"responder_store_rows", "table"}:                       {"alert", "audit", "cooldown", "quota", "notification", "job"},
 }
 
 // TestMetricsContract scrapes a freshly started `responder serve --dev` and

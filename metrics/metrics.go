@@ -35,9 +35,14 @@ var (
 	// NoRule is the rule label of a decision that no rule took (no_match).
 	NoRule = "none"
 	// StoreTables are the tables counted by responder_store_rows: the
-	// responder's alerts, audit entries, cooldowns and quota log, and the
-	// queue's jobs.
-	StoreTables = []string{"alert", "audit", "cooldown", "quota", "job"}
+	// responder's alerts, audit entries, cooldowns, quota log and
+	// notifications, and the queue's jobs.
+	// NotificationOutcomes are what becomes of one attempt to deliver a
+	// notification: sent; retried (it failed and is tried again);
+	// failed (the receiver refused it for good); gave_up (still failing a
+	// day after the event); dropped (its notifier was removed).
+	NotificationOutcomes = []string{"sent", "retried", "failed", "gave_up", "dropped"}
+	StoreTables          = []string{"alert", "audit", "cooldown", "quota", "notification", "job"}
 )
 
 // labels turns a closed set typed in audit into label values.
@@ -68,6 +73,8 @@ type Metrics struct {
 	BuildInfo          *prometheus.GaugeVec
 	StoreRows          *prometheus.GaugeVec
 	StoreBytes         prometheus.Gauge
+	Notifications      *prometheus.CounterVec
+	NotificationDelay  *prometheus.HistogramVec
 }
 
 // New registers every metric on reg. A nil reg gives working metrics that are
@@ -145,6 +152,15 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: namespace, Name: "store_rows",
 			Help: "Rows in the store, by table (PostgreSQL: an estimate for tables over 100000 rows).",
 		}, []string{"table"}),
+		Notifications: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "notifications_total",
+			Help: "Notification delivery attempts, by notifier, event and outcome (sent, retried, failed, gave_up, dropped).",
+		}, []string{"notifier", "event", "outcome"}),
+		NotificationDelay: f.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "notification_delivery_seconds",
+			Help:    "Time from an event to its delivery to a notifier, retries included, by notifier.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400},
+		}, []string{"notifier"}),
 		StoreBytes: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "store_bytes",
 			Help: "Size of the store: the SQLite database and its WAL, or the responder's and the queue's PostgreSQL tables with their indexes.",
@@ -185,6 +201,20 @@ func (m *Metrics) InitRules(names []string) {
 		for _, d := range Decisions {
 			m.Decisions.WithLabelValues(name, d)
 		}
+	}
+}
+
+// InitNotifiers creates the notification series of the given notifiers
+// and events at 0. It is called whenever the notifiers are (re)loaded;
+// series of removed notifiers are kept, as for rules.
+func (m *Metrics) InitNotifiers(names, events []string) {
+	for _, n := range names {
+		for _, e := range events {
+			for _, o := range NotificationOutcomes {
+				m.Notifications.WithLabelValues(n, e, o)
+			}
+		}
+		m.NotificationDelay.WithLabelValues(n)
 	}
 }
 

@@ -78,6 +78,10 @@ func (s *Store) Look(ctx context.Context, now time.Time, opts StateOptions, fn f
 	return fn(v)
 }
 
+// Tx is the view's transaction, for what must commit with the decisions
+// taken in it: the notifications they raise, with their queue jobs.
+func (v *View) Tx() *sql.Tx { return v.tx }
+
 func (v *View) close() {
 	for _, st := range []*sql.Stmt{v.readCooldown, v.writeCooldown, v.insert} {
 		if st != nil {
@@ -300,9 +304,15 @@ var ErrAlertGone = errors.New("the alert row no longer exists")
 
 // Alert loads a stored alert and when it was received.
 func (s *Store) Alert(ctx context.Context, rowID int64) (*alert.Alert, time.Time, error) {
+	return s.AlertIn(ctx, s.DB, rowID)
+}
+
+// AlertIn is Alert through q: a transaction reads it inside itself (on
+// SQLite another connection would wait for the transaction's own).
+func (s *Store) AlertIn(ctx context.Context, q Querier, rowID int64) (*alert.Alert, time.Time, error) {
 	var payload string
 	var received int64
-	err := s.DB.QueryRowContext(ctx, `SELECT payload, received_at FROM responder_alert WHERE id = $1`, rowID).Scan(&payload, &received)
+	err := q.QueryRowContext(ctx, `SELECT payload, received_at FROM responder_alert WHERE id = $1`, rowID).Scan(&payload, &received)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, time.Time{}, ErrAlertGone
 	}

@@ -61,11 +61,12 @@ const exactRowsBelow = 100000
 // storeTables maps each table label of responder_store_rows
 // (metrics.StoreTables) to its table.
 var storeTables = map[string]string{
-	"alert":    "responder_alert",
-	"audit":    "responder_audit",
-	"cooldown": "responder_cooldown",
-	"quota":    "responder_quota",
-	"job":      "river_job",
+	"alert":        "responder_alert",
+	"audit":        "responder_audit",
+	"cooldown":     "responder_cooldown",
+	"quota":        "responder_quota",
+	"notification": "responder_notification",
+	"job":          "river_job",
 }
 
 // Retainer runs retention passes over a store.
@@ -105,7 +106,7 @@ func (r *Retainer) Retention() time.Duration { return r.retention }
 
 // RetentionResult counts what one pass deleted.
 type RetentionResult struct {
-	Audit, Alerts, Cooldowns int64
+	Audit, Alerts, Cooldowns, Notifications int64
 	// Batches is the number of transactions run.
 	Batches int
 }
@@ -134,7 +135,42 @@ func (r *Retainer) Pass(ctx context.Context) (RetentionResult, error) {
 			return res, err
 		}
 	}
-	return res, r.deleteEntries(ctx, ms(now.Add(-r.retention)), &res)
+	if err := r.deleteEntries(ctx, ms(now.Add(-r.retention)), &res); err != nil {
+		return res, err
+	}
+	return res, r.deleteNotifications(ctx, ms(now.Add(-r.retention)), &res)
+}
+
+// deleteNotifications deletes the notifications that ended (sent, failed,
+// given up, dropped) before before; pending ones are kept, whatever their
+// age (their job gives them up after a day).
+func (r *Retainer) deleteNotifications(ctx context.Context, before int64, res *RetentionResult) error {
+	for {
+		var n int64
+		err := r.batchTx(ctx, func(tx *sql.Tx) error {
+			out, err := tx.ExecContext(ctx, `DELETE FROM responder_notification WHERE id IN (SELECT id FROM responder_notification
+WHERE state <> 'pending' AND updated_at < $1 ORDER BY state, updated_at, id LIMIT $2)`, before, r.batch)
+			if err != nil {
+				return fmt.Errorf("retention: deleting old notifications: %w", err)
+			}
+			n, err = out.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		res.Batches++
+		res.Notifications += n
+		if r.onBatch != nil {
+			r.onBatch("notification", n)
+		}
+		if n < int64(r.batch) {
+			return nil
+		}
+		if err := retentionSleep(ctx, r.pause); err != nil {
+			return err
+		}
+	}
 }
 
 // lock takes the retention advisory lock on a connection of its own; the

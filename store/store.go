@@ -387,6 +387,34 @@ ALTER TABLE responder_audit ADD COLUMN machine TEXT NOT NULL DEFAULT '';
 	sql: `
 CREATE INDEX responder_audit_created ON responder_audit (created_at, id);
 `,
+}, {
+	// Notifications (SPEC 13): one row per event and notifier, written in
+	// the transaction of the change the event reports, with its delivery
+	// job; the row says what became of it. The circuit breaker's state is
+	// kept so that one replica, the one whose transaction flips it,
+	// reports the change.
+	version: 9,
+	sql: `
+CREATE TABLE responder_notification (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  notifier TEXT NOT NULL,
+  event TEXT NOT NULL,
+  event_id TEXT NOT NULL,
+  order_key TEXT NOT NULL DEFAULT '',
+  audit_id BIGINT NOT NULL DEFAULT 0,
+  body TEXT NOT NULL,
+  state TEXT NOT NULL DEFAULT 'pending',
+  attempts INTEGER NOT NULL DEFAULT 0,
+  sent_at BIGINT NOT NULL DEFAULT 0,
+  answer TEXT NOT NULL DEFAULT '',
+  UNIQUE (notifier, event_id)
+);
+CREATE INDEX responder_notification_pending ON responder_notification (notifier, order_key, id) WHERE state = 'pending';
+CREATE INDEX responder_notification_retention ON responder_notification (state, updated_at, id);
+INSERT INTO responder_setting (name, value, updated_at) VALUES ('circuit', 'closed', 0);
+`,
 }}
 
 // forDriver adapts a migration written for SQLite to the driver: the only
