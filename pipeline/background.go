@@ -9,7 +9,7 @@ import (
 
 // Job kinds and states exported as responder_queue_jobs.
 var (
-	jobKinds  = []string{evaluateArgs{}.Kind(), collectArgs{}.Kind(), trackArgs{}.Kind(), downloadArgs{}.Kind()}
+	jobKinds  = []string{evaluateArgs{}.Kind(), collectArgs{}.Kind(), trackArgs{}.Kind(), downloadArgs{}.Kind(), notifyArgs{}.Kind()}
 	jobStates = []string{"available", "scheduled", "running", "retryable", "completed", "cancelled", "discarded", "pending"}
 )
 
@@ -31,6 +31,7 @@ func (p *Pipeline) backgroundLoop(ctx context.Context) {
 	// The store's state is logged when it changes, not at every tick: the
 	// loop's other reads fail with it, and say nothing more.
 	var storeDown time.Time
+	var lastMissing []string
 	for {
 		err := p.refreshQueueGauges(ctx)
 		switch {
@@ -62,8 +63,21 @@ func (p *Pipeline) backgroundLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case missing := <-p.permissions:
+			p.notePermissions(ctx, missing, &lastMissing)
 		}
 	}
+}
+
+// notePermissions raises a permission finding of a token renewal; last
+// is the set raised before, so that an hourly renewal finding the same
+// gap raises it once.
+func (p *Pipeline) notePermissions(ctx context.Context, missing []string, last *[]string) {
+	if err := p.raisePermissions(ctx, missing, *last); err != nil {
+		p.log.Warn("raising the permission_missing event failed", zap.Error(err))
+		return
+	}
+	*last = missing
 }
 
 func (p *Pipeline) refreshQueueGauges(ctx context.Context) error {
@@ -102,6 +116,18 @@ func (p *Pipeline) refreshCircuit(ctx context.Context) error {
 	case !open && was:
 		p.m.CircuitOpen.Set(0)
 		p.log.Warn("circuit breaker re-armed: collections resume")
+	case p.circuitSynced.Load():
+		return nil
 	}
+	// The store's record of the breaker follows (one replica raises the
+	// change); after a start it is brought in line once, even unchanged,
+	// so that a breaker left open by a stopped process is seen re-armed.
+	if !open {
+		why = "the circuit breaker's windows are back under the safety limits"
+	}
+	if err := p.circuitChanged(qctx, open, why); err != nil {
+		return err
+	}
+	p.circuitSynced.Store(true)
 	return nil
 }

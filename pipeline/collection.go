@@ -429,9 +429,14 @@ func (p *Pipeline) finishCollect(ctx context.Context, e *audit.Entry, outcome au
 			return err
 		}
 		if outcome.ReleasesCooldown() {
-			return p.store.ReleaseCooldown(ctx, tx, e.ID)
+			if err := p.store.ReleaseCooldown(ctx, tx, e.ID); err != nil {
+				return err
+			}
 		}
-		return nil
+		if outcome == audit.AlreadyRunning {
+			return nil // an action ran, not ours, and ended unseen: nothing to report
+		}
+		return p.raiseEnd(ctx, tx, e, collectionEnd{outcome: outcome, actionID: actionID, at: now, reason: reason})
 	})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -70,7 +71,13 @@ func (w *downloadWorker) Work(ctx context.Context, job *river.Job[downloadArgs])
 		return p.packageFailed(ctx, e, err, log)
 	}
 	now := p.cfg.Now()
-	if _, err := p.store.Transition(ctx, p.store.Pool(), e.ID, nil, store.Change{PackagePath: &dest, PackageSHA256: &sum, PackageSize: &size}, now); err != nil {
+	err = p.store.InTx(ctx, func(tx *sql.Tx) error {
+		if _, err := p.store.Transition(ctx, tx, e.ID, nil, store.Change{PackagePath: &dest, PackageSHA256: &sum, PackageSize: &size}, now); err != nil {
+			return err
+		}
+		return p.raiseEnd(ctx, tx, e, collectionEnd{status: e.ActionStatus, at: e.FinishedAt, size: size, sha256: sum})
+	})
+	if err != nil {
 		return err
 	}
 	log.Info("investigation package downloaded", zap.String("path", dest), zap.Int64("size", size), zap.String("sha256", sum))
@@ -85,7 +92,13 @@ const downloadFor = 6 * time.Hour
 // and ends the job.
 func (p *Pipeline) packageFailed(ctx context.Context, e *audit.Entry, cause error, log *zap.Logger) error {
 	reason := "package not downloaded: " + cause.Error()
-	if _, err := p.store.Transition(ctx, p.store.Pool(), e.ID, nil, store.Change{Error: &reason}, p.cfg.Now()); err != nil {
+	err := p.store.InTx(ctx, func(tx *sql.Tx) error {
+		if _, err := p.store.Transition(ctx, tx, e.ID, nil, store.Change{Error: &reason}, p.cfg.Now()); err != nil {
+			return err
+		}
+		return p.raiseEnd(ctx, tx, e, collectionEnd{status: e.ActionStatus, at: e.FinishedAt, reason: reason})
+	})
+	if err != nil {
 		return err
 	}
 	log.Error("investigation package not downloaded", zap.Error(cause))

@@ -355,6 +355,9 @@ func (p *Pipeline) decideBatch(ctx context.Context, items []decideItem) ([]*audi
 			if err := v.Record(it.rowID, rec, d.ClaimedCooldown()); err != nil {
 				return err
 			}
+			if err := p.raiseDecided(ctx, v.Tx(), rec, it.alert, now); err != nil {
+				return err
+			}
 			done[it.rowID] = true
 			entries[i] = rec
 		}
@@ -411,6 +414,7 @@ func (p *Pipeline) reportDecision(rec *audit.Entry) {
 	if rec.Decision == audit.CircuitOpen && !p.circuitOpen.Swap(true) {
 		p.m.CircuitOpen.Set(1)
 		p.log.Error("circuit breaker opened: collections are suppressed until the window clears", zap.String("reason", rec.Reason))
+		p.circuitOpened(rec.Reason)
 	}
 	switch rec.Decision {
 	case audit.CircuitOpen, audit.Paused:

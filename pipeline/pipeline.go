@@ -82,6 +82,11 @@ type Config struct {
 	// RetentionInterval is how often a retention pass runs (default 10m);
 	// the first runs a tenth of it after Start.
 	RetentionInterval time.Duration
+	// NotifyRetryBase and NotifyRetryCap shape the backoff of a failing
+	// notification delivery (defaults DefaultNotifyRetryBase and
+	// DefaultNotifyRetryCap); NotifyGiveUp is how long after its event a
+	// delivery is given up (default DefaultNotifyGiveUp, a day).
+	NotifyRetryBase, NotifyRetryCap, NotifyGiveUp time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -134,6 +139,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = DefaultRetentionInterval
+	}
+	if c.NotifyRetryBase <= 0 {
+		c.NotifyRetryBase = DefaultNotifyRetryBase
+	}
+	if c.NotifyRetryCap <= 0 {
+		c.NotifyRetryCap = DefaultNotifyRetryCap
+	}
+	if c.NotifyGiveUp <= 0 {
+		c.NotifyGiveUp = DefaultNotifyGiveUp
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -194,7 +208,14 @@ type Pipeline struct {
 	lookups  chan struct{} // machine reads in flight
 
 	circuitOpen atomic.Bool
-	stopOnce    sync.Once
+	// circuitSynced is set once the store's record of the breaker has been
+	// brought in line with what this process sees (after a start).
+	circuitSynced atomic.Bool
+	// permissions carries the permission findings of token renewals to the
+	// background loop, which raises them (the token hook must not block).
+	permissions chan []string
+	notifierState
+	stopOnce sync.Once
 	// sample thins the lines an outage or a storm repeats (suppressed
 	// decisions, failed dispatches): the audit trail and the metrics keep
 	// every one.
@@ -217,10 +238,12 @@ func New(st *store.Store, api defender.API, actionQuota quota.Limiter, rm *rules
 	p := &Pipeline{
 		store: st, api: api, quota: actionQuota, rules: rm, m: m,
 		log: logger.Named("pipeline"), cfg: cfg,
-		machines: newMachineCache(10*time.Minute, cfg.Now),
-		sample:   logsample.New(logSampleWindow, cfg.Now),
-		lookups:  make(chan struct{}, maxLookups),
+		machines:    newMachineCache(10*time.Minute, cfg.Now),
+		sample:      logsample.New(logSampleWindow, cfg.Now),
+		lookups:     make(chan struct{}, maxLookups),
+		permissions: make(chan []string, 4),
 	}
+	p.queues = map[string]bool{}
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, &evaluateWorker{p: p}); err != nil {
 		return nil, err
@@ -232,6 +255,9 @@ func New(st *store.Store, api defender.API, actionQuota quota.Limiter, rm *rules
 		return nil, err
 	}
 	if err := river.AddWorkerSafely(workers, &downloadWorker{p: p}); err != nil {
+		return nil, err
+	}
+	if err := river.AddWorkerSafely(workers, &notifyWorker{p: p}); err != nil {
 		return nil, err
 	}
 	client, err := river.NewClient(st.RiverDriver(), &river.Config{

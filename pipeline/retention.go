@@ -61,7 +61,7 @@ func (p *Pipeline) retentionLoop(ctx context.Context) {
 		fields := []zap.Field{
 			zap.Duration("retention", r.Retention()),
 			zap.Int64("audit_deleted", res.Audit), zap.Int64("alerts_deleted", res.Alerts),
-			zap.Int64("cooldowns_deleted", res.Cooldowns), zap.Int("batches", res.Batches),
+			zap.Int64("cooldowns_deleted", res.Cooldowns), zap.Int64("notifications_deleted", res.Notifications), zap.Int("batches", res.Batches),
 			zap.Duration("took", time.Since(start).Round(time.Millisecond)),
 		}
 		switch {

@@ -123,11 +123,13 @@ func (p *Pipeline) finishTrack(ctx context.Context, e *audit.Entry, status strin
 			}
 		}
 		if download {
+			// The download raises the collected event, with the package.
 			if _, err := p.client.InsertTx(ctx, tx, downloadArgs{AuditID: e.ID}, nil); err != nil {
 				return fmt.Errorf("enqueueing the package download: %w", err)
 			}
+			return nil
 		}
-		return nil
+		return p.raiseEnd(ctx, tx, e, collectionEnd{status: status, at: at, reason: reason})
 	})
 	if err != nil {
 		return err
