@@ -24,6 +24,9 @@ type Config struct {
 	Defender Defender `yaml:"defender"`
 	Safety   Safety   `yaml:"safety"`
 	Log      Log      `yaml:"log"`
+	// Notify lists the notifiers (SPEC 13). A list has no one environment
+	// variable: each notifier's secrets have their own (NotifierEnv).
+	Notify []Notifier `yaml:"notify" env:"-"`
 
 	// Secrets holds the secret values read from *_file keys or the
 	// environment. It is never decoded from YAML and never printed.
@@ -189,6 +192,16 @@ type Defender struct {
 	MaxPackageBytes int64 `yaml:"max_package_bytes"`
 	// DryRun decides, logs, counts and audits but never calls a write endpoint.
 	DryRun bool `yaml:"dry_run"`
+	// WriteBack comments the originating Defender or Graph alert when its
+	// machine action ends (SPEC 13). Default false.
+	WriteBack bool `yaml:"write_back"`
+	// WriteBackComment is the comment's text/template over the event
+	// (notify.Event: .Status, .ActionID, .Package.SHA256, .Alert.ID, ...).
+	// Default pipeline.DefaultWriteBackComment.
+	WriteBackComment string `yaml:"write_back_comment"`
+	// GraphURL is Microsoft Graph's base URL, for the comments on Graph
+	// alerts. Default: the cloud's (defender.DefaultConfig).
+	GraphURL string `yaml:"graph_url"`
 }
 
 // RateLimit is the MDE quota per tenant.
@@ -223,6 +236,8 @@ type Secrets struct {
 	// DefenderCertificatePEM is the content of defender.certificate_file
 	// (a certificate and its private key), read once at load.
 	DefenderCertificatePEM []byte
+	// Notify holds each notifier's URL and signing secret, by name.
+	Notify map[string]NotifierSecrets
 }
 
 // Defaults of the store, rules and pipeline keys, taken from their owners
@@ -259,12 +274,13 @@ func Default() *Config {
 		Store: Store{Driver: DefaultStoreDriver, DSN: DefaultStoreDSN, Retention: DefaultRetention},
 		Rules: Rules{Files: []string{DefaultRulesFile}},
 		Defender: Defender{
-			Cloud:           d.Cloud,
-			RateLimit:       RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
-			PollInterval:    DefaultPollInterval,
-			ActionTimeout:   DefaultActionTimeout,
-			PostSettle:      DefaultPostSettle,
-			MaxPackageBytes: d.MaxPackageBytes,
+			Cloud:            d.Cloud,
+			RateLimit:        RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour},
+			PollInterval:     DefaultPollInterval,
+			ActionTimeout:    DefaultActionTimeout,
+			PostSettle:       DefaultPostSettle,
+			MaxPackageBytes:  d.MaxPackageBytes,
+			WriteBackComment: pipeline.DefaultWriteBackComment,
 		},
 		Safety: Safety{MaxCollectionsPerHour: DefaultMaxCollectionsPerHour, MaxMachinesPer10m: DefaultMaxMachinesPer10m},
 		Log:    Log{Level: logging.DefaultLevel, Format: logging.DefaultFormat},
@@ -342,5 +358,6 @@ func (c *Config) DefenderClient() (defender.Config, bool) {
 	dc.RateLimit = defender.RateLimit{PerMinute: d.RateLimit.PerMinute, PerHour: d.RateLimit.PerHour}
 	dc.PackageHosts = d.PackageHosts
 	dc.MaxPackageBytes = d.MaxPackageBytes
+	dc.WriteBack, dc.GraphURL = d.WriteBack, d.GraphURL
 	return dc, !d.DryRun || dc.HasCredential()
 }

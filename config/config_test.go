@@ -93,6 +93,19 @@ func TestLoadInvalid(t *testing.T) {
 		{"invalid-defender-cert-wrong-key.yaml", []string{
 			`testdata/invalid-defender-cert-wrong-key.yaml:6:21: defender.certificate_file: "testdata/cert-wrong-key.pem": certificate: private key does not match the certificate`,
 		}},
+		// Notifiers: each problem at its key; a Slack URL is never read from the YAML.
+		{"invalid-notify.yaml", []string{
+			`testdata/invalid-notify.yaml:8:10: notify[0].url: a slack webhook URL is a secret (whoever has it may post): give it in url_file or RESPONDER_NOTIFY_SOC_SLACK_URL, not in the YAML`,
+			`testdata/invalid-notify.yaml:9:11: notify[1].name: notifier "soc-slack" is configured already (notify[0])`,
+			`testdata/invalid-notify.yaml:9:9: notify[1].url_file: a webhook notifier needs its URL: set url, url_file or RESPONDER_NOTIFY_SOC_SLACK_URL`,
+			`testdata/invalid-notify.yaml:11:11: notify[2].name: "Bad Name": want lower-case letters and digits, separated by single - or _`,
+			`testdata/invalid-notify.yaml:12:11: notify[2].type: unknown type "pager" (want one of slack, teams, webhook, log)`,
+			`testdata/invalid-notify.yaml:13:25: notify[2].events[1]: unknown event "exploded" (want one of decided, collected, failed, circuit_open, circuit_closed, permission_missing, approval_requested, approval_expired)`,
+			`testdata/invalid-notify.yaml:14:11: notify[3].name: "write-back" is the name of the write-back (defender.write_back); choose another`,
+			`testdata/invalid-notify.yaml:18:10: notify[4].url: must be https (http:// only to a loopback host)`,
+			`testdata/invalid-notify.yaml:4:39: defender.write_back: needs a Defender client: set a credential, or turn write_back off in a dry run without one`,
+			`testdata/invalid-notify.yaml:4:65: defender.write_back_comment: on a sample collected event: template: write_back_comment:1:3: executing "write_back_comment" at <.Nope>: can't evaluate field Nope in type notify.Event`,
+		}},
 		{"invalid-syntax.yaml", []string{
 			`testdata/invalid-syntax.yaml:2:11: syntax error: could not find end character of double-quoted text`,
 		}},
@@ -135,6 +148,16 @@ func TestLoadGoodFull(t *testing.T) {
 	}
 	if cfg.Store.Retention != 10*24*time.Hour+12*time.Hour || cfg.Defender.ActionTimeout != 24*time.Hour {
 		t.Fatalf("durations with days: retention %s, action_timeout %s", cfg.Store.Retention, cfg.Defender.ActionTimeout)
+	}
+	// Notifiers: secrets from files, a webhook URL from the YAML.
+	ns := cfg.Notifiers()
+	if len(ns) != 2 || ns[0].URL != "https://hooks.slack.example/services/T000/B000/XXXX" || len(ns[0].Events) != 3 ||
+		ns[1].URL != "https://siem.example/hooks/responder" || ns[1].HMACSecret != "s3cr3t-siem-hmac" || ns[1].Timeout != 5*time.Second ||
+		len(ns[1].Rules) != 1 {
+		t.Fatalf("notifiers = %+v", ns)
+	}
+	if !cfg.Defender.WriteBack || cfg.Defender.GraphURL != "https://graph.microsoft.us" {
+		t.Fatalf("write-back = %v %q", cfg.Defender.WriteBack, cfg.Defender.GraphURL)
 	}
 	// Unset keys keep their defaults.
 	if cfg.Webhooks.HMAC.MaxSkew != 2*time.Minute || cfg.Defender.PollInterval != time.Minute {
@@ -505,4 +528,39 @@ func FuzzLoad(f *testing.F) {
 		}
 		_, _ = Load(p, nil, noEnv)
 	})
+}
+
+// TestNotifierSecretsFromEnv: a notifier's URL and signing secret come from
+// RESPONDER_NOTIFY_<NAME>_URL and _HMAC_SECRET; a file and a variable both
+// set is a problem, and no problem echoes the secret.
+func TestNotifierSecretsFromEnv(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	yaml := "webhooks: {allow_unauthenticated: true}\nserver: {admin_listen: \"127.0.0.1:9090\"}\nadmin: {allow_unauthenticated: true}\n" +
+		"defender: {dry_run: true}\nnotify:\n  - name: soc-teams\n    type: teams\n  - name: siem\n    type: webhook\n    url: https://siem.example/h\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, nil, envMap(map[string]string{
+		"RESPONDER_NOTIFY_SOC_TEAMS_URL":    "https://prod.workflows.example/hook?sig=s3cr3t-sig",
+		"RESPONDER_NOTIFY_SIEM_HMAC_SECRET": "0123456789abcdef-secret",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := cfg.Notifiers()
+	if ns[0].URL != "https://prod.workflows.example/hook?sig=s3cr3t-sig" || ns[1].HMACSecret != "0123456789abcdef-secret" {
+		t.Fatalf("notifiers = %+v", ns)
+	}
+	_, err = Load(path, nil, envMap(map[string]string{
+		"RESPONDER_NOTIFY_SOC_TEAMS_URL": "https://prod.workflows.example/hook?sig=s3cr3t-sig",
+		"RESPONDER_NOTIFY_SIEM_URL":      "https://other.example/s3cr3t",
+	}))
+	if err == nil || !strings.Contains(err.Error(), "notify[1].url: set one of url, url_file and RESPONDER_NOTIFY_SIEM_URL") {
+		t.Fatalf("error = %v", err)
+	}
+	if strings.Contains(err.Error(), "s3cr3t") {
+		t.Fatalf("a problem echoes a secret: %v", err)
+	}
 }

@@ -155,7 +155,7 @@ func (l *loader) applyEnv(v reflect.Value, prefix string) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "" || name == "-" {
+		if name == "" || name == "-" || f.Tag.Get("env") == "-" {
 			continue
 		}
 		path := name
@@ -210,6 +210,10 @@ func (l *loader) resolvePaths() {
 	} {
 		*p = l.resolve(*p)
 	}
+	for i := range c.Notify {
+		c.Notify[i].URLFile = l.resolve(c.Notify[i].URLFile)
+		c.Notify[i].HMACSecretFile = l.resolve(c.Notify[i].HMACSecretFile)
+	}
 	for i, f := range c.Rules.Files {
 		c.Rules.Files[i] = l.resolve(f)
 	}
@@ -261,6 +265,7 @@ func (l *loader) readSecrets() {
 	read(c.Webhooks.BasicAuth.PasswordFile, "webhooks.basic_auth.password_file", EnvPrefix+"WEBHOOKS_BASIC_AUTH_PASSWORD", &c.Secrets.WebhookBasicPassword)
 	read(c.Webhooks.HMAC.SecretFile, "webhooks.hmac.secret_file", EnvPrefix+"WEBHOOKS_HMAC_SECRET", &c.Secrets.WebhookHMACSecret)
 	read(c.Defender.ClientSecretFile, "defender.client_secret_file", EnvPrefix+"DEFENDER_CLIENT_SECRET", &c.Secrets.DefenderClientSecret)
+	l.readNotifierSecrets(read)
 	// The certificate file holds a private key: it is read once, here,
 	// and its content checked by the Defender client's rules.
 	if f := c.Defender.CertificateFile; f != "" {
@@ -350,6 +355,7 @@ func (l *loader) validate() {
 		l.problem("safety.max_machines_per_10m", "must be positive, got %d", c.Safety.MaxMachinesPer10m)
 	}
 
+	l.validateNotify()
 	if err := logging.CheckLevel(c.Log.Level); err != nil {
 		l.problem("log.level", "%v", err)
 	}
@@ -413,7 +419,7 @@ func Keys() []string {
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if name == "" || name == "-" {
+			if name == "" || name == "-" || f.Tag.Get("env") == "-" {
 				continue
 			}
 			path := name
