@@ -29,7 +29,7 @@ var onlyIn = map[string][]string{
 	"github.com/riverqueue/river":              {"pipeline"},
 	"github.com/riverqueue/river/rivermigrate": {"store"},
 	"github.com/expr-lang/expr":                {"rules"},
-	"net/http":                                 {"handlers", "defender"},
+	"net/http":                                 {"handlers", "defender", "notify"},
 }
 
 var tools = []string{"internal/loadbench", "internal/testkit", "defender/defendertest", "examples/demo"}

@@ -54,6 +54,8 @@ Usage:
   responder replay --rules FILE... [--config FILE] [--since 7d | --from T --to T] [--source S]
                    [--format table|json|markdown] [--max-new-collections N] [--max-changed N]
                                               decide stored alerts again with candidate rules
+  responder notify test NAME [--config FILE] [--event KIND]
+                                              send a sample message to one notifier
   responder actions [--config FILE] [--machine ID] [--status S] [--limit N] [--before-id ID] [--json]
   responder version                           print version information
 
@@ -80,6 +82,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdActions(rest, stdout, stderr)
 	case "replay":
 		return cmdReplay(rest, stdout, stderr)
+	case "notify":
+		return cmdNotify(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "responder %s\n  commit: %s\n  go: %s %s/%s\n", Version, Commit(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

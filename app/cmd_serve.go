@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/config"
 	"github.com/responder-dev/responder/defender"
 	"github.com/responder-dev/responder/handlers"
@@ -117,13 +118,15 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	if err != nil {
 		return err
 	}
-	perms := &permissionCheck{log: logger.Named("defender"), current: rm.Current, dryRun: cfg.Defender.DryRun}
-	client, err := newDefender(cfg, limiters, m, logger, perms.roles)
+	perms := &permissionCheck{log: logger.Named("defender"), current: rm.Current, dryRun: cfg.Defender.DryRun, writeBack: cfg.Defender.WriteBack}
+	client, err := newDefender(cfg, limiters, m, logger, perms)
 	if err != nil {
 		return err
 	}
 	if client != nil {
-		defer goOwned(ctx, func(ctx context.Context) { checkTokenAtStart(ctx, client, logger.Named("defender")) })()
+		defer goOwned(ctx, func(ctx context.Context) {
+			checkTokenAtStart(ctx, client, cfg.Defender.WriteBack, logger.Named("defender"))
+		})()
 	}
 	// A nil *Client must become a nil interface, not a typed nil.
 	var api defender.API
@@ -146,6 +149,17 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	})
 	if err != nil {
 		return err
+	}
+	perms.raise(p.NotePermissions)
+	notifiers := &notifierSet{path: cfg.File, dev: dev != nil, p: p, client: client, log: logger}
+	if dev != nil {
+		notifiers.base = dev.config()
+	}
+	if err := notifiers.apply(cfg); err != nil {
+		return err
+	}
+	reload := func(by string, fields ...zap.Field) error {
+		return errors.Join(rm.ReloadBy(by, fields...), notifiers.reload())
 	}
 
 	auth, err := handlers.NewWebhookAuth(web)
@@ -180,7 +194,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 			}
 			return p.Ready(ctx)
 		},
-		Admin:  adminAPI(p, rm, cfg),
+		Admin:  adminAPI(p, rm, cfg, reload),
 		Logger: logger,
 	})
 	if err != nil {
@@ -217,7 +231,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 			case <-ctx.Done():
 				return
 			case <-hup:
-				_ = rm.ReloadBy(rules.BySignal) // logged by ReloadBy
+				_ = reload(rules.BySignal) // logged by ReloadBy and the notifiers
 			}
 		}
 	}()
@@ -235,7 +249,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 // newDefender builds the Defender client, or returns nil in dry-run mode
 // without a credential (decisions are then recorded, nothing is looked up).
 // config.Load has checked the client's settings with the client's own rules.
-func newDefender(cfg *config.Config, limiters map[defender.Group]quota.Limiter, m *metrics.Metrics, logger *zap.Logger, onRoles func([]string)) (*defender.Client, error) {
+func newDefender(cfg *config.Config, limiters map[defender.Group]quota.Limiter, m *metrics.Metrics, logger *zap.Logger, perms *permissionCheck) (*defender.Client, error) {
 	dc, build := cfg.DefenderClient()
 	if !build {
 		return nil, nil
@@ -243,7 +257,8 @@ func newDefender(cfg *config.Config, limiters map[defender.Group]quota.Limiter, 
 	dc.UserAgent, dc.LimiterSlack = UserAgent(), quota.DefaultSlack
 	// The pipeline takes the action quota itself, so that a job waiting for
 	// it frees its worker.
-	opts := []defender.Option{defender.WithLimiter(defender.GroupActions, nil), defender.WithTokenRoles(onRoles)}
+	opts := []defender.Option{defender.WithLimiter(defender.GroupActions, nil), defender.WithTokenRoles(perms.roles),
+		defender.WithGraphTokenRoles(perms.graphRoles)}
 	for g, l := range limiters {
 		if g != defender.GroupActions {
 			opts = append(opts, defender.WithLimiter(g, l))
@@ -296,7 +311,7 @@ func quotaLimiters(ctx context.Context, cfg *config.Config, st *store.Store, log
 }
 
 // adminAPI binds the admin endpoints to the pipeline and the rules.
-func adminAPI(p *pipeline.Pipeline, rm *rules.Manager, cfg *config.Config) handlers.AdminAPI {
+func adminAPI(p *pipeline.Pipeline, rm *rules.Manager, cfg *config.Config, reload func(by string, fields ...zap.Field) error) handlers.AdminAPI {
 	return handlers.AdminAPI{
 		Rules: func() any {
 			set := rm.Current()
@@ -304,7 +319,7 @@ func adminAPI(p *pipeline.Pipeline, rm *rules.Manager, cfg *config.Config) handl
 		},
 		Reload: func(ctx context.Context) error {
 			req, _ := handlers.RequesterFrom(ctx)
-			return rm.ReloadBy(req.By, zap.String("remote_addr", req.RemoteAddr))
+			return reload(req.By, zap.String("remote_addr", req.RemoteAddr))
 		},
 		Evaluate: func(ctx context.Context, format alert.Format, body []byte) (any, error) {
 			return p.Explain(ctx, format, body)
@@ -324,10 +339,47 @@ func adminAPI(p *pipeline.Pipeline, rm *rules.Manager, cfg *config.Config) handl
 			if errors.Is(err, store.ErrNoEntry) {
 				return nil, handlers.ErrNotFound
 			}
-			return e, err
+			if err != nil {
+				return nil, err
+			}
+			ns, err := p.Store().Notifications(ctx, n)
+			if err != nil {
+				return nil, err
+			}
+			return actionView{Entry: e, Notifications: notificationViews(ns)}, nil
 		},
 		Replay: func(ctx context.Context, rulesYAML []byte, q handlers.ReplayQuery) (any, error) {
 			return replayAPI(ctx, cfg, rulesYAML, q)
 		},
 	}
+}
+
+// actionView is one audit entry as GET /api/v1/actions/{id} shows it: the
+// entry and what became of the notifications it raised.
+type actionView struct {
+	*audit.Entry
+	Notifications []notificationView `json:"notifications"`
+}
+
+// notificationView is one notification of an entry.
+type notificationView struct {
+	Notifier string     `json:"notifier"`
+	Event    string     `json:"event"`
+	ID       string     `json:"event_id"`
+	State    string     `json:"state"`
+	Attempts int        `json:"attempts"`
+	SentAt   *time.Time `json:"sent_at,omitempty"`
+	Answer   string     `json:"answer,omitempty"`
+}
+
+func notificationViews(ns []store.Notification) []notificationView {
+	out := make([]notificationView, 0, len(ns))
+	for _, n := range ns {
+		v := notificationView{Notifier: n.Notifier, Event: n.Event, ID: n.EventID, State: n.State, Attempts: n.Attempts, Answer: n.Answer}
+		if !n.SentAt.IsZero() {
+			v.SentAt = &n.SentAt
+		}
+		out = append(out, v)
+	}
+	return out
 }

@@ -45,6 +45,11 @@ func startDev(ctx context.Context) (*devEnvironment, error) {
 	opts.PendingFor, opts.InProgressFor = 3*time.Second, 7*time.Second
 	sim := defendertest.New(opts)
 	sim.SetURL("http://" + ln.Addr().String())
+	// The sample alert exists in the simulator, so that the write-back's
+	// comment lands on it.
+	sim.AddAlert(defendertest.Alert{ID: devSampleAlertID, MachineID: defendertest.DevWorkstationID, ComputerDNSName: "ws-0142.corp.example.com",
+		Title: "Ransomware behavior detected", Severity: "High", Status: "New", Category: "Ransomware", DetectionSource: "WindowsDefenderAtp",
+		CreationTime: time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)})
 	simCtx, cancel := context.WithCancel(ctx)
 	d := &devEnvironment{dir: dir, sim: sim, done: make(chan error, 1), stop: cancel}
 	go func() { d.done <- sim.Serve(simCtx, ln) }()
@@ -70,6 +75,10 @@ func (d *devEnvironment) config() *config.Config {
 	c.Secrets.DefenderClientSecret = defendertest.DevClientSecret
 	c.Defender.PollInterval = 2 * time.Second
 	c.Defender.DownloadDir = filepath.Join(d.dir, "packages")
+	// The whole loop: each event is logged by the dev-log notifier, and
+	// the alert gets a comment when its action ends.
+	c.Defender.WriteBack = true
+	c.Defender.GraphURL = d.sim.URL()
 	return c
 }
 
@@ -91,9 +100,12 @@ func selfName() string {
 	return exe
 }
 
+// devSampleAlertID is the id of the sample alert.
+const devSampleAlertID = "da637472900382838869_1364969609"
+
 // devSampleAlert is the MDE alert that the printed curl line posts: a
 // ransomware alert on the simulator's workstation.
-const devSampleAlert = `{"id":"da637472900382838869_1364969609","machineId":"` + defendertest.DevWorkstationID + `","computerDnsName":"ws-0142.corp.example.com","severity":"High","status":"New","category":"Ransomware","title":"Ransomware behavior detected","detectionSource":"WindowsDefenderAtp","alertCreationTime":"2026-11-26T10:00:00Z"}`
+const devSampleAlert = `{"id":"` + devSampleAlertID + `","machineId":"` + defendertest.DevWorkstationID + `","computerDnsName":"ws-0142.corp.example.com","severity":"High","status":"New","category":"Ransomware","title":"Ransomware behavior detected","detectionSource":"WindowsDefenderAtp","alertCreationTime":"2026-11-26T10:00:00Z"}`
 
 // printDevHelp tells a newcomer how to send the dev server an alert.
 func printDevHelp(w io.Writer, addrs map[string]string, dsn string) {
@@ -108,7 +120,9 @@ Send it a sample Microsoft Defender alert:
 
   curl -sS -H 'Content-Type: application/json' -d '%s' http://%s/webhooks/defender
 
-Then watch the collection in this log, in the audit trail:
+Then watch the collection in this log (the dev-log notifier prints each
+notification; the alert gets a comment in the simulator when the action
+ends), in the audit trail with its notifications:
 
   curl -sS http://%s/api/v1/actions
   RESPONDER_STORE_DSN=%s %s actions

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,9 +22,41 @@ import (
 // contract. A refused call is still counted (collections_total{outcome=
 // "forbidden"}, defender_requests_total{code="403"}).
 type permissionCheck struct {
-	log     *zap.Logger
-	current func() *rules.Set
-	dryRun  bool
+	log       *zap.Logger
+	current   func() *rules.Set
+	dryRun    bool
+	writeBack bool // defender.write_back: commenting alerts needs its permissions
+
+	mu sync.Mutex
+	// onMissing raises permission_missing (the pipeline's NotePermissions);
+	// set once the pipeline exists.
+	onMissing func(missing []string)
+	// missing is what the last MDE and Graph tokens lacked.
+	missingMDE, missingGraph []string
+}
+
+// raise sets the function that raises the permission_missing event.
+func (pc *permissionCheck) raise(fn func(missing []string)) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	pc.onMissing = fn
+	if len(pc.missingMDE)+len(pc.missingGraph) > 0 {
+		fn(slices.Concat(pc.missingMDE, pc.missingGraph))
+	}
+}
+
+// report records what a token of one API lacks and raises the union.
+func (pc *permissionCheck) report(graph bool, missing []string) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if graph {
+		pc.missingGraph = missing
+	} else {
+		pc.missingMDE = missing
+	}
+	if pc.onMissing != nil {
+		pc.onMissing(slices.Concat(pc.missingMDE, pc.missingGraph))
+	}
 }
 
 // neededPermissions lists what the rules in set need: reading machines and
@@ -53,7 +86,11 @@ func neededPermissions(set *rules.Set, dryRun bool) []string {
 // roles is the defender.WithTokenRoles hook.
 func (pc *permissionCheck) roles(roles []string) {
 	needed := neededPermissions(pc.current(), pc.dryRun)
+	if pc.writeBack {
+		needed = append(needed, defender.PermissionAlertReadWrite)
+	}
 	missing := defender.MissingPermissions(roles, needed)
+	pc.report(false, missing)
 	if len(missing) > 0 {
 		pc.log.Error("the Defender application lacks permissions the rules need: grant them in Entra ID (application permissions of WindowsDefenderATP, with admin consent)",
 			zap.Strings("missing", missing), zap.Strings("granted", roles))
@@ -62,16 +99,34 @@ func (pc *permissionCheck) roles(roles []string) {
 	pc.log.Info("the Defender token grants the permissions the rules need", zap.Strings("needed", needed))
 }
 
+// graphRoles is the defender.WithGraphTokenRoles hook: commenting Graph
+// alerts (the write-back) needs SecurityAlert.ReadWrite.All.
+func (pc *permissionCheck) graphRoles(roles []string) {
+	missing := defender.MissingPermissions(roles, []string{defender.PermissionSecurityAlertReadWrite})
+	pc.report(true, missing)
+	if len(missing) > 0 {
+		pc.log.Error("the Graph token lacks the permission the write-back to Graph alerts needs: grant SecurityAlert.ReadWrite.All (Microsoft Graph application permission, with admin consent)",
+			zap.Strings("missing", missing), zap.Strings("granted", roles))
+		return
+	}
+	pc.log.Info("the Graph token grants the permission the write-back needs")
+}
+
 // startupTokenTimeout bounds the token fetch at start.
 const startupTokenTimeout = 30 * time.Second
 
 // checkTokenAtStart fetches a token once, so that bad credentials or missing
 // permissions show at start. A failure is only logged: alerts are still
 // accepted, and every call fetches the token again.
-func checkTokenAtStart(ctx context.Context, c *defender.Client, log *zap.Logger) {
+func checkTokenAtStart(ctx context.Context, c *defender.Client, writeBack bool, log *zap.Logger) {
 	tctx, cancel := context.WithTimeout(ctx, startupTokenTimeout)
 	defer cancel()
 	err := c.CheckToken(tctx)
+	if err == nil && writeBack {
+		if gerr := c.CheckGraphToken(tctx); gerr != nil && ctx.Err() == nil {
+			log.Warn("cannot get a Microsoft Graph token at start (defender.write_back): comments on Graph alerts will fail until it can", zap.Error(gerr))
+		}
+	}
 	if err == nil || ctx.Err() != nil { // not when shutting down
 		return
 	}

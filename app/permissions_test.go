@@ -110,14 +110,14 @@ func TestTokenCheckAtStart(t *testing.T) {
 		return c
 	}
 
-	checkTokenAtStart(context.Background(), client(defendertest.DevClientSecret), log)
+	checkTokenAtStart(context.Background(), client(defendertest.DevClientSecret), false, log)
 	errs := logs.FilterLevelExact(zap.ErrorLevel).All()
 	if len(errs) != 1 || !slices.Equal(errs[0].ContextMap()["missing"].([]any), []any{defender.PermissionCollectForensics}) {
 		t.Fatalf("with only Machine.Read.All granted, error lines = %+v", errs)
 	}
 
 	// Refused credentials need an administrator: an error, not a warning.
-	checkTokenAtStart(context.Background(), client("wrong-secret"), log)
+	checkTokenAtStart(context.Background(), client("wrong-secret"), false, log)
 	if n := logs.FilterMessage("Defender refused the credentials at start; alerts are accepted, but no action can be sent until they are fixed").FilterLevelExact(zap.ErrorLevel).Len(); n != 1 {
 		t.Fatalf("a refused login logged %d errors, want 1: %+v", n, logs.All())
 	}
@@ -131,7 +131,7 @@ func TestTokenCheckAtStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkTokenAtStart(context.Background(), c, log)
+	checkTokenAtStart(context.Background(), c, false, log)
 	if n := logs.FilterMessage("cannot get a Defender token at start; alerts are accepted and calls will try again").FilterLevelExact(zap.WarnLevel).Len(); n != 1 {
 		t.Fatalf("a login endpoint answering 503 logged %d warnings, want 1: %+v", n, logs.All())
 	}

@@ -87,7 +87,10 @@ type Event struct {
 	DurationSeconds float64  `json:"duration_seconds,omitempty"`
 	Package         *Package `json:"package,omitempty"`
 	// Reason says why: a failure, an open circuit, a decision.
-	Reason             string    `json:"reason,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// AuditID is the audit entry the event is about (GET
+	// /api/v1/actions/{audit_id}, responder actions); 0 for none.
+	AuditID            int64     `json:"audit_id,omitempty"`
 	MissingPermissions []string  `json:"missing_permissions,omitempty"`
 	Approval           *Approval `json:"approval,omitempty"`
 }
