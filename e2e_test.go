@@ -37,9 +37,28 @@ type proc struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	lines  []string // stdout lines
-	stderr bytes.Buffer
+	stderr syncBuffer
 	addrs  map[string]string
 	exited chan error
+}
+
+// syncBuffer is a bytes.Buffer that may be read while the process writes
+// to it (a failing test logs it before the process is killed).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // startResponder runs the binary with args and env and waits until every
