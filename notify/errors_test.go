@@ -159,7 +159,7 @@ func TestAnswerCapped(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	s := settingsFor(TypeSlack, srv.URL)
-	s.Timeout = time.Minute
+	s.Timeout = MaxTimeout
 	start := time.Now()
 	ans, err := send(t, mustNew(t, s), Sample(Collected, fixedNow))
 	if elapsed := time.Since(start); elapsed > s.Timeout/2 {

@@ -27,9 +27,10 @@ func Types() []string { return append([]string(nil), types...) }
 const (
 	// DefaultTimeout bounds one request when Settings.Timeout is 0.
 	DefaultTimeout = 10 * time.Second
-	// MaxTimeout bounds Settings.Timeout: a delivery is a queue job, and a
-	// receiver slower than this is down.
-	MaxTimeout = 5 * time.Minute
+	// MaxTimeout bounds Settings.Timeout: a delivery is a queue job, which
+	// must end well before the queue takes it for stuck (40 s) and runs it
+	// again; a receiver slower than this is down.
+	MaxTimeout = 25 * time.Second
 	// MinHMACSecretBytes is the shortest webhook signing secret accepted.
 	MinHMACSecretBytes = 16
 	// maxNameLen bounds a notifier's name (a metric label and a queue name).

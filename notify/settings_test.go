@@ -27,7 +27,7 @@ func TestProblems(t *testing.T) {
 		{"filters", func(s *Settings) {
 			s.Events, s.Rules = []Kind{Collected, Failed}, []string{"ransomware"}
 		}, nil},
-		{"timeout", func(s *Settings) { s.Timeout = 30 * time.Second }, nil},
+		{"timeout", func(s *Settings) { s.Timeout = 20 * time.Second }, nil},
 		{"name missing", func(s *Settings) { s.Name = "" }, []FieldProblem{{"name", "required"}}},
 		{"name upper case", func(s *Settings) { s.Name = "SOC" }, []FieldProblem{{"name", `"SOC": want lower-case letters and digits, separated by single - or _`}}},
 		{"name double dash", func(s *Settings) { s.Name = "soc--slack" }, []FieldProblem{{"name", `"soc--slack": want lower-case letters and digits, separated by single - or _`}}},
@@ -55,7 +55,7 @@ func TestProblems(t *testing.T) {
 			{"rules[2]", `rule "a" listed twice`},
 		}},
 		{"timeout negative", func(s *Settings) { s.Timeout = -time.Second }, []FieldProblem{{"timeout", "must not be negative, got -1s"}}},
-		{"timeout too long", func(s *Settings) { s.Timeout = time.Hour }, []FieldProblem{{"timeout", "at most 5m0s, got 1h0m0s"}}},
+		{"timeout too long", func(s *Settings) { s.Timeout = time.Hour }, []FieldProblem{{"timeout", "at most 25s, got 1h0m0s"}}},
 		{"every key at once", func(s *Settings) {
 			*s = Settings{Name: "A", Type: TypeSlack, HMACSecret: "x", Events: []Kind{"x"}, Rules: []string{""}, Timeout: -1}
 		}, []FieldProblem{

@@ -181,9 +181,10 @@ func (p *Pipeline) wantsAny(k notify.Kind, rule string) bool {
 	return false
 }
 
-// Timeout bounds one delivery job: the notifier's own request timeout is
-// shorter.
-func (w *notifyWorker) Timeout(*river.Job[notifyArgs]) time.Duration { return time.Minute }
+// Timeout bounds one delivery job: the notifier's own request timeout
+// (notify.MaxTimeout at most) is shorter, and the job ends before the queue
+// would take it for stuck (rescueAfter) and run it again.
+func (w *notifyWorker) Timeout(*river.Job[notifyArgs]) time.Duration { return jobTimeout }
 
 // NextRetry spaces the attempts of a failing delivery: base * 2^(n-1),
 // capped, with 10% jitter.
