@@ -974,3 +974,73 @@ notify:
 		}
 	}
 }
+
+// TestDeadReceiverBackoffGrowsEndToEnd: a receiver that keeps failing is
+// tried less and less often, by the default backoff (2 s, doubling, capped
+// at a minute): in 30 s, rounds of attempts at about 0, 2, 6, 14 and 30 s,
+// whichever of its pending messages makes them; the wait between rounds
+// never shrinks.
+//
+// It fails today with a few hundred messages pending (200 here; a dry run
+// raises a decided event per alert): each failed delivery holds the
+// notifier for the backoff of that delivery's own attempt
+// (pipeline/notify.go, deliver: p.failing.fail(n.Notifier,
+// now.Add(p.notifyBackoff(job.Attempt)))), and when the hold ends the
+// delivery that tries next is mostly one that never tried (attempt 1), so
+// the hold stays at 2 s for as long as the receiver is down: a request
+// every 2 s, and every pending delivery woken every 2 s
+// (loadbench -scenario notify, BENCHMARKS.md).
+func TestDeadReceiverBackoffGrowsEndToEnd(t *testing.T) {
+	t.Parallel()
+	siem := newReceiver(t, formatWebhook, "/hooks/responder", http.StatusServiceUnavailable, "down")
+	dir := t.TempDir()
+	writeTestFile(t, filepath.Join(dir, "siem-hmac"), notifyHMAC)
+	s := newNotifyStack(t, newNotifySim(t, nil), dir, fmt.Sprintf(`
+notify:
+  - name: siem
+    type: webhook
+    url: %q
+    hmac_secret_file: %q
+    events: [decided]
+`, siem.url(), filepath.Join(dir, "siem-hmac")),
+		"RESPONDER_DEFENDER_DRY_RUN=true",
+		"RESPONDER_SAFETY_MAX_COLLECTIONS_PER_HOUR=100000", "RESPONDER_SAFETY_MAX_MACHINES_PER_10M=100000")
+	t.Cleanup(func() { siem.checkProblems(t) })
+	var alerts []string
+	for i := range 200 {
+		alerts = append(alerts, mdeAlertJSON(fmt.Sprintf("da-dead-%d", i), fmt.Sprintf("%040x", 0xdeadbac0+i), "High"))
+	}
+	if a := s.postDefender(t, "["+strings.Join(alerts, ",")+"]"); a.Code != 202 || a.Body["accepted"] != 200.0 {
+		t.Fatalf("200 alerts: %+v", a)
+	}
+	waitUntil(t, "a first delivery attempt", func() bool { return len(siem.deliveries(false)) > 0 })
+	first := siem.deliveries(false)[0].at
+	// Watch the receiver for 30 s: a span of time, not a condition.
+	<-time.After(time.Until(first.Add(30 * time.Second)))
+
+	// Attempts within a second of each other (two deliveries run at once)
+	// are one round.
+	var rounds []time.Duration
+	last := time.Time{}
+	for _, d := range siem.deliveries(false) {
+		if d.at.Sub(first) > 30*time.Second {
+			break
+		}
+		if last.IsZero() || d.at.Sub(last) > time.Second {
+			rounds = append(rounds, d.at.Sub(first).Round(100*time.Millisecond))
+		}
+		last = d.at
+	}
+	t.Logf("rounds of attempts at %v", rounds)
+	// The wait between rounds never shrinks (10 % jitter aside) while the
+	// receiver keeps failing.
+	for i := 2; i < len(rounds); i++ {
+		if prev, gap := rounds[i-1]-rounds[i-2], rounds[i]-rounds[i-1]; gap < prev*3/4 {
+			t.Errorf("the wait between attempts shrank from %s to %s at %s, against a receiver answering 503 all along (rounds at %v)", prev, gap, rounds[i], rounds)
+			break
+		}
+	}
+	if len(rounds) > 7 {
+		t.Errorf("%d rounds of attempts in 30 s, want at most 7 (backoff 2 s doubling)", len(rounds))
+	}
+}

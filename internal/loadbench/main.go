@@ -64,7 +64,7 @@ func main() {
 	flag.DurationVar(&ro.intakeFor, "intake-for", 20*time.Second, "length of each intake measurement beside a replay")
 	flag.StringVar(&ro.steps, "replay-steps", "cli,profile,intake,api-alone,fresh", "replay scenario: what to run after seeding (cli, profile, intake, api-alone, fresh; none: seed only)")
 	var no notifyOptions
-	flag.StringVar(&no.steps, "notify-steps", "dispatch,outage", "notify scenario: what to run (dispatch, outage)")
+	flag.StringVar(&no.steps, "notify-steps", "dispatch,outage,baseline", "notify scenario: what to run (dispatch, outage, baseline)")
 	flag.IntVar(&no.runs, "notify-runs", 1, "notify scenario: how many times to make the three dispatch runs, interleaved")
 	flag.DurationVar(&no.outage, "notify-outage", 5*time.Minute, "notify scenario: how long the receiver answers 503")
 	flag.DurationVar(&no.flow, "notify-flow", 2*time.Minute, "notify scenario: how long alerts flow from the start of the outage")

@@ -30,7 +30,8 @@ import (
 
 // notifyOptions are the flags of the notify scenario.
 type notifyOptions struct {
-	// steps: dispatch (the three dispatch runs), outage (down, then back).
+	// steps: dispatch (the three dispatch runs), outage (down, then
+	// back), baseline (the outage's flow and wait with no notifier).
 	steps string
 	// runs is how many times the three dispatch runs are made, interleaved.
 	runs int
@@ -66,6 +67,11 @@ func (b *bench) notify(o notifyOptions) {
 	}
 	if o.step("outage") {
 		b.notifyOutage(o)
+	}
+	if o.step("baseline") {
+		fmt.Printf("\n## notify: the outage's flow with no notifier (baseline): %d alerts/s for %s, then quiet until %s\n", o.flowRate, o.flow, o.outage)
+		r, _ := b.outageFlow(o, "dispatch, no notifier", nil)
+		r.stop()
 	}
 }
 
@@ -138,7 +144,9 @@ func (b *bench) notifyDispatch(o notifyOptions) {
 		}
 		r := b.startWith(sim, args, notifyEnv...)
 		cpu0 := cpuTime(r.cmd.Process.Pid)
+		wait := profile(r.admin, fmt.Sprintf("notify-dispatch-%d", i), notifyDispatchFor-time.Second)
 		lat, accepted := sendForDispatch(r, sim, machines, notifyDispatchRate, fmt.Sprintf("da-notify-%d", i))
+		wait()
 		cpu := cpuTime(r.cmd.Process.Pid) - cpu0
 		res := &result{latencies: lat}
 		fmt.Printf("%-44s %d of %d accepted alerts reached Defender  p50 %.2f ms  p99 %.2f ms  max %.2f ms  responder CPU %.1f s\n",
@@ -267,7 +275,11 @@ func notificationSummary(dbPath string) string {
 	if len(parts) == 0 {
 		return "notifications: none"
 	}
-	return "notifications: " + strings.Join(parts, ", ")
+	// A delivery job that waits (a failing receiver, an earlier event of
+	// its alert) is snoozed: each snooze is one run of the job.
+	var jobs, snoozes int
+	_ = db.QueryRow(`SELECT COUNT(*), COALESCE(SUM(json_extract(metadata, '$.snoozes')), 0) FROM river_job WHERE kind = 'responder.notify'`).Scan(&jobs, &snoozes)
+	return fmt.Sprintf("notifications: %s; %d delivery jobs snoozed %d times", strings.Join(parts, ", "), jobs, snoozes)
 }
 
 // cpuTime is the user and system CPU time a process has used so far.
@@ -293,8 +305,8 @@ type outageReceiver struct {
 	mu       sync.Mutex
 	up       bool
 	upAt     time.Time
-	refused  int // answered 503
-	bad      int // failed the signature check or not an event
+	refused  []time.Time // when 503 was answered
+	bad      int         // failed the signature check or not an event
 	accepted []acceptedEvent
 }
 
@@ -321,7 +333,7 @@ func (o *outageReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		o.bad++
 		http.Error(w, "bad delivery", http.StatusBadRequest)
 	case !o.up:
-		o.refused++
+		o.refused = append(o.refused, time.Now())
 		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
 	default:
 		a := acceptedEvent{at: time.Now(), id: ev.ID, kind: ev.Kind}
@@ -392,18 +404,7 @@ func (b *bench) notifyOutage(o notifyOptions) {
 	}
 	cfg := b.writeNotifyConfig("outage", "http://"+ln.Addr().String()+"/hook", secret)
 
-	n := o.flowRate * int(o.flow/time.Second)
-	machines := machineIDs(n, 30)
-	sim := notifySim(machines)
-	r := b.startWith(sim, []string{"--config", cfg}, notifyEnv...)
-	down := time.Now()
-	lat, accepted := sendForDispatch(r, sim, machines, o.flowRate, "da-outage")
-	res := &result{latencies: lat}
-	fmt.Printf("%-44s %d of %d accepted alerts reached Defender  p50 %.2f ms  p99 %.2f ms  max %.2f ms\n",
-		"dispatch during the outage", len(lat), accepted, ms(res.pct(0.5)), ms(res.pct(0.99)), ms(res.pct(1)))
-	if w := time.Until(down.Add(o.outage)); w > 0 {
-		time.Sleep(w) // the outage lasts its set time
-	}
+	r, accepted := b.outageFlow(o, "dispatch during the outage", []string{"--config", cfg})
 	rcv.setUp()
 	back := time.Now()
 	expected := 2 * accepted // decided and collected per alert
@@ -414,7 +415,7 @@ func (b *bench) notifyOutage(o notifyOptions) {
 	}
 	rep := rcv.report()
 	rcv.mu.Lock()
-	refused, bad := rcv.refused, rcv.bad
+	refused, bad := slices.Clone(rcv.refused), rcv.bad
 	rcv.mu.Unlock()
 	fmt.Printf("%-44s expected %d (decided and collected of %d alerts), delivered %d, duplicates %d, order violations %d, bad deliveries %d\n",
 		"after recovery", expected, accepted, rep.delivered, rep.duplicates, rep.orderViolations, bad)
@@ -422,7 +423,7 @@ func (b *bench) notifyOutage(o notifyOptions) {
 	if !rep.last.IsZero() {
 		last = rep.last.Sub(back).Round(100*time.Millisecond).String() + " after recovery"
 	}
-	fmt.Printf("%-44s %d attempts answered 503 in %s; last delivery %s\n", "", refused, o.outage, last)
+	fmt.Printf("%-44s %d attempts answered 503 in %s (%s); last delivery %s\n", "", len(refused), o.outage, gapSummary(refused), last)
 	r.stop()
 	fmt.Printf("%-44s %s\n", "", notificationSummary(r.db))
 }
@@ -439,4 +440,51 @@ func pendingNotifications(dbPath string) int {
 		return -1
 	}
 	return n
+}
+
+// gapSummary describes the spacing of a failing receiver's attempts: the
+// backoff a dead receiver sees. Attempts within a second of each other are
+// one round.
+func gapSummary(at []time.Time) string {
+	var gaps []time.Duration
+	for i := 1; i < len(at); i++ {
+		if g := at[i].Sub(at[i-1]); g > time.Second {
+			gaps = append(gaps, g)
+		}
+	}
+	if len(gaps) == 0 {
+		return "no gaps"
+	}
+	last := gaps[max(len(gaps)-10, 0):]
+	for i := range last {
+		last[i] = last[i].Round(100 * time.Millisecond)
+	}
+	r := &result{latencies: slices.Clone(gaps)}
+	return fmt.Sprintf("%d rounds, gap between rounds median %s, max %s, the last ones %v",
+		len(gaps)+1, r.pct(0.5).Round(100*time.Millisecond), r.pct(1).Round(100*time.Millisecond), last)
+}
+
+// outageFlow starts a responder with args, sends o.flowRate alerts/s for
+// o.flow, each for its own machine, then waits until o.outage after the
+// start; it prints the dispatch latency and the responder's CPU time in
+// both spans, and returns the running responder and the alerts accepted.
+func (b *bench) outageFlow(o notifyOptions, label string, args []string) (*responder, int) {
+	n := o.flowRate * int(o.flow/time.Second)
+	machines := machineIDs(n, 30)
+	sim := notifySim(machines)
+	r := b.startWith(sim, args, notifyEnv...)
+	pid := r.cmd.Process.Pid
+	start, cpuStart := time.Now(), cpuTime(pid)
+	lat, accepted := sendForDispatch(r, sim, machines, o.flowRate, "da-outage")
+	flowEnd, cpuFlow := time.Now(), cpuTime(pid)
+	res := &result{latencies: lat}
+	fmt.Printf("%-44s %d of %d accepted alerts reached Defender  p50 %.2f ms  p99 %.2f ms  max %.2f ms; responder CPU %.1f s in %s\n",
+		label, len(lat), accepted, ms(res.pct(0.5)), ms(res.pct(0.99)), ms(res.pct(1)),
+		(cpuFlow - cpuStart).Seconds(), flowEnd.Sub(start).Round(time.Second))
+	if w := time.Until(start.Add(o.outage)); w > 0 {
+		time.Sleep(w) // the outage lasts its set time
+	}
+	fmt.Printf("%-44s responder CPU %.1f s in the %s after the alerts (%d notifications pending)\n",
+		"", (cpuTime(pid) - cpuFlow).Seconds(), time.Since(flowEnd).Round(time.Second), pendingNotifications(r.db))
+	return r, accepted
 }
