@@ -12,7 +12,9 @@
 // POST at 10 and 100 alerts/s), storm (100,000 alerts for 20,000 machines in
 // one burst), idle (RSS of an idle responder), replay (issue 13: a store
 // seeded with 1,000,000 alerts replayed against 1,000 rules, and the
-// intake's p99 beside a replay; not part of all, see replay.go).
+// intake's p99 beside a replay; not part of all, see replay.go), notify
+// (issue 14: dispatch with a dead and a slow notifier, and a receiver down
+// for minutes then back; not part of all, see notify.go).
 package main
 
 import (
@@ -47,7 +49,7 @@ import (
 )
 
 func main() {
-	scenario := flag.String("scenario", "intake", "intake, dispatch, storm, idle, all (these four) or replay")
+	scenario := flag.String("scenario", "intake", "intake, dispatch, storm, idle, all (these four), replay or notify")
 	duration := flag.Duration("duration", 10*time.Second, "length of each closed-loop run")
 	conns := flag.Int("connections", 64, "concurrent connections of the closed loop")
 	postgres := flag.String("postgres", "", "PostgreSQL DSN of a database to create benchmark databases beside (intake and replay on postgres); empty skips it")
@@ -61,6 +63,12 @@ func main() {
 	flag.BoolVar(&ro.keep, "keep", false, "keep the replay's seed stores, and reuse them when they hold the same seed")
 	flag.DurationVar(&ro.intakeFor, "intake-for", 20*time.Second, "length of each intake measurement beside a replay")
 	flag.StringVar(&ro.steps, "replay-steps", "cli,profile,intake,api-alone,fresh", "replay scenario: what to run after seeding (cli, profile, intake, api-alone, fresh; none: seed only)")
+	var no notifyOptions
+	flag.StringVar(&no.steps, "notify-steps", "dispatch,outage,baseline", "notify scenario: what to run (dispatch, outage, baseline)")
+	flag.IntVar(&no.runs, "notify-runs", 1, "notify scenario: how many times to make the three dispatch runs, interleaved")
+	flag.DurationVar(&no.outage, "notify-outage", 5*time.Minute, "notify scenario: how long the receiver answers 503")
+	flag.DurationVar(&no.flow, "notify-flow", 2*time.Minute, "notify scenario: how long alerts flow from the start of the outage")
+	flag.IntVar(&no.flowRate, "notify-rate", 10, "notify scenario: alerts per second during the outage")
 	flag.Parse()
 	ro.postgres = *postgres
 	if ro.storePath == "" {
@@ -93,6 +101,9 @@ func main() {
 	}
 	if *scenario == "replay" {
 		b.replay(ro)
+	}
+	if *scenario == "notify" {
+		b.notify(no)
 	}
 }
 
@@ -362,10 +373,16 @@ func (l *lineBuffer) find(sub string) []string {
 }
 
 func (b *bench) start(sim *defendertest.Simulator, env ...string) *responder {
+	return b.startWith(sim, nil, env...)
+}
+
+// startWith starts the responder with serve's args (--config FILE) besides
+// the environment.
+func (b *bench) startWith(sim *defendertest.Simulator, args []string, env ...string) *responder {
 	rules := filepath.Join(b.dir, "rules.yaml")
 	_ = os.WriteFile(rules, []byte("rules:\n  - name: never-domain-controllers\n    when: '\"domain-controller\" in machine.tags'\n    action: ignore\n  - name: high-malware\n    when: 'alert.severity in [\"high\", \"critical\"] && alert.category in [\"Malware\", \"Ransomware\"]'\n"), 0o600)
 	db := filepath.Join(b.dir, fmt.Sprintf("r%d.db", rand.IntN(1e9)))
-	cmd := exec.Command(b.binary, "serve")
+	cmd := exec.Command(b.binary, append([]string{"serve"}, args...)...)
 	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"RESPONDER_SERVER_LISTEN=127.0.0.1:0",
