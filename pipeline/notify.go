@@ -263,18 +263,18 @@ func (p *Pipeline) deliver(ctx context.Context, n *store.Notification, target no
 	case notify.Permanent:
 		return p.endNotification(ctx, n, store.NotificationFailed, true, text, log)
 	case notify.RateLimited:
-		wait := p.notifyBackoff(job.Attempt)
-		if ne != nil && ne.RetryAfter > 0 {
-			wait = ne.RetryAfter
+		var asked time.Duration
+		if ne != nil {
+			asked = ne.RetryAfter
 		}
-		p.failing.fail(n.Notifier, now.Add(wait))
+		wait := p.failing.fail(n.Notifier, now, p.notifyBackoff, asked)
 		if err := p.retried(ctx, n, text, now); err != nil {
 			return err
 		}
 		p.sample.Write(log, zapcore.WarnLevel, "notify-429:"+n.Notifier, "notifier rate limited the delivery; waiting as asked", zap.Duration("retry_after", wait))
 		return river.JobSnooze(wait)
 	}
-	p.failing.fail(n.Notifier, now.Add(p.notifyBackoff(job.Attempt)))
+	p.failing.fail(n.Notifier, now, p.notifyBackoff, 0)
 	if err := p.retried(ctx, n, text, now); err != nil {
 		return err
 	}
@@ -328,6 +328,10 @@ func answerText(a notify.Answer, err error) string {
 type failingNotifiers struct {
 	mu    sync.Mutex
 	until map[string]time.Time
+	// failures counts each notifier's failures in a row: the hold grows
+	// with them, not with the attempts of whichever delivery probed (with
+	// many pending, that is nearly always a first attempt).
+	failures map[string]int
 }
 
 func (f *failingNotifiers) wait(name string, now time.Time) time.Duration {
@@ -340,21 +344,28 @@ func (f *failingNotifiers) wait(name string, now time.Time) time.Duration {
 	return 0
 }
 
-func (f *failingNotifiers) fail(name string, until time.Time) {
+// fail records one more failure of notifier name at now and returns the
+// hold it sets: backoff of its failures in a row, or what the receiver
+// asked (Retry-After) when longer.
+func (f *failingNotifiers) fail(name string, now time.Time, backoff func(failures int) time.Duration, asked time.Duration) time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.until == nil {
-		f.until = map[string]time.Time{}
+		f.until, f.failures = map[string]time.Time{}, map[string]int{}
 	}
-	if until.After(f.until[name]) {
+	f.failures[name]++
+	hold := max(backoff(f.failures[name]), asked)
+	if until := now.Add(hold); until.After(f.until[name]) {
 		f.until[name] = until
 	}
+	return hold
 }
 
 func (f *failingNotifiers) ok(name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.until, name)
+	delete(f.failures, name)
 }
 
 // notifierState holds what the pipeline keeps of notifiers.
