@@ -154,8 +154,13 @@ func (p *Pipeline) raise(ctx context.Context, tx *sql.Tx, ev notify.Event, order
 		if id == 0 {
 			continue // raised before, by a transaction that was redone
 		}
-		jobs = append(jobs, river.InsertManyParams{Args: notifyArgs{ID: id},
-			InsertOpts: &river.InsertOpts{Queue: notifyQueue(n.Name()), MaxAttempts: notifyJobMaxAttempts}})
+		opts := &river.InsertOpts{Queue: notifyQueue(n.Name()), MaxAttempts: notifyJobMaxAttempts}
+		if wait := p.failing.wait(n.Name(), ev.Time); wait > 0 {
+			// The receiver is failing: the delivery waits, parked, for the
+			// probe to find it back rather than being fetched to learn so.
+			opts.ScheduledAt = time.Now().Add(p.parkFor(wait)) // the queue's clock, not the pipeline's
+		}
+		jobs = append(jobs, river.InsertManyParams{Args: notifyArgs{ID: id}, InsertOpts: opts})
 	}
 	if len(jobs) == 0 {
 		return nil
@@ -186,7 +191,9 @@ func (p *Pipeline) wantsAny(k notify.Kind, rule string) bool {
 // would take it for stuck (rescueAfter) and run it again.
 func (w *notifyWorker) Timeout(*river.Job[notifyArgs]) time.Duration { return jobTimeout }
 
-// NextRetry spaces the attempts of a failing delivery: base * 2^(n-1),
+// NextRetry spaces the retries of a delivery job that erred before it
+// could send (a store error); a failed send snoozes until the notifier's
+// hold ends instead. base * 2^(n-1),
 // capped, with 10% jitter.
 func (w *notifyWorker) NextRetry(job *river.Job[notifyArgs]) time.Time {
 	return time.Now().Add(w.p.notifyBackoff(len(job.Errors) + 1))
@@ -224,7 +231,10 @@ func (w *notifyWorker) Work(ctx context.Context, job *river.Job[notifyArgs]) err
 			fmt.Sprintf("not delivered within %s of the event; last answer: %s", p.cfg.NotifyGiveUp, n.Answer), log)
 	}
 	if wait := p.failing.wait(n.Notifier, now); wait > 0 {
-		return river.JobSnooze(wait) // the receiver is failing: one delivery at a time finds out when it is back
+		if p.failing.probing(n.Notifier, n.ID) {
+			return river.JobSnooze(wait) // the delivery that finds out when the receiver is back
+		}
+		return river.JobSnooze(p.parkFor(wait)) // woken when the probe gets through
 	}
 	if earlier, err := p.store.EarlierPending(ctx, n); err != nil || earlier {
 		if err != nil {
@@ -232,11 +242,11 @@ func (w *notifyWorker) Work(ctx context.Context, job *river.Job[notifyArgs]) err
 		}
 		return river.JobSnooze(time.Second) // the alert's earlier events go first
 	}
-	return p.deliver(ctx, n, target, job.JobRow, log)
+	return p.deliver(ctx, n, target, log)
 }
 
 // deliver sends a notification once and records what came of it.
-func (p *Pipeline) deliver(ctx context.Context, n *store.Notification, target notify.Notifier, job *rivertype.JobRow, log *zap.Logger) error {
+func (p *Pipeline) deliver(ctx context.Context, n *store.Notification, target notify.Notifier, log *zap.Logger) error {
 	var ev notify.Event
 	if err := json.Unmarshal(n.Body, &ev); err != nil {
 		return p.endNotification(ctx, n, store.NotificationFailed, false, "the stored event does not decode: "+err.Error(), log)
@@ -244,9 +254,12 @@ func (p *Pipeline) deliver(ctx context.Context, n *store.Notification, target no
 	answer, err := target.Send(ctx, ev)
 	now := p.cfg.Now()
 	if err == nil {
-		p.failing.ok(n.Notifier)
+		back := p.failing.ok(n.Notifier)
 		if _, err := p.store.FinishNotification(ctx, n.ID, store.NotificationSent, true, answerText(answer, nil), now); err != nil {
 			return err
+		}
+		if back {
+			p.wakeParked(ctx, n.Notifier, log)
 		}
 		p.m.Notifications.WithLabelValues(n.Notifier, n.Event, "sent").Inc()
 		p.m.NotificationDelay.WithLabelValues(n.Notifier).Observe(max(now.Sub(n.CreatedAt).Seconds(), 0))
@@ -267,19 +280,60 @@ func (p *Pipeline) deliver(ctx context.Context, n *store.Notification, target no
 		if ne != nil {
 			asked = ne.RetryAfter
 		}
-		wait := p.failing.fail(n.Notifier, now, p.notifyBackoff, asked)
+		wait := p.failing.fail(n.Notifier, n.ID, now, p.notifyBackoff, asked)
 		if err := p.retried(ctx, n, text, now); err != nil {
 			return err
 		}
 		p.sample.Write(log, zapcore.WarnLevel, "notify-429:"+n.Notifier, "notifier rate limited the delivery; waiting as asked", zap.Duration("retry_after", wait))
 		return river.JobSnooze(wait)
 	}
-	p.failing.fail(n.Notifier, now, p.notifyBackoff, 0)
+	hold := p.failing.fail(n.Notifier, n.ID, now, p.notifyBackoff, 0)
 	if err := p.retried(ctx, n, text, now); err != nil {
 		return err
 	}
-	p.sample.Write(log, zapcore.WarnLevel, "notify-fail:"+n.Notifier, "notification delivery failed; will retry", zap.Int("attempt", job.Attempt), zap.Error(err))
-	return err
+	p.sample.Write(log, zapcore.WarnLevel, "notify-fail:"+n.Notifier, "notification delivery failed; will retry",
+		zap.Int("attempt", n.Attempts+1), zap.Duration("retry_in", hold), zap.Error(err))
+	// Tried again when the notifier's hold ends (not by the job's own
+	// attempts): this delivery is the probe the parked ones wait on.
+	return river.JobSnooze(hold)
+}
+
+// parkFor is how long a delivery to a failing notifier waits when it is
+// not the probe: past the hold, for the probe to wake it when the receiver
+// answers again; the wait is a backstop (a restart forgets the probe).
+func (p *Pipeline) parkFor(hold time.Duration) time.Duration {
+	d := max(hold, p.cfg.NotifyRetryCap)
+	return d + time.Duration(rand.Int64N(int64(d)/10+1))
+}
+
+// wakeParked makes the parked deliveries of notifier name due now: its
+// receiver answered again. A delivery this misses (listed as it was
+// being parked) wakes at the end of its park.
+func (p *Pipeline) wakeParked(ctx context.Context, name string, log *zap.Logger) {
+	params := river.NewJobListParams().Queues(notifyQueue(name)).Kinds(notifyArgs{}.Kind()).
+		States(rivertype.JobStateScheduled, rivertype.JobStateAvailable, rivertype.JobStateRetryable).First(500)
+	woken := 0
+	for {
+		res, err := p.client.JobList(ctx, params)
+		if err != nil {
+			log.Warn("listing the parked deliveries failed; they wake when their park ends", zap.Error(err))
+			return
+		}
+		for _, j := range res.Jobs {
+			if j.ScheduledAt.After(time.Now()) {
+				if _, err := p.client.JobRetry(ctx, j.ID); err != nil && !errors.Is(err, river.ErrNotFound) {
+					log.Warn("waking a parked delivery failed; it wakes when its park ends", zap.Int64("job_id", j.ID), zap.Error(err))
+					return
+				}
+				woken++
+			}
+		}
+		if len(res.Jobs) < 500 {
+			break
+		}
+		params = params.After(res.LastCursor)
+	}
+	log.Info("notifier answers again; parked deliveries woken", zap.Int("deliveries", woken))
 }
 
 // retried records a failed attempt that is tried again.
@@ -322,12 +376,15 @@ func answerText(a notify.Answer, err error) string {
 }
 
 // failingNotifiers remembers, per notifier, until when it is known to
-// fail: other deliveries to it wait until then rather than each finding
-// out, so that a dead receiver costs one request per backoff period, and
-// an alert's later events never overtake its first.
+// fail and which delivery failed last (the probe): that one is tried
+// again when the hold ends, the others are parked until it gets through,
+// so that a dead receiver costs one request and one wake-up per backoff
+// period whatever the number of pending messages, and an alert's later
+// events never overtake its first.
 type failingNotifiers struct {
 	mu    sync.Mutex
 	until map[string]time.Time
+	probe map[string]int64
 	// failures counts each notifier's failures in a row: the hold grows
 	// with them, not with the attempts of whichever delivery probed (with
 	// many pending, that is nearly always a first attempt).
@@ -347,13 +404,21 @@ func (f *failingNotifiers) wait(name string, now time.Time) time.Duration {
 // fail records one more failure of notifier name at now and returns the
 // hold it sets: backoff of its failures in a row, or what the receiver
 // asked (Retry-After) when longer.
-func (f *failingNotifiers) fail(name string, now time.Time, backoff func(failures int) time.Duration, asked time.Duration) time.Duration {
+// probing reports whether notification id is notifier name's probe.
+func (f *failingNotifiers) probing(name string, id int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.probe[name] == id
+}
+
+func (f *failingNotifiers) fail(name string, id int64, now time.Time, backoff func(failures int) time.Duration, asked time.Duration) time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.until == nil {
-		f.until, f.failures = map[string]time.Time{}, map[string]int{}
+		f.until, f.failures, f.probe = map[string]time.Time{}, map[string]int{}, map[string]int64{}
 	}
 	f.failures[name]++
+	f.probe[name] = id
 	hold := max(backoff(f.failures[name]), asked)
 	if until := now.Add(hold); until.After(f.until[name]) {
 		f.until[name] = until
@@ -361,11 +426,16 @@ func (f *failingNotifiers) fail(name string, now time.Time, backoff func(failure
 	return hold
 }
 
-func (f *failingNotifiers) ok(name string) {
+// ok records a delivery to notifier name, and reports whether it was
+// failing until then.
+func (f *failingNotifiers) ok(name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	_, was := f.failures[name]
 	delete(f.until, name)
 	delete(f.failures, name)
+	delete(f.probe, name)
+	return was
 }
 
 // notifierState holds what the pipeline keeps of notifiers.

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/riverqueue/river"
 
+	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/audit"
 	"github.com/responder-dev/responder/defender/defendertest"
 	"github.com/responder-dev/responder/internal/testkit"
@@ -335,5 +337,72 @@ func TestCircuitAndPermissionEvents(t *testing.T) {
 	}
 	if last := r.events()[3]; last.Kind != notify.PermissionMissing || len(last.MissingPermissions) != 2 || last.Reason == "" {
 		t.Fatalf("permission event = %+v", last)
+	}
+}
+
+// TestFailingNotifierParksItsDeliveries: while a receiver fails, one
+// delivery (the probe) is tried at each end of the notifier's hold and
+// the others wait, parked, without being fetched at each; once the probe
+// gets through, the parked ones are woken at once, not at their park's end.
+func TestFailingNotifierParksItsDeliveries(t *testing.T) {
+	t.Parallel()
+	for _, driver := range []string{store.DriverSQLite, store.DriverPostgres} {
+		t.Run(driver, func(t *testing.T) {
+			t.Parallel()
+			const alerts = 30
+			// Holds of 0.1, 0.2, 0.4 … s; parked deliveries wait 20 s.
+			o := envOpts{cfg: Config{NotifyRetryBase: 100 * time.Millisecond, NotifyRetryCap: 20 * time.Second}}
+			if driver == store.DriverPostgres {
+				o.driver, o.dsn = driver, testkit.PostgresDSN(t)
+			}
+			flaky := &recorder{name: "flaky", kinds: []notify.Kind{notify.Decided}}
+			flaky.setFail(func(notify.Event, int) error {
+				return &notify.Error{Class: notify.Retryable, Err: errors.New("connection refused")}
+			})
+			e := notifyEnv(t, o, flaky)
+			snoozed, cancel := e.p.client.Subscribe(river.EventKindJobSnoozed)
+			defer cancel()
+			var list []alert.Alert
+			for i := range alerts {
+				list = append(list, mdeAlert(fmt.Sprintf("p-%d", i), fmt.Sprintf("%040x", 0xbad0+i), "high"))
+			}
+			e.submit(list...)
+			attempts := func() int {
+				flaky.mu.Lock()
+				defer flaky.mu.Unlock()
+				return len(flaky.attempts)
+			}
+			// Six failures: holds of 0.1 to 1.6 s, five ends of hold.
+			testkit.WaitUntil(t, 30*time.Second, "six attempts", func() bool { return attempts() >= 6 })
+			tried := attempts()
+			snoozes := 0
+			for drained := false; !drained; {
+				select {
+				case ev := <-snoozed:
+					if ev.Job.Queue == notifyQueue("flaky") {
+						snoozes++
+					}
+				default:
+					drained = true
+				}
+			}
+			// At most: each delivery parked once, and the probe's wait
+			// after each failure. Without parking, each end of hold wakes
+			// every pending delivery (about 5 x 30). Two deliveries run at once,
+			// so a failure may leave one more to park.
+			if snoozes > alerts+2*tried {
+				t.Errorf("%d snoozes of delivery jobs over %d attempts with %d pending, want at most %d", snoozes, tried, alerts, alerts+2*tried)
+			}
+			flaky.setFail(nil)
+			back := time.Now()
+			rows := e.settled(30 * time.Second)
+			if took := time.Since(back); took > 10*time.Second {
+				t.Errorf("the parked deliveries arrived %s after the receiver came back, want them woken by the probe (park: 20 s)", took)
+			}
+			if len(rows) != alerts || len(flaky.events()) != alerts {
+				t.Fatalf("%d notifications, %d delivered, want %d each", len(rows), len(flaky.events()), alerts)
+			}
+			t.Logf("%d attempts while down, %d snoozes; all delivered %s after the receiver came back", tried, snoozes, time.Since(back).Round(time.Millisecond))
+		})
 	}
 }
