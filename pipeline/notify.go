@@ -299,12 +299,18 @@ func (p *Pipeline) deliver(ctx context.Context, n *store.Notification, target no
 }
 
 // parkFor is how long a delivery to a failing notifier waits when it is
-// not the probe: past the hold, for the probe to wake it when the receiver
-// answers again; the wait is a backstop (a restart forgets the probe).
+// not the probe: the probe wakes it when the receiver answers again (or,
+// after a restart, the first delivery that gets through), so the wait is
+// only a backstop, long enough that parked deliveries cost nothing while
+// the receiver stays down (parkSpans holds at the backoff's cap).
 func (p *Pipeline) parkFor(hold time.Duration) time.Duration {
-	d := max(hold, p.cfg.NotifyRetryCap)
+	d := max(hold, parkSpans*p.cfg.NotifyRetryCap)
 	return d + time.Duration(rand.Int64N(int64(d)/10+1))
 }
+
+// parkSpans is the park of a delivery, in holds at the backoff's cap: 10
+// minutes by default, so a day's give-up is seen within 10 minutes.
+const parkSpans = 10
 
 // wakeParked makes the parked deliveries of notifier name due now: its
 // receiver answered again. A delivery this misses (listed as it was
@@ -333,7 +339,9 @@ func (p *Pipeline) wakeParked(ctx context.Context, name string, log *zap.Logger)
 		}
 		params = params.After(res.LastCursor)
 	}
-	log.Info("notifier answers again; parked deliveries woken", zap.Int("deliveries", woken))
+	if woken > 0 {
+		log.Info("notifier answers again; parked deliveries woken", zap.Int("deliveries", woken))
+	}
 }
 
 // retried records a failed attempt that is tried again.
@@ -389,6 +397,8 @@ type failingNotifiers struct {
 	// with them, not with the attempts of whichever delivery probed (with
 	// many pending, that is nearly always a first attempt).
 	failures map[string]int
+	// delivered holds the notifiers that had a delivery since the start.
+	delivered map[string]bool
 }
 
 func (f *failingNotifiers) wait(name string, now time.Time) time.Duration {
@@ -426,12 +436,19 @@ func (f *failingNotifiers) fail(name string, id int64, now time.Time, backoff fu
 	return hold
 }
 
-// ok records a delivery to notifier name, and reports whether it was
-// failing until then.
+// ok records a delivery to notifier name, and reports whether deliveries
+// may be parked: it was failing until then, or this is its first delivery
+// since the start (a restart forgets what was failing, not the parked).
 func (f *failingNotifiers) ok(name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	_, was := f.failures[name]
+	if !f.delivered[name] {
+		if f.delivered == nil {
+			f.delivered = map[string]bool{}
+		}
+		f.delivered[name], was = true, true
+	}
 	delete(f.until, name)
 	delete(f.failures, name)
 	delete(f.probe, name)

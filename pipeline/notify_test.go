@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -404,5 +405,49 @@ func TestFailingNotifierParksItsDeliveries(t *testing.T) {
 			}
 			t.Logf("%d attempts while down, %d snoozes; all delivered %s after the receiver came back", tried, snoozes, time.Since(back).Round(time.Millisecond))
 		})
+	}
+}
+
+// TestParkedDeliveriesWokenAfterRestart: a restart forgets which notifier
+// was failing, not the deliveries parked meanwhile: the first delivery
+// that gets through after the restart wakes them.
+func TestParkedDeliveriesWokenAfterRestart(t *testing.T) {
+	t.Parallel()
+	const alerts = 20
+	dsn := filepath.Join(t.TempDir(), "responder.db")
+	sim := newSim(t, defendertest.Options{})
+	o := envOpts{sim: sim, dsn: dsn, driver: store.DriverSQLite,
+		cfg: Config{NotifyRetryBase: 100 * time.Millisecond, NotifyRetryCap: 20 * time.Second}} // parked for 200 s
+	down := &recorder{name: "siem", kinds: []notify.Kind{notify.Decided}}
+	down.setFail(func(notify.Event, int) error {
+		return &notify.Error{Class: notify.Retryable, Err: errors.New("connection refused")}
+	})
+	first := notifyEnv(t, o, down)
+	var list []alert.Alert
+	for i := range alerts {
+		list = append(list, mdeAlert(fmt.Sprintf("r-%d", i), fmt.Sprintf("%040x", 0xbee0+i), "high"))
+	}
+	first.submit(list...)
+	testkit.WaitUntil(t, 30*time.Second, "three attempts", func() bool {
+		down.mu.Lock()
+		defer down.mu.Unlock()
+		return len(down.attempts) >= 3
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := first.p.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first.store.Close()
+
+	up := &recorder{name: "siem", kinds: []notify.Kind{notify.Decided}}
+	restarted := time.Now()
+	second := notifyEnv(t, o, up)
+	rows := second.settled(30 * time.Second)
+	if took := time.Since(restarted); took > 15*time.Second {
+		t.Errorf("the parked deliveries arrived %s after the restart, want them woken by the first delivery (park: 200 s)", took)
+	}
+	if len(rows) != alerts || len(up.events()) != alerts {
+		t.Fatalf("%d notifications, %d delivered after the restart, want %d each", len(rows), len(up.events()), alerts)
 	}
 }
