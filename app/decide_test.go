@@ -43,6 +43,9 @@ rules:
 `
 	alertRules = `
 rules:
+  - name: ignore-informational
+    when: 'alert.severity == "informational"'
+    action: ignore
   - name: high
     when: 'alert.severity == "high"'
 `
@@ -83,6 +86,10 @@ func decisionCases() []decisionCase {
 		{name: "circuit open", rules: machineRules, severity: "High", tags: ws, circuit: true, want: audit.CircuitOpen, rule: "high"},
 		{name: "paused beats the circuit", rules: machineRules, severity: "High", tags: ws, paused: true, circuit: true, want: audit.Paused, rule: "high", unpaused: audit.CircuitOpen},
 		{name: "ignore is not held back", rules: machineRules, severity: "High", tags: []string{"domain-controller"}, paused: true, want: audit.Ignore, rule: "never-dc"},
+		// Rules that read no machine attribute decide these at intake.
+		{name: "intake: no match", rules: alertRules, severity: "Low", want: audit.NoMatch},
+		{name: "intake: ignore", rules: alertRules, severity: "Informational", paused: true, want: audit.Ignore, rule: "ignore-informational"},
+		{name: "intake: no match whatever the machine", rules: alertRules, severity: "Medium", unavailable: true, want: audit.NoMatch},
 	}
 }
 
@@ -93,8 +100,9 @@ type answer struct {
 }
 
 // TestOneDecisionEverywhere runs one table of cases through every entry
-// point that decides (SPEC 11): the evaluate worker (a real pipeline on
-// SQLite and the Defender simulator), the evaluate API (Explain),
+// point that decides (SPEC 11): the evaluate worker or intake (a real
+// pipeline on SQLite and the Defender simulator, which decides at intake
+// what no state or machine attribute can change), the evaluate API (Explain),
 // `responder eval`, `responder test` and replay (of the worker's audit
 // trail, with the same rules). Each must give the same decision and rule
 // for each case; replay ignores the pause history, as SPEC 12 says.
@@ -109,10 +117,10 @@ func TestOneDecisionEverywhere(t *testing.T) {
 			want := answer{tc.want, tc.rule}
 			worker, api, replayed := decideInPipeline(t, tc, rulesFile)
 			got := map[string]answer{
-				"evaluate worker": worker,
-				"evaluate API":    api,
-				"responder eval":  decideWithEval(t, tc, dir, rulesFile),
-				"responder test":  decideWithTest(t, tc, dir, rulesFile),
+				"evaluate worker or intake": worker,
+				"evaluate API":              api,
+				"responder eval":            decideWithEval(t, tc, dir, rulesFile),
+				"responder test":            decideWithTest(t, tc, dir, rulesFile),
 			}
 			for entry, a := range got {
 				if a != want {

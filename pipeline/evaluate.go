@@ -305,6 +305,29 @@ func (p *Pipeline) machineFor(ctx context.Context, a *alert.Alert, set *rules.Se
 	return m, nil
 }
 
+// decideAtDoor decides an alert at intake (store.Door) when nothing but
+// the alert and the rules can change its decision: the rules read no
+// machine attribute, the alert names its machine by id (a name is
+// resolved through Defender first), and no rule with an action matches it.
+// Most alerts of most deployments are of that kind; they are recorded in
+// the commit that stores them and never become a job. The others return
+// nil and go through the queue. Both ways call rules.Decide's halves with
+// what machineFor gives such an alert (nothing), so they decide alike.
+func (p *Pipeline) decideAtDoor(a *alert.Alert) *store.DoorDecision {
+	set := p.rules.Current()
+	if set == nil || set.NeedsMachine() || a.MachineID == "" {
+		return nil
+	}
+	d, ok := rules.DecideWithoutState(rules.Input{Alert: a, Rules: set, DryRun: p.cfg.DryRun, Now: p.cfg.Now()})
+	if !ok {
+		return nil
+	}
+	return &store.DoorDecision{Entry: d.Entry(a), Report: func(rec *audit.Entry) {
+		p.logEvalErrors(a, d)
+		p.reportDecision(rec)
+	}}
+}
+
 // decideItem is one alert with what is known of its machine, to be decided
 // and recorded.
 type decideItem struct {

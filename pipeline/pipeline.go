@@ -87,6 +87,10 @@ type Config struct {
 	// DefaultNotifyRetryCap); NotifyGiveUp is how long after its event a
 	// delivery is given up (default DefaultNotifyGiveUp, a day).
 	NotifyRetryBase, NotifyRetryCap, NotifyGiveUp time.Duration
+	// QueueEveryDecision decides every alert in the evaluate queue, none at
+	// intake (decideAtDoor): how every alert was decided before, kept so
+	// that tests can show both ways decide alike.
+	QueueEveryDecision bool
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -282,7 +286,11 @@ func New(st *store.Store, api defender.API, actionQuota quota.Limiter, rm *rules
 	}
 	p.client = client
 	p.dispatchNow = make(chan struct{}, 1)
-	p.intake = store.NewIntake(st, cfg.Now, p.wakeDispatcher)
+	var door store.Door
+	if !cfg.QueueEveryDecision {
+		door = p.decideAtDoor
+	}
+	p.intake = store.NewIntake(st, cfg.Now, p.wakeDispatcher, door)
 	return p, nil
 }
 

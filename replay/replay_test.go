@@ -143,7 +143,7 @@ func record(t *testing.T, driver string, set *rules.Set, limits rules.CircuitLim
 func (tr *trail) store(t *testing.T, s sent, now time.Time) int64 {
 	t.Helper()
 	ctx := context.Background()
-	in := store.NewIntake(tr.st, func() time.Time { return now }, nil)
+	in := store.NewIntake(tr.st, func() time.Time { return now }, nil, nil)
 	defer in.Close()
 	if _, err := in.Submit(ctx, []alert.Alert{*s.alert()}); err != nil {
 		t.Fatal(err)

@@ -142,6 +142,20 @@ func Decide(in Input) (Decision, error) {
 	return Prepare(in).Settle(in.State, in.Now)
 }
 
+// DecideWithoutState is Decide for a caller that has no state to read:
+// it returns the decision when the state cannot change it (no rule with an
+// action matched: no_match or ignore), and ok false otherwise. Intake
+// decides such alerts as they arrive; it is Decide, not a copy: the same
+// Prepare, the same Settle.
+func DecideWithoutState(in Input) (d Decision, ok bool) {
+	p := Prepare(in)
+	if !p.final {
+		return Decision{}, false
+	}
+	d, err := p.Settle(nil, in.Now)
+	return d, err == nil
+}
+
 // Prepared is a decision whose rules are evaluated and whose state is not
 // read yet: Decide is Prepare then Settle. Replay evaluates the rules of
 // many alerts in parallel (Prepare needs no state) and settles them in

@@ -204,23 +204,18 @@ func (v *View) collectedRecently(machineID string, except int64) (bool, error) {
 // cooldown key its decision holds (rules.CooldownKey; "" for none); rec
 // gets its id.
 func (v *View) Record(rowID int64, rec *audit.Entry, cooldownKey string) error {
-	snapshot, err := audit.MarshalSnapshot(rec.Machine)
+	values, err := entryValues(rowID, v.now, rec)
 	if err != nil {
-		return fmt.Errorf("recording the machine snapshot: %w", err)
+		return err
 	}
 	st, err := v.stmt(&v.insert, insertEntrySQL)
 	if err != nil {
 		return fmt.Errorf("recording the decision: %w", err)
 	}
-	dry := 0
-	if rec.DryRun {
-		dry = 1
-	}
-	if err := st.QueryRowContext(v.ctx, rowID, ms(v.now), rec.Source, rec.AlertID, rec.MachineID, rec.MachineName, rec.Rule, rec.Action,
-		string(rec.Decision), truncate(rec.Reason, 2000), rec.Comment, dry, string(rec.State), snapshot).Scan(&rec.ID); err != nil {
+	if err := st.QueryRowContext(v.ctx, values...).Scan(&rec.ID); err != nil {
 		return fmt.Errorf("recording the decision: %w", err)
 	}
-	rec.AlertRowID, rec.CreatedAt, rec.UpdatedAt = rowID, fromMS(ms(v.now)), fromMS(ms(v.now))
+	recorded(rec, rowID, v.now)
 	if cooldownKey == "" {
 		return nil
 	}
@@ -251,6 +246,27 @@ ON CONFLICT (machine_id, action) DO UPDATE SET last_at = excluded.last_at, audit
 
 const insertEntrySQL = `INSERT INTO responder_audit (alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name,
 rule, action, decision, reason, comment, dry_run, state, machine) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id`
+
+// entryValues are the values of insertEntrySQL for the decision rec of
+// alert row rowID taken at now: every way of recording a decision (one by
+// one in a View, many at once at intake) writes its row from them.
+func entryValues(rowID int64, now time.Time, rec *audit.Entry) ([]any, error) {
+	snapshot, err := audit.MarshalSnapshot(rec.Machine)
+	if err != nil {
+		return nil, fmt.Errorf("recording the machine snapshot: %w", err)
+	}
+	dry := 0
+	if rec.DryRun {
+		dry = 1
+	}
+	return []any{rowID, ms(now), rec.Source, rec.AlertID, rec.MachineID, rec.MachineName, rec.Rule, rec.Action,
+		string(rec.Decision), truncate(rec.Reason, 2000), rec.Comment, dry, string(rec.State), snapshot}, nil
+}
+
+// recorded sets what the store gave rec when it recorded it.
+func recorded(rec *audit.Entry, rowID int64, now time.Time) {
+	rec.AlertRowID, rec.CreatedAt, rec.UpdatedAt = rowID, fromMS(ms(now)), fromMS(ms(now))
+}
 
 // countWindows counts the circuit breaker's windows at now: the collect
 // decisions of the last hour, and their distinct machines in the last 10

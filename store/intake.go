@@ -9,34 +9,55 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/audit"
 )
 
 // Intake commits the alerts of webhook requests to the store, several
 // requests per transaction (a group commit), and marks them undispatched:
 // the dispatcher turns them into evaluation jobs (an outbox), so that the
-// queue's cost is not on the webhook's path.
+// queue's cost is not on the webhook's path. An alert that its Door decides
+// is recorded decided in that same commit and never becomes a job.
 type Intake struct {
 	store      *Store
 	now        func() time.Time
 	onCommit   func()
+	door       Door
 	submits    chan *submitRequest
 	closing    chan struct{}
 	done       chan struct{}
 	closeOnce  sync.Once
 	insertSQLs map[int]string // the committer's insert statements, by rows
+	entrySQLs  map[int]string // its statements recording decisions, by rows
+}
+
+// Door decides an alert at intake, when nothing but the alert and the
+// rules can change its decision (no machine attribute to read, no action
+// for the state to hold back). It returns nil for an alert the queue must
+// decide. It runs in the submitting request's goroutine, concurrently.
+type Door func(a *alert.Alert) *DoorDecision
+
+// DoorDecision is an alert decided at intake. Its Entry is recorded in the
+// commit that stores the alert; once that commit is done, Report is called
+// with the entry (its ID set), unless the alert was a duplicate and so
+// not stored, nor decided.
+type DoorDecision struct {
+	Entry  *audit.Entry
+	Report func(*audit.Entry)
 }
 
 // NewIntake starts the committer of s; onCommit (may be nil) is called
-// after each commit that stored alerts. Close stops it.
-func NewIntake(s *Store, now func() time.Time, onCommit func()) *Intake {
+// after each commit that stored alerts for the queue; door (may be nil)
+// decides alerts at intake. Close stops it.
+func NewIntake(s *Store, now func() time.Time, onCommit func(), door Door) *Intake {
 	if now == nil {
 		now = time.Now
 	}
-	in := &Intake{store: s, now: now, onCommit: onCommit, submits: make(chan *submitRequest, 256),
-		closing: make(chan struct{}), done: make(chan struct{}), insertSQLs: map[int]string{}}
+	in := &Intake{store: s, now: now, onCommit: onCommit, door: door, submits: make(chan *submitRequest, 256),
+		closing: make(chan struct{}), done: make(chan struct{}), insertSQLs: map[int]string{}, entrySQLs: map[int]string{}}
 	go in.committer()
 	return in
 }
@@ -59,12 +80,18 @@ func (in *Intake) Submit(ctx context.Context, alerts []alert.Alert) (alert.Recei
 	// Encode here, in the caller's goroutine: the committer is one
 	// goroutine serving every request, and its time is the intake's limit.
 	req := &submitRequest{ctx: ctx, alerts: alerts, keys: make([]string, len(alerts)), payloads: make([]string, len(alerts)), done: make(chan submitResult, 1)}
+	if in.door != nil {
+		req.decided = make([]*DoorDecision, len(alerts))
+	}
 	for i := range alerts {
 		payload, err := json.Marshal(&alerts[i])
 		if err != nil {
 			return alert.Receipt{}, fmt.Errorf("encoding alert: %w", err)
 		}
 		req.keys[i], req.payloads[i] = alerts[i].DedupKey(), string(payload)
+		if in.door != nil {
+			req.decided[i] = in.door(&alerts[i])
+		}
 	}
 	select {
 	case in.submits <- req:
@@ -75,11 +102,30 @@ func (in *Intake) Submit(ctx context.Context, alerts []alert.Alert) (alert.Recei
 	}
 	select {
 	case res := <-req.done:
+		req.report(res)
 		return res.receipt, res.err
 	case <-ctx.Done():
-		// The batch may still commit; a retry by the sender is then a
-		// duplicate, which is harmless.
+		if !req.handedOff.CompareAndSwap(false, true) {
+			// Answered meanwhile: the decisions are ours to report.
+			res := <-req.done
+			req.report(res)
+			return res.receipt, res.err
+		}
+		// The batch may still commit (and its committer then reports the
+		// decisions); a retry by the sender is a duplicate, harmless.
 		return alert.Receipt{}, ctx.Err()
+	}
+}
+
+// report reports the decisions taken at intake of the alerts res stored.
+func (r *submitRequest) report(res submitResult) {
+	if res.err != nil || r.decided == nil {
+		return
+	}
+	for i, d := range r.decided {
+		if d != nil && !res.receipt.Duplicate[i] {
+			d.Report(d.Entry)
+		}
 	}
 }
 
@@ -89,9 +135,14 @@ var ErrClosed = errors.New("the store takes no more alerts: it is closing")
 type submitRequest struct {
 	ctx      context.Context
 	alerts   []alert.Alert
-	keys     []string // dedup keys, by alert
-	payloads []string // stored JSON, by alert
+	keys     []string        // dedup keys, by alert
+	payloads []string        // stored JSON, by alert
+	decided  []*DoorDecision // by alert: decided at intake, or nil
 	done     chan submitResult
+	// handedOff is set by whichever comes first: the committer answering
+	// (the caller then reports the decisions, in its own goroutine), or
+	// the caller leaving (the committer reports them).
+	handedOff atomic.Bool
 }
 
 type submitResult struct {
@@ -164,16 +215,20 @@ func (in *Intake) commitBatch(batch []*submitRequest) {
 		}
 		unique = append(unique, it)
 	}
-	err := in.insert(live, unique, receipts)
-	if err == nil && in.onCommit != nil {
+	queued, err := in.insert(live, unique, receipts)
+	if err == nil && queued > 0 && in.onCommit != nil {
 		in.onCommit()
 	}
 	for ri, r := range live {
-		if err != nil {
-			r.done <- submitResult{err: err}
+		res := submitResult{err: err}
+		if err == nil {
+			res.receipt = receipts[ri]
+		}
+		if r.handedOff.CompareAndSwap(false, true) {
+			r.done <- res
 			continue
 		}
-		r.done <- submitResult{receipt: receipts[ri]}
+		r.report(res) // its caller is gone
 	}
 }
 
@@ -184,50 +239,76 @@ type intakeItem struct {
 	key      string
 }
 
-// insert stores the unique alerts of live in one transaction and marks in
-// receipts those that were stored before.
-func (in *Intake) insert(live []*submitRequest, unique []intakeItem, receipts []alert.Receipt) error {
+// insert stores the unique alerts of live in one transaction, with the
+// decisions of those decided at intake, and marks in receipts those that
+// were stored before. It returns how many were stored for the queue.
+func (in *Intake) insert(live []*submitRequest, unique []intakeItem, receipts []alert.Receipt) (queued int, err error) {
 	now := in.now()
 	// The batch outlives any one request's context: it serves them all.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return in.store.RetryTx(ctx, func(tx *sql.Tx) error {
+	err = in.store.RetryTx(ctx, func(tx *sql.Tx) error {
+		queued = 0 // a retried transaction starts afresh
+		var entries []entryRow
 		// Many rows per statement: one round trip (PostgreSQL) and one
 		// statement execution (SQLite) per chunk, not per alert.
 		for start := 0; start < len(unique); start += insertChunk {
 			chunk := unique[start:min(start+insertChunk, len(unique))]
-			args := make([]any, 0, 7*len(chunk))
+			args := make([]any, 0, 8*len(chunk))
 			for _, it := range chunk {
 				r := live[it.req]
 				a := &r.alerts[it.idx]
-				args = append(args, it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, r.payloads[it.idx], ms(now))
+				dispatched := 0
+				if r.decision(it.idx) != nil {
+					dispatched = 1 // decided here: nothing for the dispatcher
+				}
+				args = append(args, it.key, string(a.Source), a.ID, a.MachineID, a.MachineName, r.payloads[it.idx], ms(now), dispatched)
 			}
 			stored, err := insertedKeys(ctx, tx, in.insertSQL(len(chunk)), args)
 			if err != nil {
 				return err
 			}
 			for _, it := range chunk {
-				receipts[it.req].Duplicate[it.idx] = !stored[it.key]
+				rowID, ok := stored[it.key]
+				receipts[it.req].Duplicate[it.idx] = !ok
+				switch d := live[it.req].decision(it.idx); {
+				case !ok:
+				case d == nil:
+					queued++
+				default:
+					entries = append(entries, entryRow{rowID: rowID, rec: d.Entry})
+				}
 			}
 		}
-		return nil
+		return in.insertEntries(ctx, tx, now, entries)
 	})
+	return queued, err
 }
 
-// insertedKeys runs an insert that returns the dedup keys it stored.
-func insertedKeys(ctx context.Context, tx *sql.Tx, query string, args []any) (map[string]bool, error) {
+// decision is alert i's decision at intake, nil when the queue decides it.
+func (r *submitRequest) decision(i int) *DoorDecision {
+	if r.decided == nil {
+		return nil
+	}
+	return r.decided[i]
+}
+
+// insertedKeys runs an insert that returns the row id and dedup key of
+// each alert it stored.
+func insertedKeys(ctx context.Context, tx *sql.Tx, query string, args []any) (map[string]int64, error) {
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("storing alerts: %w", err)
 	}
 	defer rows.Close()
-	stored := map[string]bool{}
+	stored := map[string]int64{}
 	for rows.Next() {
+		var id int64
 		var key string
-		if err := rows.Scan(&key); err != nil {
+		if err := rows.Scan(&id, &key); err != nil {
 			return nil, fmt.Errorf("storing alerts: %w", err)
 		}
-		stored[key] = true
+		stored[key] = id
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("storing alerts: %w", err)
@@ -235,31 +316,107 @@ func insertedKeys(ctx context.Context, tx *sql.Tx, query string, args []any) (ma
 	return stored, nil
 }
 
-// insertChunk bounds the rows of one insert statement (7 parameters each,
-// well inside both databases' parameter limits).
+// entryRow is a decision to record at intake, for its alert row.
+type entryRow struct {
+	rowID int64
+	rec   *audit.Entry
+}
+
+// insertEntries records decisions taken at intake, many per statement,
+// from the values every decision is recorded with (entryValues), and sets
+// what the store gave each entry.
+func (in *Intake) insertEntries(ctx context.Context, tx *sql.Tx, now time.Time, entries []entryRow) error {
+	for start := 0; start < len(entries); start += insertChunk {
+		chunk := entries[start:min(start+insertChunk, len(entries))]
+		args := make([]any, 0, 15*len(chunk))
+		for _, e := range chunk {
+			v, err := entryValues(e.rowID, now, e.rec)
+			if err != nil {
+				return err
+			}
+			// created_at and updated_at: one value, two anonymous parameters.
+			args = append(append(append(args, v[:2]...), v[1]), v[2:]...)
+		}
+		rows, err := tx.QueryContext(ctx, in.insertEntriesSQL(len(chunk)), args...)
+		if err != nil {
+			return fmt.Errorf("recording decisions: %w", err)
+		}
+		ids := make(map[int64]int64, len(chunk))
+		for rows.Next() {
+			var id, rowID int64
+			if err := rows.Scan(&id, &rowID); err != nil {
+				rows.Close()
+				return fmt.Errorf("recording decisions: %w", err)
+			}
+			ids[rowID] = id
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return fmt.Errorf("recording decisions: %w", err)
+		}
+		for _, e := range chunk {
+			id, ok := ids[e.rowID]
+			if !ok {
+				return fmt.Errorf("recording decisions: no audit entry returned for alert row %d", e.rowID)
+			}
+			e.rec.ID = id
+			recorded(e.rec, e.rowID, now)
+		}
+	}
+	return nil
+}
+
+// insertChunk bounds the rows of one insert statement (8 or 15 parameters
+// each, well inside both databases' parameter limits).
 const insertChunk = 100
 
 // insertSQL returns the insert statement for n alert rows; its text depends
-// only on n, so both drivers' statement caches reuse it. SQLite gets
-// anonymous parameters: the driver looks each numbered one up by name in a
-// list as long as the statement's parameters (quadratic in the rows).
+// only on n, so both drivers' statement caches reuse it.
 func (in *Intake) insertSQL(n int) string {
 	if q, ok := in.insertSQLs[n]; ok {
 		return q
 	}
 	var b strings.Builder
 	b.WriteString(`INSERT INTO responder_alert (dedup_key, source, alert_id, machine_id, machine_name, payload, received_at, dispatched) VALUES `)
+	in.store.writeValues(&b, n, 8)
+	b.WriteString(` ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key`)
+	in.insertSQLs[n] = b.String()
+	return in.insertSQLs[n]
+}
+
+// insertEntriesSQL returns the statement recording n decisions at intake:
+// insertEntrySQL's columns, many rows.
+func (in *Intake) insertEntriesSQL(n int) string {
+	if q, ok := in.entrySQLs[n]; ok {
+		return q
+	}
+	var b strings.Builder
+	b.WriteString(`INSERT INTO responder_audit (alert_row_id, created_at, updated_at, source, alert_id, machine_id, machine_name,
+rule, action, decision, reason, comment, dry_run, state, machine) VALUES `)
+	in.store.writeValues(&b, n, 15)
+	b.WriteString(` RETURNING id, alert_row_id`)
+	in.entrySQLs[n] = b.String()
+	return in.entrySQLs[n]
+}
+
+// writeValues writes the VALUES tuples of n rows of width parameters. SQLite
+// gets anonymous parameters: the driver looks each numbered one up by name
+// in a list as long as the statement's parameters (quadratic in the rows).
+func (s *Store) writeValues(b *strings.Builder, n, width int) {
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		if in.store.Driver == DriverSQLite {
-			b.WriteString("(?, ?, ?, ?, ?, ?, ?, 0)")
-			continue
+		b.WriteByte('(')
+		for j := range width {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			if s.Driver == DriverSQLite {
+				b.WriteByte('?')
+				continue
+			}
+			fmt.Fprintf(b, "$%d", width*i+j+1)
 		}
-		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, 0)", 7*i+1, 7*i+2, 7*i+3, 7*i+4, 7*i+5, 7*i+6, 7*i+7)
+		b.WriteByte(')')
 	}
-	b.WriteString(` ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key`)
-	in.insertSQLs[n] = b.String()
-	return in.insertSQLs[n]
 }

@@ -1,0 +1,146 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/riverqueue/river"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/responder-dev/responder/alert"
+	"github.com/responder-dev/responder/audit"
+	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
+	"github.com/responder-dev/responder/metrics"
+	"github.com/responder-dev/responder/store"
+)
+
+// doorRules read no machine attribute; "count" fails at run time on
+// every alert (no such label), which counts as not matching and is
+// reported in the reason and the logs.
+const doorRules = `
+rules:
+  - name: ignore-informational
+    when: 'alert.severity == "informational"'
+    action: ignore
+  - name: count
+    when: 'int(alert.labels["count"]) > 3'
+  - name: high
+    when: 'alert.severity == "high"'
+`
+
+// doorAlerts are decided at intake (ignore, no match), in the queue (a
+// collection; a machine named only by host name), or not at all (a
+// duplicate).
+func doorAlerts() []alert.Alert {
+	byName := mdeAlert("by-name", "", "low")
+	byName.MachineName = "ws-1.example.com"
+	return []alert.Alert{
+		mdeAlert("info", defendertest.DevWorkstationID, "informational"),
+		mdeAlert("low", defendertest.DevWorkstationID, "low"),
+		mdeAlert("high", defendertest.DevWorkstationID, "high"),
+		byName,
+		mdeAlert("low", defendertest.DevWorkstationID, "low"),
+		mdeAlert("medium", fmt.Sprintf("%040x", 0xd00), "medium"),
+	}
+}
+
+// TestDecidedAtIntakeAsInTheQueue: with rules that read no machine
+// attribute, an alert no rule with an action matches is decided at intake,
+// in the commit that stores it, and never becomes a job; it is recorded,
+// counted and logged exactly as the evaluate worker records, counts and
+// logs it. The others still go through the queue.
+func TestDecidedAtIntakeAsInTheQueue(t *testing.T) {
+	t.Parallel()
+	for _, driver := range []string{store.DriverSQLite, store.DriverPostgres} {
+		t.Run(driver, func(t *testing.T) {
+			t.Parallel()
+			type outcome struct {
+				entries map[string]audit.Entry
+				logs    []string
+				counts  map[string]float64
+				jobbed  []string // alerts that became evaluate jobs
+			}
+			run := func(queueAll bool) outcome {
+				core, logs := observer.New(zapcore.InfoLevel)
+				o := envOpts{rulesSrc: doorRules, logs: core, cfg: Config{QueueEveryDecision: queueAll, DryRun: true}}
+				if driver == store.DriverPostgres {
+					o.driver, o.dsn = driver, testkit.PostgresDSN(t)
+				}
+				e := setup(t, o)
+				r := e.submit(doorAlerts()...)
+				if want := []bool{false, false, false, false, true, false}; !slices.Equal(r.Duplicate, want) {
+					t.Fatalf("duplicates %v, want %v", r.Duplicate, want)
+				}
+				for _, id := range []string{"info", "low", "high", "by-name", "medium"} {
+					e.waitEntry(id, func(*audit.Entry) bool { return true })
+				}
+				out := outcome{entries: map[string]audit.Entry{}, counts: map[string]float64{}}
+				rowAlert := map[int64]string{}
+				for _, en := range e.entries() {
+					rowAlert[en.AlertRowID] = en.AlertID
+					c := *en
+					// What only the store's clock and counters set.
+					c.ID, c.AlertRowID, c.CreatedAt, c.UpdatedAt = 0, 0, time.Time{}, time.Time{}
+					out.entries[en.AlertID] = c
+				}
+				for _, l := range logs.All() {
+					if l.Message == "decision" || l.Message == "rule evaluation error" {
+						f := l.ContextMap()
+						delete(f, "audit_id")
+						out.logs = append(out.logs, fmt.Sprint(l.Level, " ", l.Message, " ", f))
+					}
+				}
+				slices.Sort(out.logs)
+				for _, rule := range []string{"ignore-informational", "count", "high", metrics.NoRule} {
+					for _, d := range audit.Decisions() {
+						if v := testutil.ToFloat64(e.m.Decisions.WithLabelValues(rule, string(d))); v != 0 {
+							out.counts[rule+"/"+string(d)] = v
+						}
+					}
+				}
+				jobs, err := e.p.client.JobList(context.Background(), river.NewJobListParams().Kinds(evaluateArgs{}.Kind()).First(1000))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, j := range jobs.Jobs {
+					var args evaluateArgs
+					if err := json.Unmarshal(j.EncodedArgs, &args); err != nil {
+						t.Fatal(err)
+					}
+					for _, id := range args.AlertRowIDs {
+						out.jobbed = append(out.jobbed, rowAlert[id])
+					}
+				}
+				slices.Sort(out.jobbed)
+				return out
+			}
+			door, queue := run(false), run(true)
+			if want := []string{"by-name", "high"}; !slices.Equal(door.jobbed, want) {
+				t.Errorf("with intake deciding, the alerts that became jobs are %v, want %v", door.jobbed, want)
+			}
+			if want := []string{"by-name", "high", "info", "low", "medium"}; !slices.Equal(queue.jobbed, want) {
+				t.Errorf("with every decision queued, the alerts that became jobs are %v, want %v", queue.jobbed, want)
+			}
+			if fmt.Sprint(door.entries) != fmt.Sprint(queue.entries) {
+				t.Errorf("audit entries differ:\nintake: %+v\nqueue:  %+v", door.entries, queue.entries)
+			}
+			if !slices.Equal(door.logs, queue.logs) {
+				t.Errorf("log lines differ:\nintake: %q\nqueue:  %q", door.logs, queue.logs)
+			}
+			if fmt.Sprint(door.counts) != fmt.Sprint(queue.counts) {
+				t.Errorf("responder_decisions_total differs:\nintake: %v\nqueue:  %v", door.counts, queue.counts)
+			}
+			if len(door.entries) != 5 || door.entries["info"].Decision != audit.Ignore || door.entries["low"].Decision != audit.NoMatch ||
+				door.entries["high"].Decision != audit.DryRun {
+				t.Errorf("entries %+v", door.entries)
+			}
+		})
+	}
+}
