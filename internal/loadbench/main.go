@@ -54,7 +54,7 @@ func main() {
 	scenario := flag.String("scenario", "intake", "intake, dispatch, storm, idle, all (these four), replay, notify or sustained")
 	duration := flag.Duration("duration", 10*time.Second, "length of each closed-loop run (sustained: default 30s)")
 	conns := flag.Int("connections", 64, "concurrent connections of the closed loop")
-	postgres := flag.String("postgres", "", "PostgreSQL DSN of a database to create benchmark databases beside (intake and replay on postgres); empty skips it")
+	postgres := flag.String("postgres", "", "PostgreSQL DSN of a database to create benchmark databases beside (intake, replay and sustained on postgres); empty skips it")
 	stormAlerts := flag.Int("storm-alerts", 100_000, "alerts of the storm")
 	stormMachines := flag.Int("storm-machines", 20_000, "machines of the storm")
 	stormObserve := flag.Duration("storm-observe", 3*time.Minute, "how long to watch the storm drain")
