@@ -253,7 +253,7 @@ func (r *sustainedRow) table() string {
 	row("202 latency p50 / p99", "%.2f / %.2f ms", ms(r.p50), ms(r.p99))
 	row(fmt.Sprintf("open loop %d/s: 202 p50 / p99", sustainedOpenRate), "%.2f / %.2f ms (%d of %d answers 202)", ms(r.openP50), ms(r.openP99), r.openOK, r.openAnswered)
 	if r.reads > 0 || r.quotaWaits > 0 {
-		row("machine reads in the window; quota waits", "%.0f; %.0f calls waited %.2f s in all", r.reads, r.quotaWaits, r.quotaWait)
+		row("machine reads in the window; their wait for the responder's quota", "%.0f; %.2f s in all (%.0f calls through the quota)", r.reads, r.quotaWait, r.quotaWaits)
 	}
 	return sb.String()
 }
@@ -338,7 +338,9 @@ func (b *bench) sustainedRun(o sustainedOptions, mix sustainedMix, st sustainedS
 	fmt.Printf("%-44s responder %.1f s (%.0f µs per decided alert), load generator %.1f s (%.1f µs per answer: %s)\n", "CPU over the window", row.respCPU.Seconds(),
 		perAlert(row.respCPU, row.decided), (self1 - self0).Seconds(), row.clientCPU, row.clientWith)
 	if mix.readsMachines {
-		fmt.Printf("%-44s %.0f machine reads in the window; %.0f Defender calls waited for the responder's quota, %.2f s in all\n", "", row.reads, row.quotaWaits, row.quotaWait)
+		readSecs := m1.sum("responder_defender_request_duration_seconds_sum", `operation="get_machine"`) - m0.sum("responder_defender_request_duration_seconds_sum", `operation="get_machine"`)
+		fmt.Printf("%-44s %.0f machine reads in the window (%.0f since the start, of %d machines), %.1f ms each on average; %.0f Defender calls went through the responder's quota, waiting %.2f s in all\n", "",
+			row.reads, m1.sum("responder_defender_requests_total", `operation="get_machine"`), sustainedMachines, 1000*readSecs/max(row.reads, 1), row.quotaWaits, row.quotaWait)
 		if row.quotaWait > 0.1 {
 			fmt.Printf("%-44s the responder's Defender quota held machine reads back: deciding is capped by it\n", "")
 		}

@@ -72,3 +72,15 @@ func TestSustainedPayloads(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkMDEAlerts is the load generator's cost of one payload, to set
+// against the client's CPU per request that the scenario prints.
+func BenchmarkMDEAlerts(b *testing.B) {
+	g := newMDEAlerts(sustainedSeed, newSustainedFleet(sustainedSeed, sustainedMachines, sustainedQualifying), 10)
+	buf := make([]byte, 0, 2048)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = g.append(buf[:0])
+	}
+	b.SetBytes(int64(len(buf)))
+}
