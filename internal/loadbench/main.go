@@ -14,7 +14,9 @@
 // seeded with 1,000,000 alerts replayed against 1,000 rules, and the
 // intake's p99 beside a replay; not part of all, see replay.go), notify
 // (issue 14: dispatch with a dead and a slow notifier, and a receiver down
-// for minutes then back; not part of all, see notify.go).
+// for minutes then back; not part of all, see notify.go), sustained (issue 15:
+// alerts accepted and decided per second over one window, the backlog, CPU
+// per alert, beside the bare handler; not part of all, see sustained.go).
 package main
 
 import (
@@ -49,10 +51,10 @@ import (
 )
 
 func main() {
-	scenario := flag.String("scenario", "intake", "intake, dispatch, storm, idle, all (these four), replay or notify")
-	duration := flag.Duration("duration", 10*time.Second, "length of each closed-loop run")
+	scenario := flag.String("scenario", "intake", "intake, dispatch, storm, idle, all (these four), replay, notify or sustained")
+	duration := flag.Duration("duration", 10*time.Second, "length of each closed-loop run (sustained: default 30s)")
 	conns := flag.Int("connections", 64, "concurrent connections of the closed loop")
-	postgres := flag.String("postgres", "", "PostgreSQL DSN of a database to create benchmark databases beside (intake and replay on postgres); empty skips it")
+	postgres := flag.String("postgres", "", "PostgreSQL DSN of a database to create benchmark databases beside (intake, replay and sustained on postgres); empty skips it")
 	stormAlerts := flag.Int("storm-alerts", 100_000, "alerts of the storm")
 	stormMachines := flag.Int("storm-machines", 20_000, "machines of the storm")
 	stormObserve := flag.Duration("storm-observe", 3*time.Minute, "how long to watch the storm drain")
@@ -69,6 +71,7 @@ func main() {
 	flag.DurationVar(&no.outage, "notify-outage", 5*time.Minute, "notify scenario: how long the receiver answers 503")
 	flag.DurationVar(&no.flow, "notify-flow", 2*time.Minute, "notify scenario: how long alerts flow from the start of the outage")
 	flag.IntVar(&no.flowRate, "notify-rate", 10, "notify scenario: alerts per second during the outage")
+	sustainedMix := flag.String("sustained-mix", "severity,tags", "sustained scenario: the workloads to run (severity, tags)")
 	flag.Parse()
 	ro.postgres = *postgres
 	if ro.storePath == "" {
@@ -104,6 +107,13 @@ func main() {
 	}
 	if *scenario == "notify" {
 		b.notify(no)
+	}
+	if *scenario == "sustained" {
+		so := sustainedOptions{duration: *duration, conns: *conns, postgres: *postgres, mixes: *sustainedMix}
+		if !flagSet("duration") {
+			so.duration = sustainedDefaultDuration
+		}
+		b.sustained(so)
 	}
 }
 
