@@ -72,6 +72,7 @@ func main() {
 	flag.DurationVar(&no.flow, "notify-flow", 2*time.Minute, "notify scenario: how long alerts flow from the start of the outage")
 	flag.IntVar(&no.flowRate, "notify-rate", 10, "notify scenario: alerts per second during the outage")
 	sustainedMix := flag.String("sustained-mix", "severity,tags", "sustained scenario: the workloads to run (severity, tags)")
+	binary := flag.String("binary", "", "responder binary to measure (default: build this checkout)")
 	flag.Parse()
 	ro.postgres = *postgres
 	if ro.storePath == "" {
@@ -83,7 +84,7 @@ func main() {
 		}
 	}
 
-	b, err := newBench()
+	b, err := newBench(*binary)
 	if err != nil {
 		fatal(err)
 	}
@@ -156,10 +157,15 @@ type bench struct {
 	binary string
 }
 
-func newBench() (*bench, error) {
+func newBench(binary string) (*bench, error) {
 	dir, err := os.MkdirTemp("", "loadbench-")
 	if err != nil {
 		return nil, err
+	}
+	if binary != "" {
+		// A binary built elsewhere (an earlier commit): before and after
+		// side by side, with the same load generator.
+		return &bench{dir: dir, binary: binary}, nil
 	}
 	b := &bench{dir: dir, binary: filepath.Join(dir, "responder")}
 	cmd := exec.Command("go", "build", "-o", b.binary, ".")
