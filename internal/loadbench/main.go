@@ -424,14 +424,7 @@ func (b *bench) startWith(sim *defendertest.Simulator, args []string, env ...str
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, l := range out.find(`"msg":"listening"`) {
-			var rec struct{ Listener, Addr string }
-			_ = json.Unmarshal([]byte(l), &rec)
-			switch rec.Listener {
-			case "webhooks":
-				r.hook = "http://" + rec.Addr + "/webhooks/defender"
-			case "admin":
-				r.admin = "http://" + rec.Addr
-			}
+			r.noteListening([]byte(l))
 		}
 		if r.hook != "" && r.admin != "" {
 			return r
@@ -440,6 +433,21 @@ func (b *bench) startWith(sim *defendertest.Simulator, args []string, env ...str
 	}
 	fatal(errors.New("responder did not start"))
 	return nil
+}
+
+// noteListening takes the webhook and admin addresses from a "listening"
+// log line.
+func (r *responder) noteListening(line []byte) {
+	var rec struct{ Listener, Addr string }
+	if json.Unmarshal(line, &rec) != nil {
+		return
+	}
+	switch rec.Listener {
+	case "webhooks":
+		r.hook = "http://" + rec.Addr + "/webhooks/defender"
+	case "admin":
+		r.admin = "http://" + rec.Addr
+	}
 }
 
 func (r *responder) stop() {

@@ -538,16 +538,7 @@ func (r *sustainedResponder) findListeners(limit time.Duration) error {
 			if !bytes.Contains(line, []byte(`"msg":"listening"`)) {
 				continue
 			}
-			var rec struct{ Listener, Addr string }
-			if json.Unmarshal(line, &rec) != nil {
-				continue
-			}
-			switch rec.Listener {
-			case "webhooks":
-				r.hook = "http://" + rec.Addr + "/webhooks/defender"
-			case "admin":
-				r.admin = "http://" + rec.Addr
-			}
+			r.noteListening(line)
 		}
 		if r.hook != "" && r.admin != "" {
 			return nil
