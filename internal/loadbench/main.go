@@ -424,7 +424,7 @@ func (b *bench) startWith(sim *defendertest.Simulator, args []string, env ...str
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, l := range out.find(`"msg":"listening"`) {
-			r.noteListening([]byte(l))
+			noteListening([]byte(l), &r.hook, &r.admin)
 		}
 		if r.hook != "" && r.admin != "" {
 			return r
@@ -436,17 +436,17 @@ func (b *bench) startWith(sim *defendertest.Simulator, args []string, env ...str
 }
 
 // noteListening takes the webhook and admin addresses from a "listening"
-// log line.
-func (r *responder) noteListening(line []byte) {
+// log line into hook and admin.
+func noteListening(line []byte, hook, admin *string) {
 	var rec struct{ Listener, Addr string }
 	if json.Unmarshal(line, &rec) != nil {
 		return
 	}
 	switch rec.Listener {
 	case "webhooks":
-		r.hook = "http://" + rec.Addr + "/webhooks/defender"
+		*hook = "http://" + rec.Addr + "/webhooks/defender"
 	case "admin":
-		r.admin = "http://" + rec.Addr
+		*admin = "http://" + rec.Addr
 	}
 }
 

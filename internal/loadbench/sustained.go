@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -538,7 +537,7 @@ func (r *sustainedResponder) findListeners(limit time.Duration) error {
 			if !bytes.Contains(line, []byte(`"msg":"listening"`)) {
 				continue
 			}
-			r.noteListening(line)
+			noteListening(line, &r.hook, &r.admin)
 		}
 		if r.hook != "" && r.admin != "" {
 			return nil
