@@ -166,6 +166,10 @@ func (s *Store) openSQLite(path string) error {
 	// own, which would stall a webhook's commit while it copies the WAL
 	// into the database and syncs it, only as a backstop (40 MiB of WAL).
 	q.Add("_pragma", "wal_autocheckpoint(10000)")
+	// A statement that inserts many rows (the intake's) keeps a journal to
+	// undo itself should it fail halfway: in memory, not a temporary file
+	// written page by page with a system call each.
+	q.Add("_pragma", "temp_store(MEMORY)")
 	q.Set("_txlock", "immediate")
 	// Statements are parsed once per connection and reused (sqlitecache):
 	// River and the pipeline query with SQL text, and parsing it each time

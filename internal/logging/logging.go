@@ -6,6 +6,7 @@ package logging
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"go.uber.org/zap"
@@ -46,7 +47,9 @@ func CheckFormat(format string) error {
 }
 
 // New builds the logger: one JSON object per line on w with the keys ts,
-// level and msg, or a console format.
+// level and msg, or a console format. When w is a file or pipe, lines
+// logged together are written together (groupWriter); logger.Sync writes
+// what is pending.
 func New(level, format string, w io.Writer) (*zap.Logger, error) {
 	if err := CheckLevel(level); err != nil {
 		return nil, fmt.Errorf("log.level: %w", err)
@@ -72,7 +75,15 @@ func New(level, format string, w io.Writer) (*zap.Logger, error) {
 	} else {
 		encoder = zapcore.NewJSONEncoder(enc)
 	}
-	core := zapcore.NewCore(encoder, zapcore.Lock(zapcore.AddSync(w)), levels[level])
+	var sink zapcore.WriteSyncer
+	if f, ok := w.(*os.File); ok {
+		// A file or pipe (stdout): one write per line would be a system
+		// call per line, a large part of an alert's cost under load.
+		sink = newGroupWriter(f)
+	} else {
+		sink = zapcore.Lock(zapcore.AddSync(w))
+	}
+	core := zapcore.NewCore(encoder, sink, levels[level])
 	return zap.New(core, zap.AddStacktrace(zapcore.DPanicLevel)), nil
 }
 
