@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -458,5 +460,40 @@ func TestInvalidUTF8Ids(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(b.m.AlertsReceived.WithLabelValues("defender", "invalid")); got != 3 {
 		t.Fatalf(`alerts_received_total{source="defender",outcome="invalid"} = %v, want 3`, got)
+	}
+}
+
+// TestReadBody: the body is read whole whether its length is declared or
+// not, and one byte past the limit is read to tell that it is too large.
+func TestReadBody(t *testing.T) {
+	t.Parallel()
+	const limit = 1024
+	for name, tc := range map[string]struct {
+		size     int
+		declared bool
+		wantLen  int
+	}{
+		"declared, small":          {size: 10, declared: true, wantLen: 10},
+		"declared, at the limit":   {size: limit, declared: true, wantLen: limit},
+		"chunked, at the limit":    {size: limit, wantLen: limit},
+		"chunked, past the limit":  {size: 5 * limit, wantLen: limit + 1},
+		"declared, empty":          {size: 0, declared: true, wantLen: 0},
+		"declared, past the limit": {size: limit + 1, declared: true, wantLen: limit + 1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			body := bytes.Repeat([]byte("a"), tc.size)
+			r := httptest.NewRequest(http.MethodPost, "/webhooks/defender", io.MultiReader(bytes.NewReader(body)))
+			r.ContentLength = -1
+			if tc.declared {
+				r.ContentLength = int64(tc.size)
+			}
+			got, err := readBody(r, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != tc.wantLen || !bytes.Equal(got, body[:tc.wantLen]) {
+				t.Fatalf("read %d bytes, want the first %d of the body", len(got), tc.wantLen)
+			}
+		})
 	}
 }

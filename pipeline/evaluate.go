@@ -424,7 +424,8 @@ func (p *Pipeline) reportDecision(rec *audit.Entry) {
 		label = metrics.NoRule
 	}
 	p.m.Decisions.WithLabelValues(label, string(rec.Decision)).Inc()
-	fields := []zap.Field{zap.String("source", rec.Source), zap.String("alert_id", rec.AlertID)}
+	fields := make([]zap.Field, 0, 8) // the most there are: one allocation
+	fields = append(fields, zap.String("source", rec.Source), zap.String("alert_id", rec.AlertID))
 	// An alert may name its machine by id, by name, or by a name that no
 	// machine has: log what is known, never an empty key.
 	if rec.MachineID != "" {
