@@ -270,6 +270,9 @@ func (e *lookupError) Unwrap() error { return e.err }
 // (the evaluator) or to decide without (the evaluate API). The evaluator and
 // the evaluate API both use it, so that they decide alike.
 func (p *Pipeline) machineFor(ctx context.Context, a *alert.Alert, set *rules.Set) (rules.Machine, error) {
+	if m, ok := p.knownMachine(a, set); ok {
+		return m, nil
+	}
 	var m rules.Machine
 	if a.MachineID == "" {
 		if p.api == nil {
@@ -287,12 +290,9 @@ func (p *Pipeline) machineFor(ctx context.Context, a *alert.Alert, set *rules.Se
 		m.Notes = append(m.Notes, note)
 	}
 	if !set.NeedsMachine() {
-		return m, nil
+		return m, nil // resolved by name: no attribute to read
 	}
-	if p.api == nil {
-		m.Unavailable = "machine attributes unavailable without Defender credentials (dry run)"
-		return m, nil
-	}
+	// With credentials (knownMachine settles it without), and not cached.
 	attrs, err := p.machine(ctx, a.MachineID)
 	switch {
 	case err == nil:
@@ -305,20 +305,45 @@ func (p *Pipeline) machineFor(ctx context.Context, a *alert.Alert, set *rules.Se
 	return m, nil
 }
 
+// knownMachine is what machineFor gives a without asking Defender, and
+// whether it could: the alert names its machine by id and the rules read no
+// machine attribute, or read them and the machine's are cached (as fresh
+// as machineFor would take them), or there are no credentials to ask with.
+// machineFor takes this path first, so that both give the same.
+func (p *Pipeline) knownMachine(a *alert.Alert, set *rules.Set) (rules.Machine, bool) {
+	var m rules.Machine
+	switch {
+	case a.MachineID == "":
+		return m, false // the name is resolved through Defender
+	case !set.NeedsMachine():
+		return m, true
+	case p.api == nil:
+		m.Unavailable = "machine attributes unavailable without Defender credentials (dry run)"
+		return m, true
+	}
+	attrs, ok := p.machines.get(a.MachineID)
+	m.Attributes = attrs
+	return m, ok
+}
+
 // decideAtDoor decides an alert at intake (store.Door) when nothing but
-// the alert and the rules can change its decision: the rules read no
-// machine attribute, the alert names its machine by id (a name is
-// resolved through Defender first), and no rule with an action matches it.
-// Most alerts of most deployments are of that kind; they are recorded in
-// the commit that stores them and never become a job. The others return
-// nil and go through the queue. Both ways call rules.Decide's halves with
-// what machineFor gives such an alert (nothing), so they decide alike.
+// the alert, the rules and what is known of its machine without asking
+// Defender (knownMachine: no attribute read, or the machine's cached) can
+// change its decision, and no rule with an action matches it. Most alerts
+// of most deployments are of that kind; they are recorded in the commit
+// that stores them and never become a job. The others return nil and go
+// through the queue. Both ways call rules.Decide's halves with what
+// machineFor gives the alert, so they decide alike.
 func (p *Pipeline) decideAtDoor(a *alert.Alert) *store.DoorDecision {
 	set := p.rules.Current()
-	if set == nil || set.NeedsMachine() || a.MachineID == "" {
+	if set == nil {
 		return nil
 	}
-	d, ok := rules.DecideWithoutState(rules.Input{Alert: a, Rules: set, DryRun: p.cfg.DryRun, Now: p.cfg.Now()})
+	m, ok := p.knownMachine(a, set)
+	if !ok {
+		return nil
+	}
+	d, ok := rules.DecideWithoutState(rules.Input{Alert: a, Machine: m, Rules: set, DryRun: p.cfg.DryRun, Now: p.cfg.Now()})
 	if !ok {
 		return nil
 	}
