@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,6 +74,9 @@ const (
 	sustainedQualifying = 3_000
 	// sustainedWarmUp is the closed loop before each measured window.
 	sustainedWarmUp = 2 * time.Second
+	// sustainedPrime bounds priming the machine cache (the mixes whose
+	// rules read machine.*): one alert from each machine, decided.
+	sustainedPrime = 3 * time.Minute
 	// sustainedDrain is how long the backlog is watched after the load.
 	sustainedDrain = 10 * time.Second
 	// sustainedOpenRate and sustainedOpenFor are the open loop's.
@@ -304,6 +308,24 @@ func (b *bench) sustainedRun(o sustainedOptions, mix sustainedMix, st sustainedS
 	lc := newLoadClient(o.conns, token)
 	defer lc.close()
 	gen := newMDEAlerts(sustainedSeed, fleet, mix.qualifyingPercent)
+	if mix.readsMachines {
+		// A deployment's steady state: every machine that raises alerts
+		// has been read in the last 10 minutes (the responder's machine
+		// cache). One alert from each machine of the fleet, then the
+		// backlog drained, before the window; a cold start is a different
+		// measurement (machine reads at Defender's pace).
+		began := time.Now()
+		primed := lc.each(r.hook, o.conns, len(fleet.hosts), gen.appendFrom)
+		left, drained := r.watchBacklog(began, sustainedPrime)
+		reads := r.scrape().sum("responder_defender_requests_total", `operation="get_machine"`)
+		if drained > 0 {
+			fmt.Printf("%-44s one alert from each of the %d machines (%d answers %v), decided with %.0f machine reads in %.1f s\n", "machine cache primed",
+				len(fleet.hosts), primed.requests, primed.codes, reads, drained.Seconds())
+		} else {
+			fmt.Printf("%-44s one alert from each of the %d machines, %.0f machine reads, %.0f still undecided after %s: the window starts with that backlog\n", "machine cache NOT primed",
+				len(fleet.hosts), reads, left, sustainedPrime)
+		}
+	}
 	lc.closedLoop("warm-up", r.hook, o.conns, sustainedWarmUp, gen)
 
 	m0 := r.scrape()
@@ -775,6 +797,43 @@ func (l *loadClient) post(url string, body []byte) (int, time.Duration, error) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode, time.Since(start), nil
+}
+
+// each sends n requests, the i-th with the payload next appends for i,
+// over conns workers, and returns when all are answered.
+func (l *loadClient) each(url string, conns, n int, next func(b []byte, i int) []byte) *result {
+	res := &result{name: "each", codes: map[int]int{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var cursor atomic.Int64
+	start := time.Now()
+	for range conns {
+		wg.Go(func() {
+			var buf []byte
+			codes := map[int]int{}
+			answers, errs := 0, 0
+			for i := int(cursor.Add(1)) - 1; i < n; i = int(cursor.Add(1)) - 1 {
+				buf = next(buf[:0], i)
+				code, _, err := l.post(url, buf)
+				if err != nil {
+					errs++
+					continue
+				}
+				answers++
+				codes[code]++
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			res.requests += answers
+			res.errors += errs
+			for k, v := range codes {
+				res.codes[k] += v
+			}
+		})
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	return res
 }
 
 // closedLoop sends as fast as conns workers can for d, each building its

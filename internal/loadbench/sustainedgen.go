@@ -128,6 +128,15 @@ func (g *mdeAlerts) append(b []byte) []byte {
 	return t.append(b, &v)
 }
 
+// appendFrom appends the next alert, one from host i that does not
+// qualify (priming the machine cache).
+func (g *mdeAlerts) appendFrom(b []byte, i int) []byte {
+	n := g.seq.Add(1)
+	h := splitmix(g.seed ^ n*0x9e3779b97f4a7c15)
+	v := alertValues{n: n, hash: h, host: &g.fleet.hosts[i], severity: severityOf((h >> 32) % 100)}
+	return g.kinds[(h>>40)%uint64(len(g.kinds))].append(b, &v)
+}
+
 // sizes returns the smallest, mean and largest of the next n payloads;
 // it draws them from g, so it is meant for a generator of its own.
 func (g *mdeAlerts) sizes(n int) [3]int {
