@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // TestSQLiteStoreDirectoryMustExist: the store file is created on first
@@ -85,5 +88,42 @@ func TestRedoableTxRestoresFullSync(t *testing.T) {
 	}
 	if n := syncLevel(); n != 2 {
 		t.Fatalf("synchronous = %d after a rollback, want 2 (FULL)", n)
+	}
+}
+
+// TestPostgresPoolKeepsItsConnections: connections released after a burst
+// that used them all are kept for the next one, not closed and opened
+// again (a PostgreSQL backend each).
+func TestPostgresPoolKeepsItsConnections(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, DriverPostgres, testkit.PostgresDSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for range 3 {
+		var wg sync.WaitGroup
+		conns := make([]*sql.Conn, postgresConns)
+		for i := range conns {
+			c, err := s.DB.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns[i] = c
+		}
+		for _, c := range conns {
+			wg.Go(func() {
+				if err := c.PingContext(ctx); err != nil {
+					t.Error(err)
+				}
+				c.Close()
+			})
+		}
+		wg.Wait()
+	}
+	if st := s.DB.Stats(); st.MaxIdleClosed != 0 || st.OpenConnections != postgresConns {
+		t.Fatalf("after three bursts of %d connections: %d closed for the idle bound, %d open; want 0 closed, %d open",
+			postgresConns, st.MaxIdleClosed, st.OpenConnections, postgresConns)
 	}
 }
