@@ -263,10 +263,10 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if n := r.ContentLength; n > 0 && n <= limit {
 		buf := make([]byte, n+1) // one more, to see the body end where declared
 		m, err := io.ReadFull(body, buf)
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			err = nil
+		if int64(m) == n && errors.Is(err, io.ErrUnexpectedEOF) {
+			err = nil // the declared length, then the end: the whole body
 		}
-		return buf[:m], err
+		return buf[:m], err // shorter than declared: an error (a truncated body)
 	}
 	return io.ReadAll(body)
 }

@@ -491,6 +491,14 @@ func TestReadBody(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if tc.declared && tc.size > 0 {
+				// Declared one byte longer than it is: the body was cut.
+				r := httptest.NewRequest(http.MethodPost, "/webhooks/defender", io.MultiReader(bytes.NewReader(body)))
+				r.ContentLength = int64(tc.size) + 1
+				if got, err := readBody(r, 8*limit); err == nil {
+					t.Fatalf("a body shorter than its declared length read as %d bytes, without an error", len(got))
+				}
+			}
 			if len(got) != tc.wantLen || !bytes.Equal(got, body[:tc.wantLen]) {
 				t.Fatalf("read %d bytes, want the first %d of the body", len(got), tc.wantLen)
 			}
