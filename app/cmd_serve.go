@@ -239,6 +239,7 @@ func serve(ctx context.Context, cfg *config.Config, dev *devEnvironment, logger 
 	logger.Info("responder starting", zap.String("version", Version), zap.String("store", cfg.Store.Driver),
 		zap.Int("rules", rm.Current().Len()), zap.Bool("dry_run", cfg.Defender.DryRun), zap.Bool("dev", dev != nil))
 	if dev != nil {
+		_ = logger.Sync() // the lines above first: the help is written beside the log, not through it
 		printDevHelp(stdout, srv.Addrs(), cfg.Store.DSN)
 	}
 	err = srv.Serve(ctx)
