@@ -63,12 +63,7 @@ func TestDecidedAtIntakeAsInTheQueue(t *testing.T) {
 		t.Run(driver, func(t *testing.T) {
 			t.Parallel()
 			run := func(queueAll bool) doorOutcome {
-				core, logs := observer.New(zapcore.InfoLevel)
-				o := envOpts{rulesSrc: doorRules, logs: core, cfg: Config{QueueEveryDecision: queueAll, DryRun: true}}
-				if driver == store.DriverPostgres {
-					o.driver, o.dsn = driver, testkit.PostgresDSN(t)
-				}
-				e := setup(t, o)
+				e, logs := doorEnv(t, driver, doorRules, queueAll)
 				r := e.submit(doorAlerts()...)
 				if want := []bool{false, false, false, false, true, false}; !slices.Equal(r.Duplicate, want) {
 					t.Fatalf("duplicates %v, want %v", r.Duplicate, want)
@@ -92,6 +87,18 @@ func TestDecidedAtIntakeAsInTheQueue(t *testing.T) {
 			}
 		})
 	}
+}
+
+// doorEnv sets up a dry-run pipeline on driver with rules, deciding at
+// intake or (queueAll) queueing every decision, and observing its info logs.
+func doorEnv(t *testing.T, driver, rules string, queueAll bool) (*testEnv, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.InfoLevel)
+	o := envOpts{rulesSrc: rules, logs: core, cfg: Config{QueueEveryDecision: queueAll, DryRun: true}}
+	if driver == store.DriverPostgres {
+		o.driver, o.dsn = driver, testkit.PostgresDSN(t)
+	}
+	return setup(t, o), logs
 }
 
 // doorOutcome is what a test run decided: the audit entries by alert id
@@ -197,12 +204,7 @@ func TestDecidedAtIntakeWithACachedMachine(t *testing.T) {
 		t.Run(driver, func(t *testing.T) {
 			t.Parallel()
 			run := func(queueAll bool) doorOutcome {
-				core, logs := observer.New(zapcore.InfoLevel)
-				o := envOpts{rulesSrc: tagRules, logs: core, cfg: Config{QueueEveryDecision: queueAll, DryRun: true}}
-				if driver == store.DriverPostgres {
-					o.driver, o.dsn = driver, testkit.PostgresDSN(t)
-				}
-				e := setup(t, o)
+				e, logs := doorEnv(t, driver, tagRules, queueAll)
 				// The first alert of each machine reads it (and caches it).
 				e.submit(mdeAlert("ws-first", defendertest.DevWorkstationID, "low"), mdeAlert("dc-first", defendertest.DevDomainControllerID, "low"))
 				for _, id := range []string{"ws-first", "dc-first"} {

@@ -3,12 +3,10 @@ package store
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/responder-dev/responder/audit"
-	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // TestAuditPaging walks the audit trail page by page with before_id, on
@@ -19,16 +17,8 @@ func TestAuditPaging(t *testing.T) {
 	for _, driver := range []string{DriverSQLite, DriverPostgres} {
 		t.Run(driver, func(t *testing.T) {
 			t.Parallel()
-			dsn := filepath.Join(t.TempDir(), "responder.db")
-			if driver == DriverPostgres {
-				dsn = testkit.PostgresDSN(t)
-			}
 			ctx := context.Background()
-			store, err := Open(ctx, driver, dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(store.Close)
+			store := openTestStore(t, driver)
 
 			// 25 entries: machines a and b alternate; every third is a collect.
 			const n = 25

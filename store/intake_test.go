@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -59,16 +58,8 @@ func TestIntakeDecidesAtTheDoor(t *testing.T) {
 	for _, driver := range []string{DriverSQLite, DriverPostgres} {
 		t.Run(driver, func(t *testing.T) {
 			t.Parallel()
-			dsn := filepath.Join(t.TempDir(), "responder.db")
-			if driver == DriverPostgres {
-				dsn = testkit.PostgresDSN(t)
-			}
 			ctx := context.Background()
-			st, err := Open(ctx, driver, dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(st.Close)
+			st := openTestStore(t, driver)
 			d := &doorRecorder{reported: map[string][]int64{}}
 			in := NewIntake(st, nil, nil, d.door)
 			t.Cleanup(in.Close)
@@ -132,11 +123,7 @@ func TestIntakeDecidesAtTheDoor(t *testing.T) {
 func TestIntakeReportsForAGoneCaller(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, err := Open(ctx, DriverSQLite, filepath.Join(t.TempDir(), "responder.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
+	st := openTestStore(t, DriverSQLite)
 	d := &doorRecorder{reported: map[string][]int64{}}
 	in := NewIntake(st, nil, nil, d.door)
 	t.Cleanup(in.Close)

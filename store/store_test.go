@@ -97,11 +97,7 @@ func TestRedoableTxRestoresFullSync(t *testing.T) {
 func TestPostgresPoolKeepsItsConnections(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, err := Open(ctx, DriverPostgres, testkit.PostgresDSN(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestStore(t, DriverPostgres)
 	for range 3 {
 		var wg sync.WaitGroup
 		conns := make([]*sql.Conn, postgresConns)
@@ -126,4 +122,21 @@ func TestPostgresPoolKeepsItsConnections(t *testing.T) {
 		t.Fatalf("after three bursts of %d connections: %d closed for the idle bound, %d open; want 0 closed, %d open",
 			postgresConns, st.MaxIdleClosed, st.OpenConnections, postgresConns)
 	}
+}
+
+// openTestStore opens a new store of driver (SQLite in a temporary
+// directory; PostgreSQL in a database of its own, or the test is skipped),
+// closed when the test ends.
+func openTestStore(t *testing.T, driver string) *Store {
+	t.Helper()
+	dsn := filepath.Join(t.TempDir(), "responder.db")
+	if driver == DriverPostgres {
+		dsn = testkit.PostgresDSN(t)
+	}
+	st, err := Open(context.Background(), driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st
 }

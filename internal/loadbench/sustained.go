@@ -802,59 +802,48 @@ func (l *loadClient) post(url string, body []byte) (int, time.Duration, error) {
 // each sends n requests, the i-th with the payload next appends for i,
 // over conns workers, and returns when all are answered.
 func (l *loadClient) each(url string, conns, n int, next func(b []byte, i int) []byte) *result {
-	res := &result{name: "each", codes: map[int]int{}}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	var cursor atomic.Int64
-	start := time.Now()
-	for range conns {
-		wg.Go(func() {
-			var buf []byte
-			codes := map[int]int{}
-			answers, errs := 0, 0
-			for i := int(cursor.Add(1)) - 1; i < n; i = int(cursor.Add(1)) - 1 {
-				buf = next(buf[:0], i)
-				code, _, err := l.post(url, buf)
-				if err != nil {
-					errs++
-					continue
-				}
-				answers++
-				codes[code]++
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			res.requests += answers
-			res.errors += errs
-			for k, v := range codes {
-				res.codes[k] += v
-			}
-		})
-	}
-	wg.Wait()
-	res.elapsed = time.Since(start)
-	return res
+	return l.drive("each", url, conns, func(b []byte) ([]byte, bool) {
+		i := int(cursor.Add(1)) - 1
+		if i >= n {
+			return b, false
+		}
+		return next(b, i), true
+	})
 }
 
 // closedLoop sends as fast as conns workers can for d, each building its
 // payloads in a buffer of its own. The result's latencies are those of the
 // 202 answers; requests counts every answer.
 func (l *loadClient) closedLoop(name, url string, conns int, d time.Duration, gen *mdeAlerts) *result {
+	deadline := time.Now().Add(d)
+	return l.drive(name, url, conns, func(b []byte) ([]byte, bool) {
+		if !time.Now().Before(deadline) {
+			return b, false
+		}
+		return gen.append(b), true
+	})
+}
+
+// drive runs conns workers, each posting the payloads next appends to its
+// buffer until next says there are no more, and sums what they got: every
+// answer by code, transport errors, and the latencies of the 202 answers.
+func (l *loadClient) drive(name, url string, conns int, next func(b []byte) ([]byte, bool)) *result {
 	res := &result{name: name, codes: map[int]int{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	start := time.Now()
-	deadline := start.Add(d)
 	for range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			buf := make([]byte, 0, 2048)
 			lat := make([]time.Duration, 0, 4096)
 			codes := map[int]int{}
 			answers, errs := 0, 0
-			for time.Now().Before(deadline) {
-				buf = gen.append(buf[:0])
+			for {
+				var more bool
+				if buf, more = next(buf[:0]); !more {
+					break
+				}
 				code, took, err := l.post(url, buf)
 				if err != nil {
 					errs++
@@ -874,7 +863,7 @@ func (l *loadClient) closedLoop(name, url string, conns int, d time.Duration, ge
 			for k, v := range codes {
 				res.codes[k] += v
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	res.elapsed = time.Since(start)
