@@ -118,33 +118,39 @@ func main() {
 	}
 }
 
-// profileDir, when set, receives a CPU profile of each intake run.
+// profileDir, when set, receives a CPU and an allocation profile of each
+// intake run.
 var profileDir string
 
-// profile fetches a CPU profile of d seconds from the responder's admin
-// listener into profileDir/name.pprof, concurrently with the load.
+// profile fetches a CPU profile and the allocations of d seconds from the
+// responder's admin listener into profileDir/name.pprof and
+// profileDir/name.allocs.pprof, concurrently with the load.
 func profile(admin, name string, d time.Duration) func() {
 	if profileDir == "" {
 		return func() {}
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", admin, int(d.Seconds())))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "profile:", err)
-			return
-		}
-		defer resp.Body.Close()
-		f, err := os.Create(filepath.Join(profileDir, name+".pprof"))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "profile:", err)
-			return
-		}
-		defer f.Close()
-		_, _ = io.Copy(f, resp.Body)
-	}()
-	return func() { <-done }
+	var wg sync.WaitGroup
+	for _, p := range []struct{ path, file string }{
+		{"profile", name + ".pprof"},
+		{"allocs", name + ".allocs.pprof"},
+	} {
+		wg.Go(func() {
+			resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/%s?seconds=%d", admin, p.path, int(d.Seconds())))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "profile:", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(profileDir, p.file))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "profile:", err)
+				return
+			}
+			defer f.Close()
+			_, _ = io.Copy(f, resp.Body)
+		})
+	}
+	return wg.Wait
 }
 
 func fatal(err error) {

@@ -483,7 +483,15 @@ func (r *sustainedResponder) pid() int { return r.cmd.Process.Pid }
 // startWith's; the listeners are found in the log file.
 func (b *bench) startSustained(sim *defendertest.Simulator, mix sustainedMix, token string, env []string) *sustainedResponder {
 	name := fmt.Sprintf("sustained-%s-%d", mix.name, mrand.IntN(1e9))
-	rules := filepath.Join(b.dir, name+"-rules.yaml")
+	// The rules in a directory of their own, as the deploy files mount
+	// them (/etc/responder/rules beside /var/lib/responder): the rules
+	// watcher is told of every write in its directory, and the store and
+	// the log file write thousands of times a second.
+	rulesDir := filepath.Join(b.dir, name+"-rules")
+	if err := os.Mkdir(rulesDir, 0o700); err != nil {
+		fatal(err)
+	}
+	rules := filepath.Join(rulesDir, "rules.yaml")
 	if err := os.WriteFile(rules, []byte(mix.rules), 0o600); err != nil {
 		fatal(err)
 	}
