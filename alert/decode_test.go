@@ -379,6 +379,7 @@ func TestDecodeBounds(t *testing.T) {
 		{"GraphDevicesOverLimit", alert.DecodeDefender, graph(limit + 1), "body: more than 10000 alerts in one body"},
 		{"AlertmanagerAtLimit", alert.DecodeAlertmanager, `{"version":"4","alerts":` + list(am, limit) + `}`, ""},
 		{"AlertmanagerOverLimit", alert.DecodeAlertmanager, `{"version":"4","alerts":` + list(am, limit+1) + `}`, "alerts: more than 10000 alerts in one body"},
+		{"DeepBalancedArrays", alert.DecodeDefender, strings.Repeat("[", 10001) + strings.Repeat("]", 10001), "body is not valid JSON: invalid character '[' exceeded max depth at line 1, column 10001 (byte offset 10000)"},
 		{"DeepArrays", alert.DecodeDefender, strings.Repeat("[", 200000), "body is not valid JSON: invalid character '[' exceeded max depth at line 1, column 10001 (byte offset 10000)"},
 		{"DeepLabels", alert.DecodeAlertmanager, `{"version":"4","alerts":[{"labels":{"a":` + strings.Repeat(`{"a":`, 20000), "body is not valid JSON: invalid character '{' exceeded max depth at line 1, column 50021 (byte offset 50020)"},
 	}

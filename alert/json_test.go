@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -59,7 +62,7 @@ func FuzzSplitObject(f *testing.F) {
 			t.Fatalf("encoding/json refuses the valid object %q: %v", raw, err)
 		}
 		count := countMembers(t, raw)
-		check := func(name string, got map[string]json.RawMessage, err error) {
+		check := func(name string, got members, err error) {
 			t.Helper()
 			var dup *duplicateError
 			switch {
@@ -80,8 +83,8 @@ func FuzzSplitObject(f *testing.F) {
 					t.Fatalf("%s(%q): %d members, encoding/json %d", name, raw, len(got), len(want))
 				}
 				for k, v := range want {
-					if string(got[k]) != string(v) {
-						t.Fatalf("%s(%q): member %q = %s, encoding/json %s", name, raw, k, got[k], v)
+					if g, _ := got.lookup(k); string(g) != string(v) {
+						t.Fatalf("%s(%q): member %q = %s, encoding/json %s", name, raw, k, g, v)
 					}
 				}
 			}
@@ -128,6 +131,15 @@ func countMembers(t *testing.T, raw []byte) int {
 	}
 }
 
+// asMap returns the members as a map, to compare or print them.
+func asMap(ms members) map[string]json.RawMessage {
+	m := make(map[string]json.RawMessage, len(ms))
+	for _, mb := range ms {
+		m[string(mb.name)] = mb.value
+	}
+	return m
+}
+
 // TestObjectMembers checks the fallback of splitObject, which valid bodies
 // never reach through decodeObject.
 func TestObjectMembers(t *testing.T) {
@@ -150,7 +162,7 @@ func TestObjectMembers(t *testing.T) {
 		if err != nil {
 			got = err.Error()
 		} else {
-			b, err := json.Marshal(members)
+			b, err := json.Marshal(asMap(members))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,6 +190,47 @@ func TestDecodeObjectDuplicates(t *testing.T) {
 	}
 	if _, err := decodeObject(json.RawMessage(`{"a":1,"a":1}`), ""); err == nil || err.Error() != `body: duplicate member "a"` {
 		t.Errorf("decodeObject of the body: got %v", err)
+	}
+}
+
+// TestSplitObjectManyMembers checks the duplicate check on both sides of
+// smallObject: names compared one by one, then kept in a map, with the
+// second occurrence before, at and after the switch.
+func TestSplitObjectManyMembers(t *testing.T) {
+	t.Parallel()
+	object := func(n, dupOf, dupAt int) json.RawMessage {
+		var b strings.Builder
+		b.WriteByte('{')
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			name := i
+			if i == dupAt {
+				name = dupOf
+			}
+			fmt.Fprintf(&b, `"m%d":%d`, name, i)
+		}
+		b.WriteByte('}')
+		return json.RawMessage(b.String())
+	}
+	for _, n := range []int{smallObject - 1, smallObject, smallObject + 1, 4 * smallObject} {
+		ms, err := splitObject(object(n, -1, -1))
+		if err != nil || len(ms) != n {
+			t.Fatalf("%d distinct members: got %d members, error %v", n, len(ms), err)
+		}
+		for i := range n {
+			if v, ok := ms.lookup(fmt.Sprintf("m%d", i)); !ok || string(v) != strconv.Itoa(i) {
+				t.Fatalf("%d members: m%d = %s, %v", n, i, v, ok)
+			}
+		}
+		for _, dup := range [][2]int{{0, 1}, {0, n - 1}, {n - 2, n - 1}, {smallObject / 2, min(smallObject, n-1)}} {
+			_, err := splitObject(object(n, dup[0], dup[1]))
+			want := fmt.Sprintf(`duplicate member "m%d"`, dup[0])
+			if err == nil || err.Error() != want {
+				t.Errorf("%d members, member %d named as member %d: got %v, want %s", n, dup[1], dup[0], err, want)
+			}
+		}
 	}
 }
 
