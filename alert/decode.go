@@ -94,7 +94,9 @@ func (e *DecodeError) Error() string {
 	return e.Path + ": " + e.Msg
 }
 
-// Decode decodes body in the given format.
+// Decode decodes body in the given format. The batch holds copies of what
+// it takes from body, never body's own bytes, so that the caller may reuse
+// body at once (TestDecodeGolden spoils it before reading the batch).
 func Decode(format Format, body []byte) (Batch, error) {
 	switch format {
 	case FormatDefender:

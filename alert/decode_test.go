@@ -76,6 +76,11 @@ func TestDecodeGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decode %s: %v", file, err)
 			}
+			// The batch must refer to nothing of the body, which the
+			// webhook handler reuses for the next request: spoil it.
+			for i := range body {
+				body[i] = 'x'
+			}
 			got, err := json.MarshalIndent(batch, "", "  ")
 			if err != nil {
 				t.Fatal(err)

@@ -154,6 +154,8 @@ func (h *Webhooks) serve(r *http.Request, format alert.Format, log *zap.Logger) 
 	}
 
 	batch, err := alert.Decode(format, raw)
+	// Nothing decoded refers to the body: every string is a copy.
+	recycleBody(raw)
 	if err != nil {
 		var de *alert.DecodeError
 		if errors.As(err, &de) {
@@ -252,16 +254,13 @@ func defaultSource(f alert.Format) alert.Source {
 	return alert.SourceDefender
 }
 
-// drain reads and discards what is left of an oversized body, up to a few
-// times the limit, so that a sender still writing gets the 413 rather than
-// a connection reset; a larger body is cut off.
 // readBody reads r's body, at most limit+1 bytes (one more than allowed
 // says it is too large). A declared length sizes the buffer once: growing
 // it from 512 bytes cost four allocations for a 1.5 KB alert.
 func readBody(r *http.Request, limit int64) ([]byte, error) {
 	body := io.LimitReader(r.Body, limit+1)
 	if n := r.ContentLength; n > 0 && n <= limit {
-		buf := make([]byte, n+1) // one more, to see the body end where declared
+		buf := bodyBuffer(int(n) + 1) // one more, to see the body end where declared
 		m, err := io.ReadFull(body, buf)
 		if int64(m) == n && errors.Is(err, io.ErrUnexpectedEOF) {
 			err = nil // the declared length, then the end: the whole body
@@ -271,6 +270,33 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	return io.ReadAll(body)
 }
 
+// bodyBuffers keeps the buffers of bodies up to maxRecycledBody bytes for
+// the next requests: a body was a tenth of what serving an alert
+// allocated.
+var bodyBuffers sync.Pool
+
+// maxRecycledBody bounds the buffers kept, so that one large body does not
+// stay in memory.
+const maxRecycledBody = 64 << 10
+
+// bodyBuffer returns a buffer of n bytes, recycled when one is free.
+func bodyBuffer(n int) []byte {
+	if p, ok := bodyBuffers.Get().(*[]byte); ok && cap(*p) >= n {
+		return (*p)[:n]
+	}
+	return make([]byte, n, max(n, 4<<10))
+}
+
+// recycleBody gives back a body's buffer once nothing refers to it.
+func recycleBody(b []byte) {
+	if c := cap(b); c > 0 && c <= maxRecycledBody {
+		bodyBuffers.Put(&b)
+	}
+}
+
+// drain reads and discards what is left of an oversized body, up to a few
+// times the limit, so that a sender still writing gets the 413 rather than
+// a connection reset; a larger body is cut off.
 func drain(body io.Reader, limit int64) {
 	_, _ = io.CopyN(io.Discard, body, 4*limit)
 }

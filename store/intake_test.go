@@ -2,9 +2,13 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -155,5 +159,40 @@ func TestIntakeReportsForAGoneCaller(t *testing.T) {
 	}
 	if got := d.reports()["gone"]; len(e) != 1 || !slices.Equal(got, []int64{e[0].ID}) {
 		t.Fatalf("entries %+v, reported %v: want one entry, reported once", e, got)
+	}
+}
+
+// TestEncodePayload: the stored JSON of an alert is what json.Marshal
+// gives, with the buffer reused from one alert to the next.
+func TestEncodePayload(t *testing.T) {
+	t.Parallel()
+	for _, file := range []string{"defender-v1-array.json", "alertmanager-firing-resolved.json", "graph-alerts-v2-two-devices.json"} {
+		body, err := os.ReadFile(filepath.Join("..", "alert", "testdata", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		format := alert.FormatDefender
+		if strings.HasPrefix(file, "alertmanager") {
+			format = alert.FormatAlertmanager
+		}
+		batch, err := alert.Decode(format, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		odd := intakeAlert("da1", "low")
+		odd.Title, odd.Description = `<script>&"quoted"</script> `+"\u2028", strings.Repeat("long ", 20000)
+		for _, a := range append(batch.Alerts, odd, intakeAlert("da2", "high")) {
+			want, err := json.Marshal(&a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := encodePayload(&a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != string(want) {
+				t.Errorf("%s, alert %s: encodePayload = %s, json.Marshal %s", file, a.ID, got, want)
+			}
+		}
 	}
 }

@@ -127,7 +127,7 @@ func TestPostgresPoolKeepsItsConnections(t *testing.T) {
 // openTestStore opens a new store of driver (SQLite in a temporary
 // directory; PostgreSQL in a database of its own, or the test is skipped),
 // closed when the test ends.
-func openTestStore(t *testing.T, driver string) *Store {
+func openTestStore(t testing.TB, driver string) *Store {
 	t.Helper()
 	dsn := filepath.Join(t.TempDir(), "responder.db")
 	if driver == DriverPostgres {
