@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/examples"
 	"github.com/responder-dev/responder/internal/testkit"
 )
 
@@ -811,15 +812,22 @@ func TestDemoReplayEndToEnd(t *testing.T) {
 		t.Fatalf("go build ./examples/demo: %v\n%s", err, out)
 	}
 	p := startResponder(t, []string{"RESPONDER_SERVER_LISTEN=127.0.0.1:0", "RESPONDER_SERVER_ADMIN_LISTEN=127.0.0.1:0"}, "serve", "--dev")
-	var dsn string
+	var dsn, rulesCopied string
 	waitUntil(t, "the dev help", func() bool {
 		for _, l := range p.output() {
 			if m := regexp.MustCompile(`RESPONDER_STORE_DSN=(\S+)`).FindStringSubmatch(l); m != nil {
 				dsn = m[1]
 			}
+			if m := regexp.MustCompile(`cp (\S+) candidate\.yaml`).FindStringSubmatch(l); m != nil {
+				rulesCopied = m[1]
+			}
 		}
-		return dsn != ""
+		return dsn != "" && rulesCopied != ""
 	})
+	// The help's `cp RULES candidate.yaml` names the rules in force.
+	if b, err := os.ReadFile(rulesCopied); err != nil || !bytes.Equal(b, examples.Rules) {
+		t.Errorf("the dev help copies %s: %v, or not the example rules", rulesCopied, err)
+	}
 
 	out, err := exec.Command(demo, "-url", "http://"+p.addr("webhooks"), "-alerts", "120", "-duration", "0").CombinedOutput()
 	if err != nil {

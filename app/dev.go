@@ -26,13 +26,22 @@ type devEnvironment struct {
 	stop context.CancelFunc
 }
 
+// devRulesFile is the example rules file of the --dev directory dir, in a
+// directory of its own: the rules watcher is told of every write in the
+// directory it watches, and the store beside it writes at every commit.
+func devRulesFile(dir string) string { return filepath.Join(dir, "rules", "rules.yaml") }
+
 // startDev starts the simulator and prepares the temporary directory.
 func startDev(ctx context.Context) (*devEnvironment, error) {
 	dir, err := os.MkdirTemp("", "responder-dev-")
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), examples.Rules, 0o600); err != nil {
+	if err := os.Mkdir(filepath.Dir(devRulesFile(dir)), 0o700); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	if err := os.WriteFile(devRulesFile(dir), examples.Rules, 0o600); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
@@ -67,7 +76,7 @@ func (d *devEnvironment) config() *config.Config {
 	// moves the admin listener elsewhere without an admin token.
 	c.Admin.AllowUnauthenticated = true
 	c.Store.DSN = filepath.Join(d.dir, "responder.db")
-	c.Rules.Files = []string{filepath.Join(d.dir, "rules.yaml")}
+	c.Rules.Files = []string{devRulesFile(d.dir)}
 	c.Defender.APIURL = d.sim.URL()
 	c.Defender.TokenURL = d.sim.TokenURL()
 	c.Defender.TenantID = defendertest.DevTenantID
@@ -134,5 +143,5 @@ See what a rule change would have done to the alerts received so far:
   cp %s candidate.yaml   # edit a rule, then
   RESPONDER_STORE_DSN=%s %s replay --rules candidate.yaml --since 1h
 
-`, devSampleAlert, hook, admin, dsn, selfName(), admin, filepath.Join(filepath.Dir(dsn), "rules.yaml"), dsn, selfName())
+`, devSampleAlert, hook, admin, dsn, selfName(), admin, devRulesFile(filepath.Dir(dsn)), dsn, selfName())
 }
