@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/responder-dev/responder/alert"
 	"github.com/responder-dev/responder/audit"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // BenchmarkIntakeDecidedAtTheDoor measures the committer alone: alerts of
@@ -33,7 +32,7 @@ func BenchmarkIntakeDecidedAtTheDoor(b *testing.B) {
 			description := strings.Repeat("Suspicious process behaviour was observed on the device. ", 20)
 			var n atomic.Int64
 			b.SetParallelism(32) // 64 senders on two cores
-			cpu0 := processCPU()
+			cpu0 := testkit.ProcessCPU()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -48,16 +47,7 @@ func BenchmarkIntakeDecidedAtTheDoor(b *testing.B) {
 				}
 			})
 			b.StopTimer()
-			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/alert")
+			b.ReportMetric(float64((testkit.ProcessCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/alert")
 		})
 	}
-}
-
-// processCPU is the CPU time the process has used, user and system.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

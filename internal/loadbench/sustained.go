@@ -20,10 +20,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/responder-dev/responder/defender/defendertest"
+	"github.com/responder-dev/responder/internal/testkit"
 )
 
 // The sustained scenario (issue 15): alerts accepted per second and alerts
@@ -284,9 +284,9 @@ func (b *bench) sustainedRun(o sustainedOptions, mix sustainedMix, st sustainedS
 	ref := newLoadClient(o.conns, token)
 	refGen := newMDEAlerts(sustainedSeed, fleet, mix.qualifyingPercent)
 	ref.closedLoop("warm-up", refURL, o.conns, sustainedWarmUp, refGen)
-	self0 := selfCPU()
+	self0 := testkit.ProcessCPU()
 	refRes := ref.closedLoop("bare handler", refURL, o.conns, o.duration, refGen)
-	refCPU := selfCPU() - self0
+	refCPU := testkit.ProcessCPU() - self0
 	stopRef()
 	ref.close()
 	row.refRate = refRes.rate()
@@ -329,13 +329,13 @@ func (b *bench) sustainedRun(o sustainedOptions, mix sustainedMix, st sustainedS
 	lc.closedLoop("warm-up", r.hook, o.conns, sustainedWarmUp, gen)
 
 	m0 := r.scrape()
-	t0, cpu0, self0 := time.Now(), procCPU(r.pid(), hz), selfCPU()
+	t0, cpu0, self0 := time.Now(), procCPU(r.pid(), hz), testkit.ProcessCPU()
 	// The profile covers the window but its last second, so that it is
 	// written before the window ends.
 	wait := profile(r.admin, "sustained-"+mix.name+"-"+st.driver, max(o.duration-time.Second, time.Second))
 	res := lc.closedLoop("responder", r.hook, o.conns, o.duration, gen)
 	m1 := r.scrape()
-	t1, cpu1, self1 := time.Now(), procCPU(r.pid(), hz), selfCPU()
+	t1, cpu1, self1 := time.Now(), procCPU(r.pid(), hz), testkit.ProcessCPU()
 	stopped := time.Now()
 	wait()
 
@@ -436,15 +436,6 @@ func procCPU(pid int, hz int64) time.Duration {
 	u, _ := strconv.ParseInt(f[11], 10, 64)
 	s, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(u+s) * time.Second / time.Duration(hz)
-}
-
-// selfCPU is the user and system CPU time this process has used so far.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func fileSize(path string) int64 {

@@ -1,0 +1,17 @@
+package testkit
+
+import (
+	"syscall"
+	"time"
+)
+
+// ProcessCPU is the CPU time this process has used, user and system: what
+// a benchmark divides by its operations to report CPU per operation beside
+// wall time.
+func ProcessCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
