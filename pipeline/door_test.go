@@ -133,6 +133,11 @@ func observeDecisions(t *testing.T, e *testEnv, logs *observer.ObservedLogs, rul
 		out.machines[en.AlertID], c.Machine = string(snapshot), nil
 		out.entries[en.AlertID] = c
 	}
+	// A decision is logged and counted once its entry is committed: the
+	// entry can be read a moment before its line is written.
+	testkit.WaitUntil(t, 20*time.Second, "a decision line for every entry", func() bool {
+		return logs.FilterMessage("decision").Len() >= len(out.entries)
+	})
 	for _, l := range logs.All() {
 		if l.Message == "decision" || l.Message == "rule evaluation error" {
 			f := l.ContextMap()
